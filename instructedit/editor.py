@@ -1,0 +1,209 @@
+"""The editor: turns an edit request into a low-rank :class:`~instructedit.patches.Patch`.
+
+An edit is one forward and backward pass of the (instruction-wrapped) edit input + target with
+the edited modules' inputs ``u_t`` and output gradients ``d_t`` captured, then the MEND network
+maps them to update factors. The base model is never modified.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Sequence
+
+import torch
+
+from .backbone import Backbone
+from .instructions import build_edit_input
+from .mend import EditorConfig, MendNetwork
+from .patches import LayerPatch, Patch, PatchEngine
+from .scoring import AnswerBatch, answer_logits_from_hidden, score_answers, tokenize_answers
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPT_CHARS = 1000
+MAX_TARGET_TOKENS = 64
+
+
+class EditError(ValueError):
+    """An edit request cannot be carried out; nothing changed."""
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """What to edit: a prompt, the new target, and how to instruct the editor.
+
+    ``instruction``: an index into the task's instructions, ``"heldout"``, custom text, or
+    ``None`` for no instruction. ``topic``/``label`` fill ConvSent placeholders.
+    """
+
+    prompt: str
+    target: str
+    task: str = "custom"
+    instruction: int | str | None = None
+    topic: str | None = None
+    label: str | None = None
+    rephrases: tuple[str, ...] = ()
+    probes: tuple[str, ...] = ()
+
+    def edit_input(self, use_instructions: bool = True) -> str:
+        """The text the editor sees (wrapped with the instruction when one is chosen)."""
+        if not use_instructions:
+            return self.prompt.strip()
+        return build_edit_input(self.task, self.prompt.strip(), self.instruction,
+                                topic=self.topic, label=self.label)
+
+    def wrap(self, prompt: str, use_instructions: bool = True) -> str:
+        """Wrap another prompt (a rephrase) with this request's instruction."""
+        if not use_instructions:
+            return prompt.strip()
+        return build_edit_input(self.task, prompt.strip(), self.instruction,
+                                topic=self.topic, label=self.label)
+
+
+@dataclass
+class Edit:
+    """One applied edit: its request, the wrapped input, and its low-rank patch."""
+
+    request: EditRequest
+    wrapped_input: str
+    patch: Patch
+    editor_name: str
+    model_id: str
+    latency_ms: float
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def validate_request(request: EditRequest, tokenizer, max_target_tokens: int = MAX_TARGET_TOKENS) -> None:
+    """Raise :class:`EditError` with a readable message for bad prompts or targets."""
+    for name in ("prompt", "target"):
+        value = getattr(request, name)
+        if not isinstance(value, str) or not value.strip():
+            raise EditError(f"the {name} is empty: type some text")
+        if len(value) > MAX_PROMPT_CHARS:
+            raise EditError(f"the {name} is too long ({len(value)} characters; the limit is {MAX_PROMPT_CHARS})")
+        if any(ord(c) < 32 and c not in "\t\n" for c in value):
+            raise EditError(f"the {name} contains control characters")
+    n_target = len(tokenizer(" " + request.target.strip(), add_special_tokens=False)["input_ids"])
+    if n_target > max_target_tokens:
+        raise EditError(f"the target is {n_target} tokens long; the limit is {max_target_tokens} "
+                        "(an edit teaches a short answer, not a text)")
+
+
+HiddenFn = Callable[[AnswerBatch], torch.Tensor]
+
+
+def compute_batched_patch(network: MendNetwork, module_names: Sequence[str], batch: AnswerBatch,
+                          final_hidden: HiddenFn, head_model) -> Patch:
+    """One patch per row of ``batch`` (factors with a leading batch dimension).
+
+    ``final_hidden(batch)`` runs the model (all of it, or only its top from cached states) and
+    returns final hidden states; the edited modules must be hooked by a :class:`PatchEngine`.
+    The loss is the mean NLL of each row's answer tokens, summed over rows (rows are
+    independent, so each row's gradients are its own).
+    """
+    with torch.enable_grad(), PatchEngine.capture(module_names) as capture:
+        hidden = final_hidden(batch)
+        logits = answer_logits_from_hidden(head_model, hidden, batch)
+        loss = score_answers(logits, batch).mean_nll.sum()
+        grads = capture.output_gradients(loss)
+    mask = batch.attention_mask.bool()
+    layers = {}
+    for name in module_names:
+        u = capture.inputs[name].float()
+        d = grads[name].float()
+        valid = mask & (d.abs().sum(-1) > 0)
+        u_t, d_t = network.transform(name, u[valid], d[valid])
+        u_out = torch.zeros(u.shape, dtype=u_t.dtype, device=u.device).index_put((valid,), u_t)
+        d_out = torch.zeros(d.shape, dtype=d_t.dtype, device=d.device).index_put((valid,), d_t)
+        layers[name] = LayerPatch(u_out, d_out, network.step_size(name))
+    return Patch(layers)
+
+
+def unbatch_patch(patch: Patch, row: int) -> Patch:
+    """The single-row patch of ``row`` with all-zero factor rows dropped."""
+    layers = {}
+    for name, layer in patch.layers.items():
+        u, d = layer.u[row], layer.d[row]
+        keep = (u.abs().sum(-1) > 0) | (d.abs().sum(-1) > 0)
+        layers[name] = LayerPatch(u[keep].detach(), d[keep].detach(), layer.scale.detach())
+    return Patch(layers)
+
+
+class Editor:
+    """An instruction-conditioned MEND editor bound to one backbone.
+
+    Build one with :meth:`from_pretrained` (a trained checkpoint) or :meth:`untrained` (an
+    identity network: one plain gradient step of a given size).
+    """
+
+    def __init__(self, backbone: Backbone, network: MendNetwork, *, name: str = "editor",
+                 use_instructions: bool = True, metadata: dict | None = None) -> None:
+        self.backbone = backbone
+        self.network = network.eval()
+        self.network.requires_grad_(False)
+        self.name = name
+        self.use_instructions = use_instructions
+        self.metadata = metadata or {}
+        self.module_names = list(network.module_names)
+        self.engine = PatchEngine.for_model(backbone.model, self.module_names)
+
+    # ----- construction -------------------------------------------------------------------
+    @staticmethod
+    def module_shapes(backbone: Backbone, module_names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        return {n: backbone.adapter.in_out_features(backbone.module(n)) for n in module_names}
+
+    @classmethod
+    def untrained(cls, backbone: Backbone, step_size: float = 1e-3, *, normalize: bool = False,
+                  last_n_layers: int = 3, use_instructions: bool = True, rank: int = 8) -> "Editor":
+        """An identity editor: with ``normalize=False`` its patch is ``-step_size * grad``."""
+        names = backbone.edited_module_names(last_n_layers)
+        config = EditorConfig(rank=rank, n_blocks=1, init_lr=step_size, normalize=normalize)
+        network = MendNetwork(cls.module_shapes(backbone, names), config)
+        return cls(backbone, network, name=f"gradient-step({step_size:g})",
+                   use_instructions=use_instructions)
+
+    @classmethod
+    def from_pretrained(cls, path, backbone: Backbone, *, strict: bool = True) -> "Editor":
+        """Load a checkpoint folder, validated against ``backbone`` (see :mod:`checkpoint`)."""
+        from .checkpoint import load_editor_checkpoint
+
+        network, meta = load_editor_checkpoint(path, backbone, strict=strict)
+        return cls(backbone, network, name=meta.get("name", str(path)),
+                   use_instructions=bool(meta.get("use_instructions", True)), metadata=meta)
+
+    def save_pretrained(self, path, provenance: dict | None = None) -> None:
+        from .checkpoint import save_editor_checkpoint
+
+        save_editor_checkpoint(path, self.network, self.backbone, name=self.name,
+                               use_instructions=self.use_instructions, provenance=provenance)
+
+    # ----- editing --------------------------------------------------------------------------
+    def full_hidden(self, batch: AnswerBatch) -> torch.Tensor:
+        model = self.backbone.model
+        batch = batch.to(self.backbone.device)
+        return model.base_model(input_ids=batch.input_ids,
+                                attention_mask=batch.attention_mask).last_hidden_state
+
+    def edit(self, request: EditRequest, active: Sequence[Edit] = ()) -> Edit:
+        """Compute the edit of ``request`` with ``active`` edits applied (they stack).
+
+        Raises :class:`EditError` for bad input and
+        :class:`~instructedit.patches.NonFiniteEditError` for a NaN/inf result; in both cases
+        nothing changes.
+        """
+        start = time.perf_counter()
+        validate_request(request, self.backbone.tokenizer)
+        wrapped = request.edit_input(self.use_instructions)
+        batch = tokenize_answers(self.backbone.tokenizer, [wrapped], [request.target],
+                                 max_answer_tokens=MAX_TARGET_TOKENS).to(self.backbone.device)
+        with PatchEngine.activate([e.patch for e in active]):
+            batched = compute_batched_patch(self.network, self.module_names, batch,
+                                            self.full_hidden, self.backbone.model)
+        patch = unbatch_patch(batched, 0)
+        patch.check_finite()
+        latency = (time.perf_counter() - start) * 1000
+        return Edit(request, wrapped, patch, self.name, self.backbone.model_id, latency)

@@ -1,0 +1,135 @@
+"""The one scoring function: teacher-forced answer metrics, shared by app, eval, training and bench.
+
+Prompts and answers are tokenized separately (answer with a leading space, no special tokens), so
+labels never include a BOS token and answer positions are exact. Logits are computed only at the
+positions that predict answer tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class AnswerBatch:
+    """Right-padded prompt+answer sequences and where their answer tokens are.
+
+    ``rows``/``positions`` index the logits that predict each answer token (``answer_tokens``).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    rows: torch.Tensor
+    positions: torch.Tensor
+    answer_tokens: torch.Tensor
+    prompt_lengths: list[int]
+
+    @property
+    def size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def to(self, device) -> "AnswerBatch":
+        return AnswerBatch(self.input_ids.to(device), self.attention_mask.to(device),
+                           self.rows.to(device), self.positions.to(device),
+                           self.answer_tokens.to(device), self.prompt_lengths)
+
+
+def answer_text(answer: str) -> str:
+    """The answer as it is appended to its prompt (one leading space)."""
+    return " " + answer.strip()
+
+
+def tokenize_answers(tokenizer, prompts: Sequence[str], answers: Sequence[str],
+                     max_answer_tokens: int | None = None) -> AnswerBatch:
+    """Tokenize ``prompt + " " + answer`` pairs, right-padded, with answer positions."""
+    if len(prompts) != len(answers) or not prompts:
+        raise ValueError("need the same non-zero number of prompts and answers")
+    sequences, lengths, rows, positions, tokens = [], [], [], [], []
+    for row, (prompt, answer) in enumerate(zip(prompts, answers)):
+        p_ids = tokenizer(prompt)["input_ids"]
+        a_ids = tokenizer(answer_text(answer), add_special_tokens=False)["input_ids"]
+        if max_answer_tokens is not None:
+            a_ids = a_ids[:max_answer_tokens]
+        if not p_ids or not a_ids:
+            raise ValueError(f"empty prompt or answer after tokenization (row {row})")
+        ids = p_ids + a_ids
+        sequences.append(ids)
+        lengths.append(len(p_ids))
+        for k, tok in enumerate(a_ids):
+            rows.append(row)
+            positions.append(len(p_ids) + k - 1)
+            tokens.append(tok)
+    width = max(len(s) for s in sequences)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        input_ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return AnswerBatch(input_ids, mask, torch.tensor(rows), torch.tensor(positions),
+                       torch.tensor(tokens), lengths)
+
+
+def answer_logits_from_hidden(model: nn.Module, hidden: torch.Tensor, batch: AnswerBatch) -> torch.Tensor:
+    """Logits (N, V) at the answer positions, from final (normalised) hidden states."""
+    picked = hidden[batch.rows, batch.positions]
+    return model.get_output_embeddings()(picked).float()
+
+
+def full_model_answer_logits(model: nn.Module, batch: AnswerBatch) -> torch.Tensor:
+    """Run the whole model and return logits (N, V) at the answer positions."""
+    out = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    return answer_logits_from_hidden(model, out.last_hidden_state, batch)
+
+
+@dataclass
+class AnswerScores:
+    """Per-row teacher-forced metrics of a batch of answers."""
+
+    token_accuracy: torch.Tensor  # (B,) share of answer tokens that are the argmax
+    log_prob: torch.Tensor        # (B,) sum of answer-token log-probabilities
+    mean_nll: torch.Tensor        # (B,) mean negative log-likelihood per answer token
+    argmax: torch.Tensor          # (N,) argmax token at each answer position
+
+    @property
+    def probability(self) -> torch.Tensor:
+        return self.log_prob.exp()
+
+
+def _row_mean(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    total = torch.zeros(n_rows, dtype=values.dtype, device=values.device).index_add(0, rows, values)
+    count = torch.zeros(n_rows, dtype=values.dtype, device=values.device).index_add(
+        0, rows, torch.ones_like(values))
+    return total / count.clamp_min(1)
+
+
+def score_answers(logits: torch.Tensor, batch: AnswerBatch) -> AnswerScores:
+    """Teacher-forced token accuracy, answer log-probability and NLL per row."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    token_logp = logp.gather(1, batch.answer_tokens.unsqueeze(1)).squeeze(1)
+    argmax = logits.argmax(-1)
+    correct = (argmax == batch.answer_tokens).float()
+    n = batch.size
+    log_prob = torch.zeros(n, device=logits.device).index_add(0, batch.rows, token_logp)
+    return AnswerScores(_row_mean(correct, batch.rows, n), log_prob,
+                        _row_mean(-token_logp, batch.rows, n), argmax)
+
+
+def agreement(pre_argmax: torch.Tensor, post_argmax: torch.Tensor, batch: AnswerBatch) -> torch.Tensor:
+    """Locality: per row, the share of answer positions whose argmax is unchanged."""
+    return _row_mean((pre_argmax == post_argmax).float(), batch.rows, batch.size)
+
+
+def kl_per_row(pre_logits: torch.Tensor, post_logits: torch.Tensor, batch: AnswerBatch) -> torch.Tensor:
+    """Mean over answer positions of KL(p_pre || p_post), per row."""
+    pre = F.log_softmax(pre_logits.float(), -1)
+    post = F.log_softmax(post_logits.float(), -1)
+    kl = (pre.exp() * (pre - post)).sum(-1)
+    return _row_mean(kl, batch.rows, batch.size)
+
+
+LogitsFn = Callable[[AnswerBatch], torch.Tensor]
