@@ -111,7 +111,7 @@ def _answer_of(probe: Mapping[str, Any], where: str) -> tuple[str, Any]:
     raise RecordError(f"field '{where}.ground_truth' is missing")
 
 
-def _probe_list(kind: str, value: Any, where: str) -> list[RawProbe]:
+def _probe_list(kind: str, value: Any, where: str, allow_empty: bool) -> list[RawProbe]:
     if isinstance(value, list):
         out = []
         for i, item in enumerate(value):
@@ -120,7 +120,8 @@ def _probe_list(kind: str, value: Any, where: str) -> list[RawProbe]:
                                   f"ground_truth, got {type(item).__name__}")
             prompt = text(item, "prompt", where=f"{where}[{i}].prompt")
             key, answer = _answer_of(item, f"{where}[{i}]")
-            out.append(RawProbe(kind, prompt, answers(answer, f"{where}[{i}].{key}")))
+            out.append(RawProbe(kind, prompt, answers(answer, f"{where}[{i}].{key}",
+                                                      required=not allow_empty)))
         return out
     if isinstance(value, Mapping):
         raw_prompt = value.get("prompt")
@@ -130,28 +131,31 @@ def _probe_list(kind: str, value: Any, where: str) -> list[RawProbe]:
                 raise RecordError(f"field '{where}.{key}' must be a list as long as "
                                   f"'{where}.prompt' ({len(raw_prompt)})")
             return [RawProbe(kind, text({"p": p}, "p", where=f"{where}.prompt[{i}]"),
-                             answers(a, f"{where}.{key}[{i}]"))
-                    for i, (p, a) in enumerate(zip(raw_prompt, answer))]
+                             answers(a, f"{where}.{key}[{i}]", required=not allow_empty))
+                    for i, (p, a) in enumerate(zip(raw_prompt, answer, strict=True))]
         prompt = text(value, "prompt", where=f"{where}.prompt")
-        return [RawProbe(kind, prompt, answers(answer, f"{where}.{key}"))]
+        return [RawProbe(kind, prompt, answers(answer, f"{where}.{key}", required=not allow_empty))]
     raise RecordError(f"field '{where}' must be a list of probes or an object, "
                       f"got {type(value).__name__}")
 
 
-def probes(value: Any, where: str, default_kind: str) -> list[RawProbe]:
+def probes(value: Any, where: str, default_kind: str, *, allow_empty: bool = False) -> list[RawProbe]:
     """Probes from ``{kind: [{prompt, ground_truth}]}``, ``{kind: {prompt: [...], ground_truth: [...]}}``,
-    a single ``{prompt, ground_truth}`` object, or a plain list of such objects."""
+    a single ``{prompt, ground_truth}`` object, or a plain list of such objects.
+
+    With ``allow_empty`` a probe whose answer is empty gets ``aliases == ()`` instead of an error.
+    """
     if value is None or value == {} or value == []:
         return []
     if isinstance(value, list):
-        return _probe_list(default_kind, value, where)
+        return _probe_list(default_kind, value, where, allow_empty)
     if not isinstance(value, Mapping):
         raise RecordError(f"field '{where}' must be an object or a list, got {type(value).__name__}")
     if "prompt" in value:
-        return _probe_list(default_kind, value, where)
+        return _probe_list(default_kind, value, where, allow_empty)
     out: list[RawProbe] = []
     for kind, group in value.items():
         if group in (None, [], {}):
             continue
-        out.extend(_probe_list(str(kind), group, f"{where}.{kind}"))
+        out.extend(_probe_list(str(kind), group, f"{where}.{kind}", allow_empty))
     return out

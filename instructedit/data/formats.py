@@ -41,6 +41,8 @@ class Context:
     seed: int = 0
     labels: tuple[str, ...] = SENTIMENT_LABELS
     pool: Sequence[int] | None = None
+    drop_empty_probes: bool = False
+    dropped_probes: list[str] = field(default_factory=list)
 
 
 Converter = Callable[[Context, int, Any], list[EditRecord]]
@@ -59,9 +61,17 @@ class FormatSpec:
 
 # --------------------------------------------------------------------------- helpers
 
-def _probe_records(raw_loc: list[F.RawProbe], raw_port: list[F.RawProbe], extra: dict[str, Any]
-                   ) -> tuple[tuple[LocalityProbe, ...], tuple[PortabilityProbe, ...]]:
-    """Canonical probes; alias lists and locality kinds go to ``extra`` (aligned by position)."""
+def _probe_records(ctx: Context, index: int, raw_loc: list[F.RawProbe], raw_port: list[F.RawProbe],
+                   extra: dict[str, Any]) -> tuple[tuple[LocalityProbe, ...], tuple[PortabilityProbe, ...]]:
+    """Canonical probes; alias lists and locality kinds go to ``extra`` (aligned by position).
+
+    Probes without an answer (only read with ``ctx.drop_empty_probes``) are dropped and counted.
+    """
+    for kind, raw in (("locality", raw_loc), ("portability", raw_port)):
+        for probe in raw:
+            if not probe.aliases:
+                ctx.dropped_probes.append(f"record {index}: {kind} {probe.prompt!r:.60}")
+        raw[:] = [p for p in raw if p.aliases]
     locality = tuple(LocalityProbe(prompt=p.prompt, answer=p.aliases[0]) for p in raw_loc)
     portability = tuple(PortabilityProbe(prompt=p.prompt, answer=p.aliases[0], kind=p.kind)
                         for p in raw_port)
@@ -102,9 +112,10 @@ def convert_easyedit_cf(ctx: Context, index: int, row: Any) -> list[EditRecord]:
         if loc_prompt is None:
             F.text(row, "locality_prompt")  # raises: answer without prompt
         raw_loc.append(F.RawProbe("Neighborhood", loc_prompt,
-                                  F.answers(row.get("locality_ground_truth"), "locality_ground_truth")))
+                                  F.answers(row.get("locality_ground_truth"), "locality_ground_truth",
+                                            required=not ctx.drop_empty_probes)))
     extra: dict[str, Any] = {"source_format": "easyedit-cf", "case_id": row.get("case_id", index)}
-    locality, _ = _probe_records(raw_loc, [], extra)
+    locality, _ = _probe_records(ctx, index, raw_loc, [], extra)
     return [EditRecord(
         id=f"{ctx.stem}/{_case_id(row, index)}", task=ctx.task, prompt=F.text(row, "prompt"),
         target_new=targets[0], subject=F.text(row, "subject"), ground_truth=truth,
@@ -122,13 +133,15 @@ def convert_knowedit(ctx: Context, index: int, row: Any) -> list[EditRecord]:
     subject = F.text(row, "subject")
     targets = F.answers(row.get("target_new"), "target_new")
     truth, truth_aliases = _ground_truth(row.get("ground_truth"), "ground_truth")
-    raw_loc = F.probes(row.get("locality"), "locality", "Relation_Specificity")
-    raw_port = F.probes(row.get("portability"), "portability", "portability")
+    raw_loc = F.probes(row.get("locality"), "locality", "Relation_Specificity",
+                       allow_empty=ctx.drop_empty_probes)
+    raw_port = F.probes(row.get("portability"), "portability", "portability",
+                        allow_empty=ctx.drop_empty_probes)
     extra: dict[str, Any] = {"source_format": "knowedit", "source_index": index}
     cond = F.optional_text(row, "cond")
     if cond is not None:
         extra["cond"] = cond
-    locality, portability = _probe_records(raw_loc, raw_port, extra)
+    locality, portability = _probe_records(ctx, index, raw_loc, raw_port, extra)
     return [EditRecord(
         id=f"{ctx.stem}/{index}", task=ctx.task, prompt=prompt, target_new=targets[0],
         subject=subject, ground_truth=truth, target_aliases=targets,
@@ -202,12 +215,13 @@ def clean_nq_question(prompt: str) -> str:
     return text
 
 
-def _mend_portability(value: Any) -> list[F.RawProbe]:
+def _mend_portability(value: Any, allow_empty: bool) -> list[F.RawProbe]:
     if isinstance(value, Mapping) and ("New Question" in value or "New Answer" in value):
         prompt = F.text(value, "New Question", where="portability.New Question")
         return [F.RawProbe("portability", prompt,
-                           F.answers(value.get("New Answer"), "portability.New Answer"))]
-    return F.probes(value, "portability", "portability")
+                           F.answers(value.get("New Answer"), "portability.New Answer",
+                                     required=not allow_empty))]
+    return F.probes(value, "portability", "portability", allow_empty=allow_empty)
 
 
 def convert_mend_zsre(ctx: Context, index: int, row: Any) -> list[EditRecord]:
@@ -224,12 +238,14 @@ def convert_mend_zsre(ctx: Context, index: int, row: Any) -> list[EditRecord]:
         question = clean_nq_question(loc)
         if not question:
             raise RecordError("field 'loc' holds no question after the 'nq question:' prefix")
-        raw_loc.append(F.RawProbe("NQ", question, F.answers(row.get("loc_ans"), "loc_ans")))
+        raw_loc.append(F.RawProbe("NQ", question, F.answers(row.get("loc_ans"), "loc_ans",
+                                                            required=not ctx.drop_empty_probes)))
     extra: dict[str, Any] = {"source_format": "mend-zsre", "source_index": index}
     cond = F.optional_text(row, "cond")
     if cond is not None:
         extra["cond"] = cond
-    locality, portability = _probe_records(raw_loc, _mend_portability(row.get("portability")), extra)
+    raw_port = _mend_portability(row.get("portability"), ctx.drop_empty_probes)
+    locality, portability = _probe_records(ctx, index, raw_loc, raw_port, extra)
     return [EditRecord(
         id=f"{ctx.stem}/{index}", task=ctx.task, prompt=prompt, target_new=target,
         subject=F.text(row, "subject"), ground_truth=truth, target_aliases=(target,),
@@ -302,7 +318,7 @@ def convert_plain(ctx: Context, index: int, row: Any) -> list[EditRecord]:
                                   (F.text(row, "locality_answer"),)))
     truth = F.optional_text(row, "ground_truth")
     extra: dict[str, Any] = {"source_format": "plain", "source_index": index}
-    locality, _ = _probe_records(raw_loc, [], extra)
+    locality, _ = _probe_records(ctx, index, raw_loc, [], extra)
     return [EditRecord(
         id=f"{ctx.stem}/{index}", task=ctx.task, prompt=prompt, target_new=target,
         subject=F.optional_text(row, "subject") or "", ground_truth=truth,
@@ -392,12 +408,15 @@ def infer_task(path: str | Path, format: str | None = None) -> str | None:
 def convert_rows(rows: Sequence[Any], format: str, *, name: str = "<rows>", stem: str | None = None,
                  task: str | None = None, skip_invalid: bool = False, seed: int = 0,
                  labels: Sequence[str] = SENTIMENT_LABELS, select: Iterable[int] | None = None,
-                 pool: Sequence[int] | None = None) -> list[EditRecord]:
+                 pool: Sequence[int] | None = None, drop_empty_probes: bool = False
+                 ) -> list[EditRecord]:
     """Convert raw ``rows`` of ``format`` into records.
 
     ``select`` restricts conversion to some row indices (ids and messages keep the original
     index); ``pool`` restricts where ConvSent locality topics are drawn from. ``task=None``
     keeps each canonical record's task and uses the format's default task otherwise.
+    ``drop_empty_probes`` drops locality/portability probes that have no answer (counted in a
+    logged warning) instead of rejecting their record.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose one of {sorted(FORMATS)}")
@@ -409,7 +428,7 @@ def convert_rows(rows: Sequence[Any], format: str, *, name: str = "<rows>", stem
         raise ValueError(f"labels must be a non-empty subset of {SENTIMENT_LABELS}, got {labels!r}")
     ctx = Context(name=name, stem=stem or Path(name).stem, rows=rows, seed=seed,
                   task=task if task is not None else ("" if format == "canonical" else spec.default_task),
-                  labels=tuple(labels), pool=pool)
+                  labels=tuple(labels), pool=pool, drop_empty_probes=drop_empty_probes)
     records: list[EditRecord] = []
     seen_ids: dict[str, int] = {}
     skipped: list[str] = []
@@ -430,6 +449,9 @@ def convert_rows(rows: Sequence[Any], format: str, *, name: str = "<rows>", stem
         for record in converted:
             seen_ids[record.id] = index
         records.extend(converted)
+    if ctx.dropped_probes:
+        log.info("%s: dropped %d probe(s) with no answer; first: %s", name,
+                    len(ctx.dropped_probes), ctx.dropped_probes[0])
     if skipped:
         log.warning("%s: skipped %d invalid record(s) of %d; first: %s", name, len(skipped),
                     len(indices), skipped[0])
@@ -438,14 +460,16 @@ def convert_rows(rows: Sequence[Any], format: str, *, name: str = "<rows>", stem
 
 def load_records(path: str | Path, format: str | None = None, task: str | None = None,
                  skip_invalid: bool = False, *, seed: int = 0,
-                 labels: Sequence[str] = SENTIMENT_LABELS) -> list[EditRecord]:
+                 labels: Sequence[str] = SENTIMENT_LABELS,
+                 drop_empty_probes: bool = False) -> list[EditRecord]:
     """Read ``path`` (.json list, .jsonl or .csv) and convert it to :class:`EditRecord` s.
 
     ``format`` defaults to auto-detection (:func:`detect_format`); ``task`` defaults to
     :func:`infer_task` (``custom`` when nothing tells). Malformed records raise
     :class:`RecordError` naming file, record index and field, unless ``skip_invalid`` (then
     they are skipped and counted in a logged warning). ``seed`` and ``labels`` apply to
-    ConvSent (which sentiment labels to build records for).
+    ConvSent (which sentiment labels to build records for); ``drop_empty_probes`` see
+    :func:`convert_rows`.
     """
     path = Path(path)
     rows = read_rows(path)
@@ -459,6 +483,6 @@ def load_records(path: str | Path, format: str | None = None, task: str | None =
             log.info("%s: no task in the file name; using task %r (pass task= to choose)",
                      path.name, task)
     records = convert_rows(rows, fmt, name=path.name, task=task, skip_invalid=skip_invalid,
-                           seed=seed, labels=labels)
+                           seed=seed, labels=labels, drop_empty_probes=drop_empty_probes)
     log.debug("%s: %d records (%s, task %s)", path.name, len(records), fmt, task)
     return records

@@ -1,0 +1,103 @@
+"""The ``data`` command group: ``data stats --data DIR [--tokenizer-model M] [--json]``.
+
+The main CLI calls :func:`add_data_cli` with its subparsers; each leaf parser sets
+``func`` to a handler ``(args) -> exit code``. ``python -m instructedit.data.cli data stats``
+runs it on its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from instructedit.data.records import RecordError
+from instructedit.data.tasks import DEFAULT_DATA_DIR, TASKS, SplitError
+
+log = logging.getLogger(__name__)
+
+
+def load_tokenizer_for_stats(model: str) -> Any:
+    """A tokenizer from a local folder (or a ``.gguf`` file), imported only when asked for.
+
+    Other names go through ``instructedit.backbone`` when it is available.
+    """
+    path = Path(model).expanduser()
+    if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        raise FileNotFoundError(f"{model}: no such model folder or file")
+    from transformers import AutoTokenizer
+
+    if path.is_file() and path.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    if path.is_dir():
+        return AutoTokenizer.from_pretrained(str(path))
+    try:
+        from instructedit.backbone import load_tokenizer, resolve_source
+    except ImportError:
+        return AutoTokenizer.from_pretrained(model)
+    return load_tokenizer(resolve_source(model)[1])
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    """Handler of ``data stats``: 0 when leak-free, 1 on leakage, 2 when data is unusable."""
+    from instructedit.data.stats import compute_stats
+
+    tokenizer = None
+    if args.tokenizer_model:
+        try:
+            tokenizer = load_tokenizer_for_stats(args.tokenizer_model)
+        except Exception as err:  # noqa: BLE001 - any loading failure is reported the same way
+            print(f"error: cannot load tokenizer {args.tokenizer_model!r}: {err}", file=sys.stderr)
+            return 2
+    try:
+        stats = compute_stats(args.data, tokenizer, seed=args.seed, tasks=args.tasks,
+                              include_knowedit=args.include_knowedit)
+    except (SplitError, RecordError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(stats.to_dict(), indent=1))
+    else:
+        print(stats.format_text())
+    return 1 if stats.leak else 0
+
+
+def add_data_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``data`` command (with its ``stats`` subcommand) to an argparse subparsers object."""
+    data = subparsers.add_parser("data", help="inspect the editing datasets",
+                                 description="Inspect the editing datasets.")
+    commands = data.add_subparsers(dest="data_command", metavar="COMMAND")
+    commands.required = True
+    stats = commands.add_parser(
+        "stats", help="counts per task/split, answer lengths and leakage checks",
+        description="Counts per task and split, answer lengths and leakage checks. "
+                    "Exit code 1 when training data leaks into val/test or zsre.")
+    stats.add_argument("--data", default=DEFAULT_DATA_DIR,
+                       help="data folder laid out as in docs/data.md (default: %(default)s)")
+    stats.add_argument("--tokenizer-model", default=None, metavar="M",
+                       help="measure answers in this tokenizer's tokens (a local model folder "
+                            "or .gguf file); default: whitespace words")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
+    stats.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS),
+                       help="tasks to include (default: all)")
+    stats.add_argument("--include-knowedit", action="store_true",
+                       help="add counterfact/knowedit-train_cf.json to CounterFact training")
+    stats.set_defaults(func=run_stats)
+    return data
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m instructedit.data.cli data stats ...``."""
+    parser = argparse.ArgumentParser(prog="instructedit")
+    add_data_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

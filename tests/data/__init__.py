@@ -1,0 +1,1 @@
+"""Hand-written data fixtures for the data-layer tests (see ``layout.py``)."""
