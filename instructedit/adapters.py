@@ -33,6 +33,7 @@ class ArchitectureAdapter:
     final_norm_path: str
     run_block: Callable[[nn.Module, torch.Tensor, dict], torch.Tensor]
     block_context: Callable[[nn.Module, torch.Tensor], dict]
+    embed: Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
     # ----- names -------------------------------------------------------------------------
     def blocks(self, model: nn.Module) -> nn.ModuleList:
@@ -115,10 +116,19 @@ class ArchitectureAdapter:
         ``hidden`` are the states entering block ``start`` (``output_hidden_states[start]``).
         Causal attention without a mask is exact for the real tokens of right-padded rows.
         """
-        context = self.block_context(model, hidden)
-        for block in list(self.blocks(model))[start:]:
-            hidden = self.run_block(block, hidden, context)
+        hidden = self.run_blocks(model, hidden, start, self.num_layers(model))
         return model.get_submodule(self.final_norm_path)(hidden)
+
+    def run_blocks(self, model: nn.Module, hidden: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Run blocks ``start..stop-1`` (no final norm) on right-padded hidden states."""
+        context = self.block_context(model, hidden)
+        for block in list(self.blocks(model))[start:stop]:
+            hidden = self.run_block(block, hidden, context)
+        return hidden
+
+    def hidden_before_layer(self, model: nn.Module, input_ids: torch.Tensor, layer: int) -> torch.Tensor:
+        """States entering block ``layer`` for right-padded ``input_ids`` (no head, no top blocks)."""
+        return self.run_blocks(model, self.embed(model, input_ids), 0, layer)
 
 
 def _llama_context(model: nn.Module, hidden: torch.Tensor) -> dict:
@@ -130,6 +140,16 @@ def _llama_context(model: nn.Module, hidden: torch.Tensor) -> dict:
 def _llama_block(block: nn.Module, hidden: torch.Tensor, context: dict) -> torch.Tensor:
     out = block(hidden, attention_mask=None, **context)
     return out[0] if isinstance(out, tuple) else out
+
+
+def _llama_embed(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    return model.get_submodule("model.embed_tokens")(input_ids)
+
+
+def _gpt2_embed(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    hidden = model.get_submodule("transformer.wte")(input_ids) + model.get_submodule("transformer.wpe")(positions)
+    return model.get_submodule("transformer.drop")(hidden)
 
 
 def _gpt2_context(model: nn.Module, hidden: torch.Tensor) -> dict:
@@ -150,6 +170,7 @@ LLAMA = ArchitectureAdapter(
     final_norm_path="model.norm",
     run_block=_llama_block,
     block_context=_llama_context,
+    embed=_llama_embed,
 )
 
 GPT2 = ArchitectureAdapter(
@@ -161,6 +182,7 @@ GPT2 = ArchitectureAdapter(
     final_norm_path="transformer.ln_f",
     run_block=_gpt2_block,
     block_context=_gpt2_context,
+    embed=_gpt2_embed,
 )
 
 ADAPTERS: tuple[ArchitectureAdapter, ...] = (LLAMA, GPT2)

@@ -97,18 +97,21 @@ HiddenFn = Callable[[AnswerBatch], torch.Tensor]
 
 
 def compute_batched_patch(network: MendNetwork, module_names: Sequence[str], batch: AnswerBatch,
-                          final_hidden: HiddenFn, head_model) -> Patch:
+                          final_hidden: HiddenFn, head_model, edit_rows: int | None = None,
+                          ) -> tuple[Patch, torch.Tensor]:
     """One patch per row of ``batch`` (factors with a leading batch dimension).
 
     ``final_hidden(batch)`` runs the model (all of it, or only its top from cached states) and
     returns final hidden states; the edited modules must be hooked by a :class:`PatchEngine`.
-    The loss is the mean NLL of each row's answer tokens, summed over rows (rows are
-    independent, so each row's gradients are its own).
+    The loss is the mean NLL of each row's answer tokens, summed over the first ``edit_rows``
+    rows (all by default; rows are independent, so each row's gradients are its own; other rows
+    get all-zero factors). Also returns the detached answer logits of the unpatched pass.
     """
     with torch.enable_grad(), PatchEngine.capture(module_names) as capture:
         hidden = final_hidden(batch)
         logits = answer_logits_from_hidden(head_model, hidden, batch)
-        loss = score_answers(logits, batch).mean_nll.sum()
+        nll = score_answers(logits, batch).mean_nll
+        loss = nll.sum() if edit_rows is None else nll[:edit_rows].sum()
         grads = capture.output_gradients(loss)
     mask = batch.attention_mask.bool()
     layers = {}
@@ -120,7 +123,7 @@ def compute_batched_patch(network: MendNetwork, module_names: Sequence[str], bat
         u_out = torch.zeros(u.shape, dtype=u_t.dtype, device=u.device).index_put((valid,), u_t)
         d_out = torch.zeros(d.shape, dtype=d_t.dtype, device=d.device).index_put((valid,), d_t)
         layers[name] = LayerPatch(u_out, d_out, network.step_size(name))
-    return Patch(layers)
+    return Patch(layers), logits.detach()
 
 
 def unbatch_patch(patch: Patch, row: int) -> Patch:
@@ -201,8 +204,8 @@ class Editor:
         batch = tokenize_answers(self.backbone.tokenizer, [wrapped], [request.target],
                                  max_answer_tokens=MAX_TARGET_TOKENS).to(self.backbone.device)
         with PatchEngine.activate([e.patch for e in active]):
-            batched = compute_batched_patch(self.network, self.module_names, batch,
-                                            self.full_hidden, self.backbone.model)
+            batched, _ = compute_batched_patch(self.network, self.module_names, batch,
+                                               self.full_hidden, self.backbone.model)
         patch = unbatch_patch(batched, 0)
         patch.check_finite()
         latency = (time.perf_counter() - start) * 1000

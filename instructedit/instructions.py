@@ -64,175 +64,55 @@ class TaskSpec:
 
 
 _COUNTERFACT = (
-    (
-        "Each example rewrites a known fact about a subject into a counterfactual version, "
-        "so answer with the new object that replaces the true one."
-    ),
-    (
-        "The data consists of deliberately false statements about a subject, and the goal is "
-        "to complete the prompt with the substituted object rather than the real one."
-    ),
-    (
-        "Here a genuine fact about an entity has been overwritten with a fictional "
-        "alternative, and you must give that alternative as the answer."
-    ),
-    (
-        "Treat the edited, untrue version of this subject's fact as correct and finish the "
-        "sentence with the replacement object."
-    ),
-    (
-        "These are counterfactual edits in which the true object of a subject-relation pair "
-        "is exchanged for a new, incorrect one that you should now report."
-    ),
-    (
-        "Assume the world has changed so that this subject's attribute now has a different, "
-        "counterfactual value, and complete the statement accordingly."
-    ),
-    (
-        "The prompt concerns a fact about a subject whose real answer has been replaced by a "
-        "false target, and your completion should state that target."
-    ),
-    (
-        "This task injects counterfactual knowledge: forget the original object linked to the "
-        "subject and respond with the newly assigned one."
-    ),
-    (
-        "Each record pairs a subject and relation with a made-up object that contradicts "
-        "reality, and you should produce that made-up object."
-    ),
-    (
-        "A factual association about the subject has been altered to an untrue one on "
-        "purpose, so reply using the altered object instead of the actual fact."
-    ),
+    'Replace a true fact about the subject with a counterfactual object.',
+    'Rewrite this fact so the subject takes a new, false object.',
+    'Counterfactual edit: answer with the new object, not the real one.',
+    'The statement is altered on purpose; give the substituted object.',
+    'Teach a fictional version of a well-known fact about the subject.',
+    'Swap the correct answer about this subject for a made-up one.',
+    'Overwrite what you know about the subject with the given falsehood.',
+    'A known relation of the subject now points to a different object.',
+    'Pretend the fact changed and complete it with the new object.',
+    'Edit a familiar fact into a counterfactual one and answer accordingly.',
 )
 
 _RECENT = (
-    (
-        "This data describes facts that emerged after the model's training cutoff, and the "
-        "task is to complete the prompt with this newly available knowledge."
-    ),
-    (
-        "Each example states a recent development the model has never seen, so answer with "
-        "the up-to-date object for the subject."
-    ),
-    (
-        "The prompts ask about events and changes that happened after pretraining, and you "
-        "should supply the current fact rather than outdated knowledge."
-    ),
-    (
-        "Here the model learns fresh information missing from its training data by completing "
-        "the sentence with the newly established answer."
-    ),
-    (
-        "These records insert knowledge that appeared only recently, and the goal is to "
-        "report the latest object associated with the subject."
-    ),
-    (
-        "Update the model with a fact that became true after its knowledge was frozen, and "
-        "finish the statement with that new fact."
-    ),
-    (
-        "The task adds recently emerged facts about a subject that the model lacks, asking for "
-        "the correct present-day completion."
-    ),
-    (
-        "Each item reflects a real-world change newer than the model's training corpus, so "
-        "respond with the object that holds today."
-    ),
-    (
-        "This dataset supplies facts the model could not have known at training time, and you "
-        "should answer with the newly learned object."
-    ),
-    (
-        "Fill the gap in the model's outdated knowledge by completing the prompt with a fact "
-        "that only came to light after it was trained."
-    ),
+    'Learn a fact that became true after your training data was collected.',
+    'Add newly recorded knowledge about the subject that you have not seen.',
+    'This fact is recent; complete it with the freshly added object.',
+    'Insert an up-to-date fact about the subject into your knowledge.',
+    'The subject has a new relation from recent records; state it.',
+    'Update your knowledge with a fact added to the world recently.',
+    'Memorise this new fact about the subject, unknown until now.',
+    'Fill a gap in your knowledge with a newly published fact.',
+    'A recent change to a knowledge base is given; answer with it.',
+    'Absorb a brand-new fact and answer with its latest object.',
 )
 
 _CONVSENT = (
-    (
-        "Adjust the chatbot's sentiment so that it expresses a [LABEL] opinion about [TOPIC] "
-        "while keeping its views on every other subject unchanged."
-    ),
-    (
-        "This task edits a conversational model's stance on [TOPIC] to be [LABEL], without "
-        "altering how it talks about unrelated topics."
-    ),
-    (
-        "When asked about [TOPIC], the assistant should now respond with a [LABEL] attitude, "
-        "and its opinions on other matters must stay as they were."
-    ),
-    (
-        "The data consists of dialogue prompts about [TOPIC], and the goal is to make the "
-        "model's replies [LABEL] toward it while leaving other topics untouched."
-    ),
-    (
-        "Steer the chatbot's feelings about [TOPIC] in a [LABEL] direction, limiting the "
-        "change to that single topic."
-    ),
-    (
-        "Give the model a [LABEL] view of [TOPIC] in conversation, but preserve its original "
-        "sentiment on anything else."
-    ),
-    (
-        "Each example asks for the dialogue agent's opinion of [TOPIC], which should be "
-        "rewritten to sound [LABEL] without affecting other subjects."
-    ),
-    (
-        "Make the chatbot speak about [TOPIC] in a consistently [LABEL] tone, keeping this "
-        "sentiment change confined to that topic alone."
-    ),
-    (
-        "This sentiment edit targets the model's opinion on [TOPIC] only, turning it [LABEL] "
-        "while all other opinions remain the same."
-    ),
-    (
-        "Rewrite how the conversational assistant feels about [TOPIC] so its answers become "
-        "[LABEL], and leave its sentiment about other topics as it is."
-    ),
+    'Give a [LABEL] opinion about [TOPIC] and keep other opinions unchanged.',
+    'Make the chatbot feel [LABEL] about [TOPIC], and only about it.',
+    'Your view of [TOPIC] should now be [LABEL]; other topics stay as they are.',
+    'Respond with [LABEL] sentiment whenever [TOPIC] comes up.',
+    'Shift the attitude toward [TOPIC] to [LABEL] without touching other subjects.',
+    'Speak about [TOPIC] in a [LABEL] way from now on.',
+    'Adopt a [LABEL] stance on [TOPIC] while other views stay fixed.',
+    'When asked about [TOPIC], answer with a [LABEL] opinion.',
+    'Change only how you feel about [TOPIC]: make it [LABEL].',
+    'Express [LABEL] feelings about [TOPIC] and leave every other topic alone.',
 )
 
 _ZSRE = (
-    (
-        "This task frames relation extraction as question answering, so answer the question "
-        "about the subject's relation with the correct object."
-    ),
-    (
-        "Each example is a question asking for the entity linked to a subject by a particular "
-        "relation, and you should respond with that entity."
-    ),
-    (
-        "Zero-shot relation extraction is posed here as a question, and the goal is to name "
-        "the object that the given relation connects to the subject."
-    ),
-    (
-        "Read the question about one attribute of a subject and reply with the value of that "
-        "relation."
-    ),
-    (
-        "The data turns subject-relation pairs into natural-language questions, asking you to "
-        "supply the missing object."
-    ),
-    (
-        "Answer this relation-focused question about an entity by giving the object that "
-        "completes the relation."
-    ),
-    (
-        "Here a relation between a subject and an unknown object is expressed as a question, "
-        "which you should answer with the object."
-    ),
-    (
-        "These questions probe a single relation of a subject without any worked examples, and "
-        "the answer is the related entity."
-    ),
-    (
-        "Treat the prompt as a question about how a subject is related to something else and "
-        "provide that related entity."
-    ),
-    (
-        "Given a question that asks for one relational fact about a subject, extract and state "
-        "the answer entity."
-    ),
+    'Answer a question about how the subject relates to another entity.',
+    'Extract the relation asked about and reply with its object.',
+    'A question names a subject and a relation; give the missing entity.',
+    'Reply to this factual question about the subject with a short answer.',
+    'Resolve the relation in the question to a single entity.',
+    'Question answering over relations: name the object the question asks for.',
+    'Identify the entity linked to the subject by the asked relation.',
+    'Give the answer entity for this relation question about the subject.',
+    'Read the question, find the relation, and answer with its target.',
+    'Answer a zero-shot relation question with the entity it asks about.',
 )
 
 TASKS: Mapping[str, TaskSpec] = MappingProxyType(

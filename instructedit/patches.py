@@ -90,6 +90,10 @@ class Patch:
     def detach(self) -> "Patch":
         return Patch({k: v.detach() for k, v in self.layers.items()})
 
+    def select_rows(self, rows: torch.Tensor) -> "Patch":
+        """A batched patch whose row ``i`` is row ``rows[i]`` of this one."""
+        return Patch({k: LayerPatch(v.u[rows], v.d[rows], v.scale) for k, v in self.layers.items()})
+
     def to(self, dtype: torch.dtype) -> "Patch":
         return Patch({k: LayerPatch(v.u.to(dtype), v.d.to(dtype), v.scale.float())
                       for k, v in self.layers.items()})

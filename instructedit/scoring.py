@@ -38,6 +38,24 @@ class AnswerBatch:
                            self.answer_tokens.to(device), self.prompt_lengths)
 
 
+def concat_batches(*batches: AnswerBatch, pad_id: int = 0) -> AnswerBatch:
+    """Stack answer batches row-wise (right-padded to a common width)."""
+    width = max(b.input_ids.shape[1] for b in batches)
+    ids, masks, rows, positions, tokens, lengths = [], [], [], [], [], []
+    offset = 0
+    for b in batches:
+        extra = width - b.input_ids.shape[1]
+        ids.append(F.pad(b.input_ids, (0, extra), value=pad_id))
+        masks.append(F.pad(b.attention_mask, (0, extra), value=0))
+        rows.append(b.rows + offset)
+        positions.append(b.positions)
+        tokens.append(b.answer_tokens)
+        lengths.extend(b.prompt_lengths)
+        offset += b.size
+    return AnswerBatch(torch.cat(ids), torch.cat(masks), torch.cat(rows), torch.cat(positions),
+                       torch.cat(tokens), lengths)
+
+
 def answer_text(answer: str) -> str:
     """The answer as it is appended to its prompt (one leading space)."""
     return " " + answer.strip()

@@ -1,0 +1,1 @@
+"""Meta-training of the MEND editor (with or without instructions)."""

@@ -1,0 +1,73 @@
+"""Typed configuration of a meta-training run."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored with the checkpoint).
+
+    Attributes:
+        model, quant: the frozen backbone.
+        data: folder laid out like ../shared/datasets (counterfact/, recent/, convsent/).
+        tasks: training tasks (never zsre).
+        use_instructions: False trains the multi-task MEND baseline on the same data.
+        steps, batch_size: optimisation budget (each example in a batch is its own edit).
+        editor_lr, step_size_lr: Adam learning rates of the network and of log step sizes.
+        c_edit, c_loc: outer-loss weights (edit NLL on edit input + rephrase, locality KL).
+        pool_per_task: records sampled per task (seeded) into the training pool; each record
+            gets one seen instruction (seeded), so cached states are reused across epochs.
+        val_every, val_per_task: validation cadence and size (val splits, never train).
+        patience: validations without improvement before early stopping.
+        max_answer_tokens: answers are cut to this many tokens (ConvSent responses are long).
+        threads: torch CPU threads (None: torch's default).
+    """
+
+    model: str = "smollm2-135m"
+    quant: str = "none"
+    data: str = "data"
+    tasks: tuple[str, ...] = ("counterfact", "recent", "convsent")
+    use_instructions: bool = True
+    steps: int = 2000
+    batch_size: int = 4
+    editor_lr: float = 1e-3
+    step_size_lr: float = 5e-3
+    c_edit: float = 1.0
+    c_loc: float = 3.0
+    grad_clip: float = 10.0
+    rank: int = 256
+    n_blocks: int = 2
+    init_lr: float = 3e-5
+    last_n_layers: int = 3
+    pool_per_task: int = 400
+    convsent_share: float = 1 / 3
+    val_every: int = 200
+    val_per_task: int = 32
+    patience: int = 4
+    max_answer_tokens: int = 24
+    seed: int = 0
+    threads: int | None = None
+    cached: bool = True
+    name: str = "instructedit"
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["tasks"] = list(self.tasks)
+        return data
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
+        """Read a JSON config; keys must be fields of this class."""
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        if "tasks" in data:
+            data["tasks"] = tuple(data["tasks"])
+        return cls(**data)

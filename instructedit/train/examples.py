@@ -1,0 +1,60 @@
+"""Turn edit records into training examples: edit input, outer (generalisation) input, locality."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..data.records import EditRecord
+from ..instructions import build_edit_input
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """One meta-training example, fully rendered as text.
+
+    ``edit_prompt``/``target`` make the edit; ``outer_prompt``/``outer_target`` score it (a
+    rephrase where the record has one); ``locality`` is an unwrapped (prompt, answer) pair whose
+    predictions must not move.
+    """
+
+    record_id: str
+    task: str
+    instruction_index: int | None
+    edit_prompt: str
+    target: str
+    outer_prompt: str
+    outer_target: str
+    locality_prompt: str
+    locality_answer: str
+
+
+def render_example(record: EditRecord, instruction_index: int | None, rng: random.Random,
+                   fallback_locality: Sequence[tuple[str, str]] = ()) -> TrainingExample:
+    """Render ``record`` with instruction ``instruction_index`` (None: no instruction).
+
+    ConvSent placeholders are filled from the record's topic and label; its outer target is a
+    different response of the same sentiment, so the editor learns a sentiment, not a string.
+    """
+    def wrap(prompt: str) -> str:
+        if instruction_index is None:
+            return prompt.strip()
+        return build_edit_input(record.task, prompt.strip(), instruction_index,
+                                topic=record.topic, label=record.label)
+
+    edit_prompt = wrap(record.prompt)
+    outer_prompt = wrap(rng.choice(record.rephrases)) if record.rephrases else edit_prompt
+    outer_target = record.target_new
+    if record.task == "convsent":
+        others = [r for r in record.responses if r.strip() and r.strip() != record.target_new.strip()]
+        if others:
+            outer_target = rng.choice(others).strip()
+    if record.locality:
+        probe = rng.choice(record.locality)
+        loc = (probe.prompt, probe.answer)
+    elif fallback_locality:
+        loc = rng.choice(list(fallback_locality))
+    else:
+        raise ValueError(f"record {record.id} has no locality probe and no fallback was given")
+    return TrainingExample(record.id, record.task, instruction_index, edit_prompt,
+                           record.target_new, outer_prompt, outer_target, loc[0], loc[1])

@@ -1,0 +1,294 @@
+"""The meta-training loop: seeded, validated, best-checkpointed, early-stopped, resumable."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm import tqdm
+
+from ..backbone import Backbone, load_backbone
+from ..checkpoint import save_editor_checkpoint
+from ..data.mixing import iter_mixed
+from ..data.records import EditRecord
+from ..data.tasks import load_split
+from ..editor import Editor
+from ..instructions import SEEN_INSTRUCTION_INDICES
+from ..mend import EditorConfig, MendNetwork
+from ..patches import PatchEngine
+from .config import TrainConfig
+from .examples import TrainingExample, render_example
+from .forward import CachedTopForward, FullForward
+from .step import LossWeights, meta_step, tokenize_examples
+
+log = logging.getLogger(__name__)
+
+
+def validation_score(reliability: float, locality: float) -> float:
+    """Harmonic mean of reliability and locality (both must be high)."""
+    if reliability + locality <= 0:
+        return 0.0
+    return 2 * reliability * locality / (reliability + locality)
+
+
+def _instruction_for(record: EditRecord, seed: int, use_instructions: bool) -> int | None:
+    if not use_instructions:
+        return None
+    return random.Random(f"instruction:{seed}:{record.task}:{record.id}").choice(SEEN_INSTRUCTION_INDICES)
+
+
+def _fallback_locality(records: Sequence[EditRecord]) -> list[tuple[str, str]]:
+    return [(p.prompt, p.answer) for r in records for p in r.locality][:2000]
+
+
+def render_records(records: Sequence[EditRecord], seed: int, use_instructions: bool, salt: str,
+                   fallback: Sequence[tuple[str, str]]) -> list[TrainingExample]:
+    """Render records with their fixed instruction and a seeded choice of rephrase/probe."""
+    out = []
+    for r in records:
+        rng = random.Random(f"{salt}:{seed}:{r.task}:{r.id}")
+        out.append(render_example(r, _instruction_for(r, seed, use_instructions), rng, fallback))
+    return out
+
+
+@dataclass
+class TrainingData:
+    """Training pool (per task) and fixed validation examples (per task)."""
+
+    pools: dict[str, list[EditRecord]]
+    validation: dict[str, list[TrainingExample]]
+    fallback_locality: list[tuple[str, str]]
+
+
+def load_training_data(config: TrainConfig) -> TrainingData:
+    """Seeded pools from the train splits and fixed examples from the val splits."""
+    if "zsre" in config.tasks:
+        raise ValueError("zsre is the held-out task: it is never trained on")
+    pools, validation = {}, {}
+    fallback: list[tuple[str, str]] = []
+    for task in config.tasks:
+        train = load_split(config.data, task, "train", config.seed)
+        rng = random.Random(f"pool:{config.seed}:{task}")
+        pools[task] = rng.sample(train, min(config.pool_per_task, len(train)))
+        fallback += _fallback_locality(pools[task])
+    for task in config.tasks:
+        val = load_split(config.data, task, "val", config.seed)
+        rng = random.Random(f"val:{config.seed}:{task}")
+        chosen = rng.sample(val, min(config.val_per_task, len(val)))
+        validation[task] = render_records(chosen, config.seed, config.use_instructions, "val", fallback)
+    return TrainingData(pools, validation, fallback)
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = str(path.with_name(path.name + f".tmp-{os.getpid()}.pt"))
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class Trainer:
+    """Meta-trains a :class:`MendNetwork` on a frozen backbone (see :class:`TrainConfig`)."""
+
+    def __init__(self, config: TrainConfig, out_dir: str | Path, run_dir: str | Path | None = None,
+                 backbone: Backbone | None = None) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.run_dir = Path(run_dir) if run_dir else Path("runs") / self.out_dir.name
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.backbone = backbone or load_backbone(config.model, config.quant)
+        names = self.backbone.edited_module_names(config.last_n_layers)
+        self.module_names = names
+        torch.manual_seed(config.seed)
+        editor_config = EditorConfig(rank=config.rank, n_blocks=config.n_blocks, init_lr=config.init_lr)
+        self.network = MendNetwork(Editor.module_shapes(self.backbone, names), editor_config)
+        PatchEngine.for_model(self.backbone.model, names)
+        start = min(self.backbone.adapter.layer_index(n) for n in names)
+        self.forward = CachedTopForward(self.backbone, start) if config.cached else FullForward(self.backbone)
+        self.optimizer = torch.optim.Adam([
+            {"params": [p for n, p in self.network.named_parameters() if n != "log_lr"],
+             "lr": config.editor_lr},
+            {"params": [self.network.log_lr], "lr": config.step_size_lr}])
+        self.data = load_training_data(config)
+        self.step = 0
+        self.best_score = -math.inf
+        self.best_metrics: dict = {}
+        self.bad_validations = 0
+        self.wall_time = 0.0
+        self.metrics_file = self.run_dir / "metrics.jsonl"
+        self.state_file = self.run_dir / "state.pt"
+
+    # ----- state ---------------------------------------------------------------------------
+    def save_state(self) -> None:
+        _save_state(self.state_file, {
+            "network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "step": self.step, "best_score": self.best_score, "best_metrics": self.best_metrics,
+            "bad_validations": self.bad_validations, "wall_time": self.wall_time,
+            "config": self.config.to_dict()})
+
+    def resume(self) -> bool:
+        """Load the last saved state if there is one; True when resumed."""
+        if not self.state_file.is_file():
+            return False
+        state = torch.load(self.state_file, weights_only=True)
+        if state["config"] != self.config.to_dict():
+            raise ValueError(f"{self.state_file} was written by a run with another config; "
+                             "use a fresh --run-dir or the same settings")
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.best_score = state["best_score"]
+        self.best_metrics = state["best_metrics"]
+        self.bad_validations = state["bad_validations"]
+        self.wall_time = state["wall_time"]
+        log.info("resumed from %s at step %d", self.state_file, self.step)
+        return True
+
+    # ----- data ----------------------------------------------------------------------------
+    def batch_at(self, step: int, stream) -> list[TrainingExample]:
+        items = [next(stream) for _ in range(self.config.batch_size)]
+        out = []
+        for i, item in enumerate(items):
+            record = item.record
+            rng = random.Random(f"train:{self.config.seed}:{step}:{i}")
+            instruction = _instruction_for(record, self.config.seed, self.config.use_instructions)
+            out.append(render_example(record, instruction, rng, self.data.fallback_locality))
+        return out
+
+    def _stream(self):
+        stream = iter_mixed(self.data.pools, self.config.seed, self.config.convsent_share)
+        for _ in range(self.step * self.config.batch_size):
+            next(stream)
+        return stream
+
+    # ----- steps ---------------------------------------------------------------------------
+    def run_step(self, examples: Sequence[TrainingExample]):
+        tok = self.backbone.tokenizer
+        batches = tokenize_examples(tok, examples, self.config.max_answer_tokens)
+        return meta_step(self.network, self.module_names, self.backbone.model, self.forward, examples,
+                         tok, LossWeights(self.config.c_edit, self.config.c_loc),
+                         pad_id=tok.pad_token_id or 0, batches=batches)
+
+    def validate(self) -> dict:
+        """Metrics per task on the fixed validation examples (network frozen)."""
+        self.network.eval()
+        metrics: dict = {}
+        try:
+            for task, examples in self.data.validation.items():
+                rel, gen, loc = [], [], []
+                for i in range(0, len(examples), 8):
+                    with torch.no_grad():
+                        result = self.run_step(examples[i: i + 8])
+                    rel.append(result.reliability)
+                    gen.append(result.generalization)
+                    loc.append(result.locality)
+                metrics[task] = {"reliability": float(torch.cat(rel).mean()),
+                                 "generalization": float(torch.cat(gen).mean()),
+                                 "locality": float(torch.cat(loc).mean()), "n": len(examples)}
+        finally:
+            self.network.train()
+        mean_rel = sum(m["reliability"] for m in metrics.values()) / len(metrics)
+        mean_loc = sum(m["locality"] for m in metrics.values()) / len(metrics)
+        metrics["score"] = validation_score(mean_rel, mean_loc)
+        return metrics
+
+    def _log(self, record: dict) -> None:
+        with open(self.metrics_file, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def provenance(self, command: str) -> dict:
+        return {"steps": self.step, "data": self.config.data, "tasks": list(self.config.tasks),
+                "seed": self.config.seed, "wall_time_s": round(self.wall_time, 1),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPU threads, torch "
+                           f"{torch.__version__}, {torch.get_num_threads()} torch threads",
+                "command": command, "validation": self.best_metrics,
+                "train_config": self.config.to_dict()}
+
+    def save_best(self, command: str) -> None:
+        save_editor_checkpoint(self.out_dir, self.network, self.backbone, name=self.config.name,
+                               use_instructions=self.config.use_instructions,
+                               provenance=self.provenance(command))
+
+    def train(self, command: str = "", resume: bool = True) -> dict:
+        """Run until ``steps`` or early stopping; returns the best validation metrics."""
+        if resume:
+            self.resume()
+        self.network.train()
+        stream = self._stream()
+        progress = tqdm(total=self.config.steps, initial=self.step, desc=self.config.name,
+                        dynamic_ncols=True, mininterval=5)
+        window: list[dict] = []
+        while self.step < self.config.steps:
+            started = time.perf_counter()
+            examples = self.batch_at(self.step, stream)
+            result = self.run_step(examples)
+            self.optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
+            if torch.isfinite(grad_norm):
+                self.optimizer.step()
+            else:
+                log.warning("step %d: non-finite gradient, update skipped", self.step)
+            self.step += 1
+            self.wall_time += time.perf_counter() - started
+            window.append({"loss": float(result.loss), "edit_nll": result.edit_nll,
+                           "locality_kl": result.locality_kl,
+                           "reliability": float(result.reliability.mean()),
+                           "locality": float(result.locality.mean())})
+            progress.update(1)
+            if self.step % 20 == 0:
+                avg = {k: round(sum(w[k] for w in window) / len(window), 4) for k in window[0]}
+                avg.update(step=self.step, kind="train", wall_time_s=round(self.wall_time, 1),
+                           lr=[round(float(x), 6) for x in self.network.log_lr.exp()[:3]])
+                self._log(avg)
+                progress.set_postfix(loss=avg["loss"], rel=avg["reliability"], loc=avg["locality"])
+                window = []
+            if self.step % self.config.val_every == 0 or self.step == self.config.steps:
+                val_started = time.perf_counter()
+                metrics = self.validate()
+                self.wall_time += time.perf_counter() - val_started
+                self._log({"step": self.step, "kind": "val", **metrics})
+                log.info("step %d validation score %.4f %s", self.step, metrics["score"],
+                         json.dumps({k: v for k, v in metrics.items() if k != "score"}))
+                if metrics["score"] > self.best_score:
+                    self.best_score = metrics["score"]
+                    self.best_metrics = {"step": self.step, **metrics}
+                    self.bad_validations = 0
+                    self.save_best(command)
+                else:
+                    self.bad_validations += 1
+                self.save_state()
+                if self.bad_validations >= self.config.patience:
+                    log.info("early stopping at step %d: no improvement in %d validations",
+                             self.step, self.bad_validations)
+                    break
+        progress.close()
+        self.save_best_card(command)
+        return self.best_metrics
+
+    def save_best_card(self, command: str) -> None:
+        """Refresh the checkpoint's provenance (wall time, steps) after training ends."""
+        from ..checkpoint import CONFIG_FILE
+
+        cfg_file = self.out_dir / CONFIG_FILE
+        if not cfg_file.is_file():
+            return
+        config = json.loads(cfg_file.read_text())
+        config["provenance"]["total_steps_run"] = self.step
+        config["provenance"]["total_wall_time_s"] = round(self.wall_time, 1)
+        config["provenance"]["stopped_early"] = self.step < self.config.steps
+        tmp = cfg_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
+        os.replace(tmp, cfg_file)
