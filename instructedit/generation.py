@@ -31,6 +31,25 @@ def format_prompt(backbone: Backbone, prompt: str, chat: bool) -> str:
     return prompt
 
 
+def _left_padded(tokenizer, texts: Sequence[str], add_special_tokens: bool,
+                 device: torch.device) -> dict[str, torch.Tensor]:
+    """Tokenize ``texts`` left-padded without touching the shared tokenizer's padding settings.
+
+    (Setting ``tokenizer.padding_side`` or batch padding mutates state shared by all threads,
+    so concurrent callers could get each other's padding.)
+    """
+    rows = [tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"] for t in texts]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            input_ids[i, width - len(row):] = torch.tensor(row)
+            mask[i, width - len(row):] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+
+
 @torch.no_grad()
 def generate(backbone: Backbone, prompts: Sequence[str] | str, config: GenerationConfig | None = None,
              ) -> list[str]:
@@ -40,12 +59,7 @@ def generate(backbone: Backbone, prompts: Sequence[str] | str, config: Generatio
         prompts = [prompts]
     tokenizer = backbone.tokenizer
     texts = [format_prompt(backbone, p, config.chat) for p in prompts]
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True,
-                        add_special_tokens=not config.chat).to(backbone.device)
-    finally:
-        tokenizer.padding_side = "right"
+    enc = _left_padded(tokenizer, texts, not config.chat, backbone.device)
     out = backbone.model.generate(**enc, max_new_tokens=config.max_new_tokens, do_sample=False,
                                   pad_token_id=tokenizer.pad_token_id, num_beams=1,
                                   temperature=None, top_p=None, top_k=None)

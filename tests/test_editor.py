@@ -1,0 +1,107 @@
+"""The editor: an identity network is one exact gradient step; quantized edits; request validation."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from instructedit.backbone import load_backbone
+from instructedit.editor import MAX_PROMPT_CHARS, EditError, Editor, EditRequest
+from instructedit.patches import PatchEngine
+from instructedit.scoring import full_model_answer_logits, score_answers, tokenize_answers
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama_dir):
+    return load_backbone(str(tiny_llama_dir), device="cpu")
+
+
+def _target_prob(backbone, prompt, target, patch=None) -> float:
+    batch = tokenize_answers(backbone.tokenizer, [prompt], [target]).to(backbone.device)
+    with torch.no_grad(), PatchEngine.activate(patch):
+        return float(score_answers(full_model_answer_logits(backbone.model, batch), batch).probability[0])
+
+
+def _autograd_weight_grads(backbone, names, prompt, target) -> dict[str, torch.Tensor]:
+    """d(mean target NLL)/dW, (out, in), on an independent float copy of the model."""
+    model = AutoModelForCausalLM.from_pretrained(backbone.source, dtype=torch.float32)
+    model.requires_grad_(False)
+    for name in names:
+        model.get_submodule(name).weight.requires_grad_(True)
+    batch = tokenize_answers(backbone.tokenizer, [prompt], [target])
+    score_answers(full_model_answer_logits(model, batch), batch).mean_nll.sum().backward()
+    return {n: backbone.adapter.weight_grad_out_in(model.get_submodule(n)) for n in names}
+
+
+@pytest.mark.parametrize("family,cls", [("llama", "Linear"), ("gpt2", "Conv1D")])
+def test_identity_editor_is_one_gradient_step(tiny_llama_dir, tiny_gpt2_dir, family, cls):
+    folder = tiny_llama_dir if family == "llama" else tiny_gpt2_dir
+    backbone = load_backbone(str(folder), device="cpu")
+    eta = 0.5
+    editor = Editor.untrained(backbone, step_size=eta, normalize=False)
+    request = EditRequest("The Eiffel Tower is located in", "Rome Italy")
+    edit = editor.edit(request)
+    assert edit.wrapped_input == request.prompt  # custom task, no instruction: unwrapped
+    names = backbone.edited_module_names()
+    assert sorted(edit.patch.layers) == sorted(names)
+    assert all(type(backbone.module(n)).__name__ == cls for n in names)
+    grads = _autograd_weight_grads(backbone, names, edit.wrapped_input, request.target)
+    for name in names:
+        expected = -eta * grads[name]
+        assert expected.abs().max() > 1e-3, f"{name}: gradient too small for a meaningful check"
+        delta = edit.patch.layers[name].delta_weight()
+        assert delta.shape == expected.shape
+        torch.testing.assert_close(delta, expected, atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("quant", ["8bit", "4bit"])
+def test_quantized_edit_raises_target_probability(tiny_model_dir, quant):
+    backbone = load_backbone(str(tiny_model_dir), quant, device="cpu")
+    editor = Editor.untrained(backbone, step_size=2.0)
+    prompt, target = "The Eiffel Tower is located in", "Rome"
+    edit = editor.edit(EditRequest(prompt, target))
+    before, after = _target_prob(backbone, prompt, target), _target_prob(backbone, prompt, target, edit.patch)
+    assert after > before * 10, (before, after)
+    assert _target_prob(backbone, prompt, target) == before  # nothing stays active
+
+
+@pytest.mark.parametrize("prompt,target,match", [
+    ("", "Rome", "prompt is empty"),
+    ("   \n\t ", "Rome", "prompt is empty"),
+    ("The capital of France is", "  ", "target is empty"),
+    ("x" * (MAX_PROMPT_CHARS + 1), "Rome", "too long"),
+    ("The capital of France is", "Paris Rome " * 90, "tokens long"),
+    ("The capital\x00 of France is", "Rome", "control characters"),
+    ("The capital of France is", "\x1b[31mRome", "control characters"),
+    ("The capital of France is\x7f\x08", "Rome", "control characters"),
+])
+def test_bad_requests_raise_edit_error(llama, prompt, target, match):
+    editor = Editor.untrained(llama, step_size=0.5)
+    with pytest.raises(EditError, match=match):
+        editor.edit(EditRequest(prompt, target))
+
+
+@pytest.mark.parametrize("prompt,target", [
+    ("🚀 The Eiffel Tower 🗼 is located in", "Rome 🇮🇹"),
+    ("برج إيفل يقع في", "روما"),
+    ("Der Eiffelturm 位于 Париж и", "東京"),
+    ("e\u0301 combining and \u200f RTL mark in", "Ελλάδα"),
+])
+def test_unicode_requests_work(llama, prompt, target):
+    editor = Editor.untrained(llama, step_size=2.0)
+    edit = editor.edit(EditRequest(prompt, target))
+    edit.patch.check_finite()
+    assert edit.wrapped_input == prompt.strip()
+    assert _target_prob(llama, prompt, target, edit.patch) > _target_prob(llama, prompt, target)
+
+
+def test_instruction_wrapping(llama):
+    editor = Editor.untrained(llama, step_size=0.5)
+    edit = editor.edit(EditRequest("The Eiffel Tower is located in", "Rome", task="counterfact",
+                                   instruction="heldout"))
+    assert edit.wrapped_input.startswith("Task: counterfact\nDescription: ")
+    assert edit.wrapped_input.endswith("\nInput: The Eiffel Tower is located in")
+    request = EditRequest("The Eiffel Tower is located in", "Rome", task="counterfact", instruction=0)
+    assert request.wrap("Where is the Eiffel Tower?").endswith("Input: Where is the Eiffel Tower?")
+    unwrapped = Editor.untrained(llama, step_size=0.5, use_instructions=False).edit(request)
+    assert unwrapped.wrapped_input == request.prompt
