@@ -20,6 +20,7 @@ class TrainConfig:
         c_edit, c_loc: outer-loss weights (edit NLL on edit input + rephrase, locality KL).
         pool_per_task: records sampled per task (seeded) into the training pool; each record
             gets one seen instruction (seeded), so cached states are reused across epochs.
+        log_every: training metrics are averaged and logged every N steps.
         val_every, val_per_task: validation cadence and size (val splits, never train).
         patience: validations without improvement before early stopping.
         max_answer_tokens: answers are cut to this many tokens (ConvSent responses are long).
@@ -45,6 +46,7 @@ class TrainConfig:
     pool_per_task: int = 400
     convsent_share: float = 1 / 3
     val_every: int = 200
+    log_every: int = 20
     val_per_task: int = 32
     patience: int = 4
     max_answer_tokens: int = 24

@@ -31,6 +31,9 @@ from .step import LossWeights, meta_step, tokenize_examples
 
 log = logging.getLogger(__name__)
 
+# Settings that may change between a run and its resumption (budget and cadence, not the model).
+BUDGET_FIELDS = frozenset({"steps", "patience", "threads", "log_every", "val_every"})
+
 
 def validation_score(reliability: float, locality: float) -> float:
     """Harmonic mean of reliability and locality (both must be high)."""
@@ -143,9 +146,12 @@ class Trainer:
         if not self.state_file.is_file():
             return False
         state = torch.load(self.state_file, weights_only=True)
-        if state["config"] != self.config.to_dict():
-            raise ValueError(f"{self.state_file} was written by a run with another config; "
-                             "use a fresh --run-dir or the same settings")
+        saved = {k: v for k, v in state["config"].items() if k not in BUDGET_FIELDS}
+        current = {k: v for k, v in self.config.to_dict().items() if k not in BUDGET_FIELDS}
+        if saved != current:
+            changed = sorted(k for k in current if saved.get(k) != current[k])
+            raise ValueError(f"{self.state_file} was written by a run with other settings "
+                             f"({', '.join(changed)}); use a fresh --run-dir or the same settings")
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
@@ -221,8 +227,12 @@ class Trainer:
                                use_instructions=self.config.use_instructions,
                                provenance=self.provenance(command))
 
-    def train(self, command: str = "", resume: bool = True) -> dict:
-        """Run until ``steps`` or early stopping; returns the best validation metrics."""
+    def train(self, command: str = "", resume: bool = True, stop_at: int | None = None) -> dict:
+        """Run until ``steps`` or early stopping; returns the best validation metrics.
+
+        ``stop_at`` ends this call early at that step (as if killed right after a saved state);
+        a later call resumes from the run folder.
+        """
         if resume:
             self.resume()
         self.network.train()
@@ -248,7 +258,7 @@ class Trainer:
                            "reliability": float(result.reliability.mean()),
                            "locality": float(result.locality.mean())})
             progress.update(1)
-            if self.step % 20 == 0:
+            if self.step % self.config.log_every == 0:
                 avg = {k: round(sum(w[k] for w in window) / len(window), 4) for k in window[0]}
                 avg.update(step=self.step, kind="train", wall_time_s=round(self.wall_time, 1),
                            lr=[round(float(x), 6) for x in self.network.log_lr.exp()[:3]])
@@ -270,6 +280,8 @@ class Trainer:
                 else:
                     self.bad_validations += 1
                 self.save_state()
+                if stop_at is not None and self.step >= stop_at:
+                    break
                 if self.bad_validations >= self.config.patience:
                     log.info("early stopping at step %d: no improvement in %d validations",
                              self.step, self.bad_validations)

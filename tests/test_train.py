@@ -1,0 +1,120 @@
+"""Meta-training on tiny models: cached step == full step, loss goes down, save/reload/edit, resume."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from instructedit.backbone import load_backbone
+from instructedit.editor import Editor, EditRequest
+from instructedit.mend import EditorConfig, MendNetwork
+from instructedit.patches import PatchEngine
+from instructedit.train.config import TrainConfig
+from instructedit.train.examples import render_example
+from instructedit.train.forward import CachedTopForward, FullForward
+from instructedit.train.step import LossWeights, meta_step
+from instructedit.train.trainer import Trainer, validation_score
+from tests.data.layout import make_data_dir
+
+
+def _examples(records, n=3):
+    rng = random.Random(0)
+    return [render_example(r, 0, rng) for r in records[:n]]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_data_dir(tmp_path_factory.mktemp("data"))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_cached_step_equals_full_step(family, tiny_llama_dir, tiny_gpt2_dir, data_dir):
+    from instructedit.data.tasks import load_split
+
+    folder = tiny_llama_dir if family == "llama" else tiny_gpt2_dir
+    backbone = load_backbone(str(folder))
+    names = backbone.edited_module_names(2)
+    torch.manual_seed(0)
+    network = MendNetwork(Editor.module_shapes(backbone, names), EditorConfig(rank=8, init_lr=1e-2))
+    with torch.no_grad():  # leave the identity so the editor's gradients are non-trivial
+        for module in network.modules():
+            if hasattr(module, "up") and isinstance(module.up, torch.nn.Linear):
+                module.up.weight.normal_(0, 0.05)
+    PatchEngine.for_model(backbone.model, names)
+    examples = _examples(load_split(data_dir, "counterfact", "train"))
+    pad = backbone.tokenizer.pad_token_id
+    # one training-mode pass fills the running statistics, then compare in eval mode
+    meta_step(network, names, backbone.model, FullForward(backbone), examples, backbone.tokenizer,
+              LossWeights(), pad_id=pad)
+    network.eval()
+    start = backbone.adapter.layer_index(names[0])
+    results = {}
+    for kind, forward in (("full", FullForward(backbone)), ("cached", CachedTopForward(backbone, start))):
+        network.zero_grad()
+        step = meta_step(network, names, backbone.model, forward, examples, backbone.tokenizer,
+                         LossWeights(1.0, 3.0), pad_id=pad)
+        step.loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in network.parameters() if p.grad is not None])
+        results[kind] = (step.loss.detach(), grads.clone())
+    (loss_full, grad_full), (loss_cached, grad_cached) = results["full"], results["cached"]
+    assert grad_full.abs().sum() > 0
+    assert torch.allclose(loss_full, loss_cached, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(grad_full, grad_cached, rtol=1e-4, atol=1e-4 * grad_full.abs().max())
+
+
+def test_validation_score_needs_both():
+    assert validation_score(1.0, 1.0) == 1.0
+    assert validation_score(1.0, 0.0) == 0.0
+    assert validation_score(0.9, 0.5) < 0.7
+
+
+def _config(data_dir, steps=24, **kw):
+    base = dict(data=str(data_dir), steps=steps, batch_size=2, rank=8, val_every=8, val_per_task=3,
+                pool_per_task=8, editor_lr=3e-3, step_size_lr=3e-2, init_lr=1e-3, patience=100,
+                tasks=("counterfact", "recent", "convsent"), last_n_layers=2, max_answer_tokens=8)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_short_training_run_learns_saves_reloads_and_edits(tiny_llama_dir, data_dir, tmp_path):
+    backbone = load_backbone(str(tiny_llama_dir))
+    out = tmp_path / "ckpt"
+    config = _config(data_dir, steps=48, val_every=16, log_every=4, model=str(tiny_llama_dir))
+    trainer = Trainer(config, out, tmp_path / "run", backbone)
+    trainer.train(resume=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [r["loss"] for r in rows if r["kind"] == "train"]
+    vals = [r for r in rows if r["kind"] == "val"]
+    assert len(vals) == 3 and all("counterfact" in v for v in vals)
+    assert sum(train_losses[-3:]) < sum(train_losses[:3]), train_losses
+    editor = Editor.from_pretrained(out, backbone)
+    config = json.loads((out / "editor.json").read_text())
+    assert config["provenance"]["steps"] > 0 and config["use_instructions"] is True
+    edit = editor.edit(EditRequest("The Eiffel Tower is located in", "Rome", task="counterfact",
+                                   instruction=0))
+    assert edit.patch.layers and all(layer.is_finite() for layer in edit.patch.layers.values())
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tiny_llama_dir, data_dir, tmp_path):
+    backbone = load_backbone(str(tiny_llama_dir))
+    cfg = _config(data_dir, steps=16, model=str(tiny_llama_dir))
+    full = Trainer(cfg, tmp_path / "a", tmp_path / "run-a", backbone)
+    full.train(resume=False)
+    # "kill" after the first validation: run 8 steps, then a new trainer resumes from the state file
+    part_cfg = _config(data_dir, steps=16, model=str(tiny_llama_dir))
+    first = Trainer(part_cfg, tmp_path / "b", tmp_path / "run-b", backbone)
+    first.train(resume=False, stop_at=8)
+    del first
+    resumed = Trainer(part_cfg, tmp_path / "b", tmp_path / "run-b", backbone)
+    assert resumed.resume() and resumed.step == 8
+    resumed.train(resume=False)
+    for (name, a), (_, b) in zip(full.network.state_dict().items(), resumed.network.state_dict().items()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+
+
+def test_zsre_is_never_trained(data_dir, tmp_path, tiny_llama_dir):
+    backbone = load_backbone(str(tiny_llama_dir))
+    with pytest.raises(ValueError, match="held-out"):
+        Trainer(_config(data_dir, tasks=("counterfact", "zsre")), tmp_path / "c", tmp_path / "r", backbone)
