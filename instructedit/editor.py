@@ -146,7 +146,7 @@ class Editor:
     def __init__(self, backbone: Backbone, network: MendNetwork, *, name: str = "editor",
                  use_instructions: bool = True, metadata: dict | None = None) -> None:
         self.backbone = backbone
-        self.network = network.eval()
+        self.network = network.to(backbone.device).eval()
         self.network.requires_grad_(False)
         self.name = name
         self.use_instructions = use_instructions

@@ -60,13 +60,14 @@ def meta_step(network: MendNetwork, module_names: Sequence[str], head_model, fin
               ) -> StepResult:
     """Edit every example independently and compute the outer loss and metrics."""
     n = len(examples)
-    edit, outer, loc = batches or tokenize_examples(tokenizer, examples)
+    device = next(head_model.parameters()).device
+    edit, outer, loc = (b.to(device) for b in (batches or tokenize_examples(tokenizer, examples)))
     patch, _ = compute_batched_patch(network, module_names, edit, final_hidden, head_model)
     with torch.no_grad():
         pre_loc_logits = answer_logits_from_hidden(head_model, final_hidden(loc), loc)
     # Locality rows are short and unwrapped: run them apart from the long wrapped rows (no padding waste).
     pair = concat_batches(edit, outer, pad_id=pad_id)
-    rows = torch.arange(n)
+    rows = torch.arange(n, device=device)
     with PatchEngine.activate(patch.select_rows(torch.cat([rows, rows]))):
         pair_logits = answer_logits_from_hidden(head_model, final_hidden(pair), pair)
     with PatchEngine.activate(patch):

@@ -25,6 +25,7 @@ from ..instructions import SEEN_INSTRUCTION_INDICES
 from ..mend import EditorConfig, MendNetwork
 from ..patches import PatchEngine
 from .config import TrainConfig
+from .distributed import DistributedContext
 from .examples import TrainingExample, render_example
 from .forward import CachedTopForward, FullForward
 from .step import LossWeights, meta_step, tokenize_examples
@@ -111,12 +112,15 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.backbone = backbone or load_backbone(config.model, config.quant)
+        self.distributed = DistributedContext.create()
+        self.backbone = backbone or load_backbone(config.model, config.quant,
+                                                  device=self.distributed.device())
         names = self.backbone.edited_module_names(config.last_n_layers)
         self.module_names = names
         torch.manual_seed(config.seed)
         editor_config = EditorConfig(rank=config.rank, n_blocks=config.n_blocks, init_lr=config.init_lr)
         self.network = MendNetwork(Editor.module_shapes(self.backbone, names), editor_config)
+        self.network.to(self.backbone.device)
         PatchEngine.for_model(self.backbone.model, names)
         start = min(self.backbone.adapter.layer_index(n) for n in names)
         self.forward = CachedTopForward(self.backbone, start) if config.cached else FullForward(self.backbone)
@@ -164,7 +168,10 @@ class Trainer:
 
     # ----- data ----------------------------------------------------------------------------
     def batch_at(self, step: int, stream) -> list[TrainingExample]:
-        items = [next(stream) for _ in range(self.config.batch_size)]
+        # Each process of a multi-GPU run takes its own slice of the stream.
+        items = [next(stream) for _ in range(self.config.batch_size * self.distributed.world_size)]
+        rank = self.distributed.rank
+        items = items[rank * self.config.batch_size:(rank + 1) * self.config.batch_size]
         out = []
         for i, item in enumerate(items):
             record = item.record
@@ -175,7 +182,7 @@ class Trainer:
 
     def _stream(self):
         stream = iter_mixed(self.data.pools, self.config.seed, self.config.convsent_share)
-        for _ in range(self.step * self.config.batch_size):
+        for _ in range(self.step * self.config.batch_size * self.distributed.world_size):
             next(stream)
         return stream
 
@@ -246,6 +253,7 @@ class Trainer:
             result = self.run_step(examples)
             self.optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
+            self.distributed.average_gradients(self.network)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
             if torch.isfinite(grad_norm):
                 self.optimizer.step()
@@ -253,7 +261,7 @@ class Trainer:
                 log.warning("step %d: non-finite gradient, update skipped", self.step)
             self.step += 1
             self.wall_time += time.perf_counter() - started
-            window.append({"loss": float(result.loss), "edit_nll": result.edit_nll,
+            window.append({"loss": float(result.loss.detach()), "edit_nll": result.edit_nll,
                            "locality_kl": result.locality_kl,
                            "reliability": float(result.reliability.mean()),
                            "locality": float(result.locality.mean())})
@@ -262,33 +270,43 @@ class Trainer:
                 avg = {k: round(sum(w[k] for w in window) / len(window), 4) for k in window[0]}
                 avg.update(step=self.step, kind="train", wall_time_s=round(self.wall_time, 1),
                            lr=[round(float(x), 6) for x in self.network.log_lr.exp()[:3]])
-                self._log(avg)
+                if self.distributed.is_main:
+                    self._log(avg)
                 progress.set_postfix(loss=avg["loss"], rel=avg["reliability"], loc=avg["locality"])
                 window = []
             if self.step % self.config.val_every == 0 or self.step == self.config.steps:
-                val_started = time.perf_counter()
-                metrics = self.validate()
-                self.wall_time += time.perf_counter() - val_started
-                self._log({"step": self.step, "kind": "val", **metrics})
-                log.info("step %d validation score %.4f %s", self.step, metrics["score"],
-                         json.dumps({k: v for k, v in metrics.items() if k != "score"}))
-                if metrics["score"] > self.best_score:
-                    self.best_score = metrics["score"]
-                    self.best_metrics = {"step": self.step, **metrics}
-                    self.bad_validations = 0
-                    self.save_best(command)
-                else:
-                    self.bad_validations += 1
-                self.save_state()
+                stop = False
+                if self.distributed.is_main:
+                    stop = self._validate_and_checkpoint(command)
+                stop = self.distributed.broadcast_flag(stop)
                 if stop_at is not None and self.step >= stop_at:
                     break
-                if self.bad_validations >= self.config.patience:
+                if stop:
                     log.info("early stopping at step %d: no improvement in %d validations",
-                             self.step, self.bad_validations)
+                             self.step, self.config.patience)
                     break
         progress.close()
-        self.save_best_card(command)
+        if self.distributed.is_main:
+            self.save_best_card(command)
         return self.best_metrics
+
+    def _validate_and_checkpoint(self, command: str) -> bool:
+        """Validate, keep the best checkpoint, save the state; True when training should stop."""
+        val_started = time.perf_counter()
+        metrics = self.validate()
+        self.wall_time += time.perf_counter() - val_started
+        self._log({"step": self.step, "kind": "val", **metrics})
+        log.info("step %d validation score %.4f %s", self.step, metrics["score"],
+                 json.dumps({k: v for k, v in metrics.items() if k != "score"}))
+        if metrics["score"] > self.best_score:
+            self.best_score = metrics["score"]
+            self.best_metrics = {"step": self.step, **metrics}
+            self.bad_validations = 0
+            self.save_best(command)
+        else:
+            self.bad_validations += 1
+        self.save_state()
+        return self.bad_validations >= self.config.patience
 
     def save_best_card(self, command: str) -> None:
         """Refresh the checkpoint's provenance (wall time, steps) after training ends."""
