@@ -322,3 +322,6 @@ class Trainer:
         tmp = cfg_file.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(config, indent=2) + "\n")
         os.replace(tmp, cfg_file)
+        from .card import write_card
+
+        write_card(self.out_dir)

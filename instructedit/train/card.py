@@ -1,0 +1,104 @@
+"""Model cards for editor checkpoints, generated from their ``editor.json`` (nothing typed by hand)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_config
+
+CARD_FILE = "README.md"
+EVAL_FILE = "test_metrics.json"
+
+
+def _metrics_table(metrics: dict) -> list[str]:
+    tasks = [t for t, v in metrics.items() if isinstance(v, dict) and "reliability" in v]
+    if not tasks:
+        return ["(none recorded)"]
+    lines = ["| task | n | reliability | generalization | locality |", "|---|---:|---:|---:|---:|"]
+    for task in tasks:
+        m = metrics[task]
+
+        def fmt(key: str) -> str:
+            value = m.get(key)
+            return "n/a" if value is None else f"{value:.3f}"
+
+        lines.append(f"| {task} | {m.get('n', '')} | {fmt('reliability')} | {fmt('generalization')} | "
+                     f"{fmt('locality')} |")
+    return lines
+
+
+def render_card(folder: Path) -> str:
+    """The markdown model card of the checkpoint in ``folder``."""
+    config = read_checkpoint_config(folder)
+    prov = config.get("provenance", {})
+    train_cfg = prov.get("train_config", {})
+    backbone = config["backbone"]
+    with_instr = config.get("use_instructions", True)
+    size = (folder / WEIGHTS_FILE).stat().st_size
+    val = dict(prov.get("validation", {}))
+    best_step = val.pop("step", None)
+    score = val.pop("score", None)
+    lines = [
+        f"# Editor `{config.get('name', folder.name)}` for {backbone['model_id']}",
+        "",
+        ("An instruction-conditioned MEND editor (InstructEdit, arXiv:2402.16123): edit inputs are "
+         "wrapped as `Task: {task}\\nDescription: {instruction}\\nInput: {prompt}`."
+         if with_instr else
+         "The multi-task MEND baseline: trained on the same data and budget as the InstructEdit "
+         "editor, but its edit inputs carry no instruction."),
+        "",
+        "## Base model",
+        f"- {backbone['model_id']} ({backbone['family']}, {backbone['num_layers']} layers, hidden "
+        f"{backbone['hidden_size']}, vocabulary {backbone['vocab_size']})",
+        f"- edited modules ({len(config['modules'])}): " + ", ".join(f"`{m}`" for m in config["modules"]),
+        "",
+        "## Editor",
+        f"- parameters: {config.get('parameters', 'n/a'):,}; weights file {size / 2**20:.1f} MiB "
+        "(bf16, running statistics and step sizes fp32)",
+        f"- hyper-parameters: {json.dumps(config['editor'])}",
+        f"- uses instructions: {with_instr}",
+        "",
+        "## Training",
+        f"- data: `{prov.get('data', '')}` tasks {', '.join(prov.get('tasks', []))} "
+        f"(train splits; pool of {train_cfg.get('pool_per_task', 'n/a')} records per task, seed "
+        f"{prov.get('seed', '')}; zsRE never trained on)",
+        f"- best checkpoint at step {best_step} of {prov.get('total_steps_run', prov.get('steps', ''))} "
+        f"run (batch {train_cfg.get('batch_size', '')} edits per step); early stopped: "
+        f"{prov.get('stopped_early', 'n/a')}",
+        f"- wall time: {prov.get('total_wall_time_s', prov.get('wall_time_s', 'n/a'))} s on "
+        f"{prov.get('machine', 'n/a')}",
+        f"- loss: c_edit {train_cfg.get('c_edit')} x NLL (edit input + rephrase) + c_loc "
+        f"{train_cfg.get('c_loc')} x KL (locality answers); Adam lr {train_cfg.get('editor_lr')} "
+        f"(editor), {train_cfg.get('step_size_lr')} (log step sizes)",
+        f"- full training config: {json.dumps(train_cfg)}",
+        "",
+        "Retrain with:",
+        "",
+        "```bash",
+        prov.get("command") or "(command not recorded)",
+        "```",
+        "",
+        f"## Validation (val splits, best step; score = harmonic mean of reliability and locality: "
+        f"{score if score is None else round(score, 4)})",
+        *_metrics_table(val),
+    ]
+    eval_file = folder / EVAL_FILE
+    if eval_file.is_file():
+        test = json.loads(eval_file.read_text())
+        lines += ["", "## Test splits", f"Measured with `{test.get('command', '')}`:", "",
+                  *_metrics_table(test.get("metrics", {}))]
+    return "\n".join(lines) + "\n"
+
+
+def write_card(folder: str | Path) -> Path:
+    """(Re)write ``README.md`` in the checkpoint folder, atomically."""
+    folder = Path(folder)
+    path = folder / CARD_FILE
+    tmp = folder / (CARD_FILE + ".tmp")
+    tmp.write_text(render_card(folder))
+    os.replace(tmp, path)
+    return path
+
+
+__all__ = ["render_card", "write_card", "CONFIG_FILE", "EVAL_FILE"]
