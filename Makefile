@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast results bench train lint clean
+.PHONY: venv data demo test test-fast results bench train lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,19 +19,23 @@ $(STAMP): $(PY) requirements.txt requirements-dev.txt requirements-browser.txt
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+# The benchmark data is read by path, never committed: link it when the shared copy is beside us.
+data:
+	@if [ ! -e data ] && [ -d ../shared/datasets ]; then ln -s ../shared/datasets data; fi
+
+demo: $(STAMP) data
 	$(PY) app.py
 
-test: $(STAMP)
+test: $(STAMP) data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) data
 	$(PY) -m pytest -q -m "not slow and not browser" $(PYTEST_ARGS)
 
-results: $(STAMP)
+results: $(STAMP) data
 	$(PY) -m instructedit results --data data --out docs/results.md
 
-bench: $(STAMP)
+bench: $(STAMP) data
 	$(PY) -m instructedit bench --out docs/benchmarks.md
 
 lint: $(STAMP)
