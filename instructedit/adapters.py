@@ -6,8 +6,8 @@ orientation, and asks the adapter for the rest. Adding a family is adding one ad
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Sequence
 
 import torch
 
@@ -161,7 +161,7 @@ class Editor:
 
     @classmethod
     def untrained(cls, backbone: Backbone, step_size: float = 1e-3, *, normalize: bool = False,
-                  last_n_layers: int = 3, use_instructions: bool = True, rank: int = 8) -> "Editor":
+                  last_n_layers: int = 3, use_instructions: bool = True, rank: int = 8) -> Editor:
         """An identity editor: with ``normalize=False`` its patch is ``-step_size * grad``."""
         names = backbone.edited_module_names(last_n_layers)
         config = EditorConfig(rank=rank, n_blocks=1, init_lr=step_size, normalize=normalize)
@@ -170,7 +170,7 @@ class Editor:
                    use_instructions=use_instructions)
 
     @classmethod
-    def from_pretrained(cls, path, backbone: Backbone, *, strict: bool = True) -> "Editor":
+    def from_pretrained(cls, path, backbone: Backbone, *, strict: bool = True) -> Editor:
         """Load a checkpoint folder, validated against ``backbone`` (see :mod:`checkpoint`)."""
         from .checkpoint import load_editor_checkpoint
 

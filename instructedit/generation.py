@@ -1,8 +1,8 @@
 """Greedy generation, used by everything that shows text (app, CLI, evaluation)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -16,8 +16,8 @@ import contextlib
 import contextvars
 import threading
 import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -67,7 +67,7 @@ class LayerPatch:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.u, self.d, self.scale))
 
-    def detach(self) -> "LayerPatch":
+    def detach(self) -> LayerPatch:
         return LayerPatch(self.u.detach(), self.d.detach(), self.scale.detach())
 
 
@@ -87,14 +87,14 @@ class Patch:
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self.layers.values())
 
-    def detach(self) -> "Patch":
+    def detach(self) -> Patch:
         return Patch({k: v.detach() for k, v in self.layers.items()})
 
-    def select_rows(self, rows: torch.Tensor) -> "Patch":
+    def select_rows(self, rows: torch.Tensor) -> Patch:
         """A batched patch whose row ``i`` is row ``rows[i]`` of this one."""
         return Patch({k: LayerPatch(v.u[rows], v.d[rows], v.scale) for k, v in self.layers.items()})
 
-    def to(self, dtype: torch.dtype) -> "Patch":
+    def to(self, dtype: torch.dtype) -> Patch:
         return Patch({k: LayerPatch(v.u.to(dtype), v.d.to(dtype), v.scale.float())
                       for k, v in self.layers.items()})
 
@@ -112,7 +112,7 @@ class Capture:
         names = [n for n in self.names if n in self.probes]
         grads = torch.autograd.grad(loss, [self.probes[n] for n in names], allow_unused=True)
         out = {}
-        for name, grad in zip(names, grads):
+        for name, grad in zip(names, grads, strict=True):
             out[name] = torch.zeros_like(self.probes[name]) if grad is None else grad
         return out
 
@@ -135,7 +135,7 @@ class PatchEngine:
     the per-context active patch stack, so installing them never changes outputs by itself.
     """
 
-    _engines: "weakref.WeakKeyDictionary[nn.Module, PatchEngine]" = weakref.WeakKeyDictionary()
+    _engines: weakref.WeakKeyDictionary[nn.Module, PatchEngine] = weakref.WeakKeyDictionary()
     _lock = threading.Lock()
 
     def __init__(self, model: nn.Module) -> None:
@@ -143,7 +143,7 @@ class PatchEngine:
         self._hooked: dict[str, torch.utils.hooks.RemovableHandle] = {}
 
     @classmethod
-    def for_model(cls, model: nn.Module, module_names: Sequence[str]) -> "PatchEngine":
+    def for_model(cls, model: nn.Module, module_names: Sequence[str]) -> PatchEngine:
         """The model's engine, with hooks on ``module_names`` (added if missing)."""
         with cls._lock:
             engine = cls._engines.get(model)

@@ -6,8 +6,8 @@ positions that predict answer tokens.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ class AnswerBatch:
     def size(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def to(self, device) -> "AnswerBatch":
+    def to(self, device) -> AnswerBatch:
         return AnswerBatch(self.input_ids.to(device), self.attention_mask.to(device),
                            self.rows.to(device), self.positions.to(device),
                            self.answer_tokens.to(device), self.prompt_lengths)
@@ -67,7 +67,7 @@ def tokenize_answers(tokenizer, prompts: Sequence[str], answers: Sequence[str],
     if len(prompts) != len(answers) or not prompts:
         raise ValueError("need the same non-zero number of prompts and answers")
     sequences, lengths, rows, positions, tokens = [], [], [], [], []
-    for row, (prompt, answer) in enumerate(zip(prompts, answers)):
+    for row, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
         p_ids = tokenizer(prompt)["input_ids"]
         a_ids = tokenizer(answer_text(answer), add_special_tokens=False)["input_ids"]
         if max_answer_tokens is not None:

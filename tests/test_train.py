@@ -110,7 +110,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_llama_dir, dat
     resumed = Trainer(part_cfg, tmp_path / "b", tmp_path / "run-b", backbone)
     assert resumed.resume() and resumed.step == 8
     resumed.train(resume=False)
-    for (name, a), (_, b) in zip(full.network.state_dict().items(), resumed.network.state_dict().items()):
+    for (name, a), (_, b) in zip(full.network.state_dict().items(), resumed.network.state_dict().items(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), name
 
 

@@ -19,7 +19,7 @@ def _metrics_table(metrics: dict) -> list[str]:
     for task in tasks:
         m = metrics[task]
 
-        def fmt(key: str) -> str:
+        def fmt(key: str, m: dict = m) -> str:
             value = m.get(key)
             return "n/a" if value is None else f"{value:.3f}"
 

@@ -62,7 +62,7 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
+    def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
         """Read a JSON config; keys must be fields of this class."""
         data = json.loads(Path(path).read_text())
         known = {f.name for f in fields(cls)}

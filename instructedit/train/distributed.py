@@ -29,7 +29,7 @@ class DistributedContext:
         return self.rank == 0
 
     @classmethod
-    def create(cls) -> "DistributedContext":
+    def create(cls) -> DistributedContext:
         """Join the process group that ``accelerate launch``/``torchrun`` set up, if any."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:

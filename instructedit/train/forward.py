@@ -49,7 +49,7 @@ class CachedTopForward:
     @staticmethod
     def _keys(batch: AnswerBatch) -> list[tuple[int, ...]]:
         lengths = batch.attention_mask.sum(1).tolist()
-        return [tuple(row[:n]) for row, n in zip(batch.input_ids.tolist(), lengths)]
+        return [tuple(row[:n]) for row, n in zip(batch.input_ids.tolist(), lengths, strict=True)]
 
     @torch.no_grad()
     def fill(self, batch: AnswerBatch) -> None:

@@ -6,16 +6,23 @@ own example's patch): edit and outer rows give the post-edit NLL, locality rows 
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
 from ..editor import compute_batched_patch
 from ..mend import MendNetwork
 from ..patches import PatchEngine
-from ..scoring import (AnswerBatch, agreement, answer_logits_from_hidden, concat_batches,
-                       kl_per_row, score_answers, tokenize_answers)
+from ..scoring import (
+    AnswerBatch,
+    agreement,
+    answer_logits_from_hidden,
+    concat_batches,
+    kl_per_row,
+    score_answers,
+    tokenize_answers,
+)
 from .examples import TrainingExample
 
 HiddenFn = Callable[[AnswerBatch], torch.Tensor]

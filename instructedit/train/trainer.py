@@ -8,9 +8,9 @@ import os
 import platform
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tqdm import tqdm
