@@ -1,0 +1,258 @@
+"""PCA of the editor's transformed gradients per task (InstructEdit paper, Fig. 2a).
+
+For every edit, the editor turns the gradient factors ``(u_t, d_t)`` of each edited module into
+``(u~_t, d~_t)``. The feature of one edit is taken at one module (default: the last edited
+module, the last block's MLP output matrix, e.g. ``down_proj``): the mean over the edit's tokens
+of ``u~_t`` and of ``d~_t``, each scaled to unit length (so neither half dominates by scale),
+concatenated. Features are projected to 2-D by PCA and drawn coloured by task; the silhouette
+score (Euclidean, computed here in numpy) says how well the tasks separate, both in 2-D and in
+the full feature space. ``python -m instructedit analyze`` draws one editor's picture.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .backbone import Backbone
+from .data.records import EditRecord
+from .editor import MAX_TARGET_TOKENS, Editor, compute_batched_patch
+from .scoring import tokenize_answers
+
+log = logging.getLogger(__name__)
+
+ANALYSIS_TASKS: tuple[str, ...] = ("counterfact", "recent", "convsent", "zsre")
+TASK_COLOURS = {"counterfact": "#1f77b4", "recent": "#ff7f0e", "convsent": "#2ca02c", "zsre": "#d62728"}
+
+
+# ----- numerics ----------------------------------------------------------------------------------
+def pca_2d(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project rows of ``features`` on their first two principal components.
+
+    Returns ``(coords (n, 2), explained_variance_ratio (2,))``.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    x = x - x.mean(axis=0, keepdims=True)
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    k = min(2, vt.shape[0])
+    coords = x @ vt[:k].T
+    if k < 2:
+        coords = np.pad(coords, ((0, 0), (0, 2 - k)))
+    var = s ** 2
+    ratio = var[:2] / var.sum() if var.sum() > 0 else np.zeros(2)
+    return coords, np.pad(ratio, (0, 2 - len(ratio)))
+
+
+def silhouette(points: np.ndarray, labels: Sequence[str]) -> float:
+    """Mean silhouette coefficient (Euclidean): 1 = tight, separate clusters, 0 = overlapping.
+
+    Points in a cluster of one score 0 (as in scikit-learn); needs at least two clusters.
+    """
+    x = np.asarray(points, dtype=np.float64)
+    names = sorted(set(labels))
+    if len(names) < 2:
+        raise ValueError("the silhouette needs at least two clusters")
+    lab = np.array([names.index(label) for label in labels])
+    dist = np.sqrt(np.maximum(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1), 0.0))
+    scores = np.zeros(len(x))
+    for i in range(len(x)):
+        same = lab == lab[i]
+        if same.sum() <= 1:
+            continue
+        a = dist[i, same].sum() / (same.sum() - 1)
+        b = min(dist[i, lab == c].mean() for c in range(len(names)) if c != lab[i] and (lab == c).any())
+        scores[i] = (b - a) / max(a, b) if max(a, b) > 0 else 0.0
+    return float(scores.mean())
+
+
+# ----- features ----------------------------------------------------------------------------------
+@dataclass
+class GradientFeatures:
+    """One feature row per edit, its task, and the module it was read at."""
+
+    features: np.ndarray
+    tasks: list[str]
+    module: str
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm().clamp_min(1e-12)
+
+
+def edit_features(editor: Editor, prompts: Sequence[str], targets: Sequence[str],
+                  module: str) -> np.ndarray:
+    """Features of a batch of edits (one row each) at ``module`` (see the module docstring)."""
+    backbone = editor.backbone
+    batch = tokenize_answers(backbone.tokenizer, list(prompts), list(targets),
+                             MAX_TARGET_TOKENS).to(backbone.device)
+
+    def hidden(b):
+        return backbone.model.base_model(input_ids=b.input_ids, attention_mask=b.attention_mask).last_hidden_state
+
+    patch, _ = compute_batched_patch(editor.network, editor.module_names, batch, hidden, backbone.model)
+    layer = patch.layers[module]
+    rows = []
+    for i in range(batch.size):
+        u, d = layer.u[i].detach().float(), layer.d[i].detach().float()
+        valid = (u.abs().sum(-1) > 0) | (d.abs().sum(-1) > 0)
+        if not valid.any():
+            rows.append(torch.zeros(u.shape[-1] + d.shape[-1]))
+            continue
+        rows.append(torch.cat([_unit(u[valid].mean(0)), _unit(d[valid].mean(0))]).cpu())
+    return torch.stack(rows).numpy()
+
+
+def collect_features(editor: Editor, records: Sequence[EditRecord], *, instruction="seen",
+                     seed: int = 0, batch_size: int = 8, module: str | None = None) -> GradientFeatures:
+    """Transformed-gradient features of ``records`` (inputs wrapped as the editor expects)."""
+    from .evaluate.inputs import render
+
+    module = module or editor.module_names[-1]
+    if module not in editor.module_names:
+        raise ValueError(f"{module} is not edited by this editor; edited: {', '.join(editor.module_names)}")
+    items = [render(r, instruction, editor.use_instructions, seed) for r in records]
+    chunks = []
+    for k in range(0, len(items), batch_size):
+        part = items[k: k + batch_size]
+        chunks.append(edit_features(editor, [it.edit_input for it in part],
+                                    [it.record.target_new for it in part], module))
+    return GradientFeatures(np.concatenate(chunks), [r.task for r in records], module)
+
+
+# ----- one analysis ----------------------------------------------------------------------------
+@dataclass
+class AnalysisResult:
+    """What one PCA analysis found (JSON-able)."""
+
+    editor: str
+    use_instructions: bool
+    module: str
+    n_per_task: dict
+    silhouette_2d: float
+    silhouette_full: float
+    explained_variance: list
+    figure: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plot_pca(coords: np.ndarray, tasks: Sequence[str], title: str, out: str | Path) -> Path:
+    """Write a PNG scatter of ``coords`` coloured by task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.2, 4.4), dpi=120)
+    for task in sorted(set(tasks), key=lambda t: ANALYSIS_TASKS.index(t) if t in ANALYSIS_TASKS else 99):
+        keep = np.array([t == task for t in tasks])
+        ax.scatter(coords[keep, 0], coords[keep, 1], s=12, alpha=0.7, label=task,
+                   color=TASK_COLOURS.get(task))
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, markerscale=1.5)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def analyze_features(feats: GradientFeatures, editor_name: str, use_instructions: bool,
+                     out: str | Path | None = None, title: str | None = None) -> AnalysisResult:
+    """PCA + silhouettes of ``feats`` (and the PNG when ``out`` is given)."""
+    coords, ratio = pca_2d(feats.features)
+    counts = {t: feats.tasks.count(t) for t in dict.fromkeys(feats.tasks)}
+    figure = None
+    if out is not None:
+        label = "with instructions" if use_instructions else "without instructions"
+        figure = str(plot_pca(coords, feats.tasks, title or f"{editor_name} ({label})", out))
+    return AnalysisResult(editor=editor_name, use_instructions=use_instructions, module=feats.module,
+                          n_per_task=counts, silhouette_2d=round(silhouette(coords, feats.tasks), 4),
+                          silhouette_full=round(silhouette(feats.features, feats.tasks), 4),
+                          explained_variance=[round(float(r), 4) for r in ratio], figure=figure)
+
+
+def analysis_records(data: str | Path, per_task: int, split: str = "test", seed: int = 0,
+                     tasks: Sequence[str] = ANALYSIS_TASKS) -> list[EditRecord]:
+    """A seeded sample of ``per_task`` records of each task's split."""
+    from .data.tasks import load_split
+    from .evaluate.selection import limit_records
+
+    records: list[EditRecord] = []
+    for task in tasks:
+        records += limit_records(load_split(data, task, split, seed), per_task, seed)
+    return records
+
+
+def analyze(editor: Editor, records: Sequence[EditRecord], out: str | Path | None = None, *,
+            seed: int = 0, batch_size: int = 8, module: str | None = None,
+            title: str | None = None) -> AnalysisResult:
+    """Features of ``records`` through ``editor``, their PCA picture and silhouettes."""
+    feats = collect_features(editor, records, seed=seed, batch_size=batch_size, module=module)
+    return analyze_features(feats, editor.name, editor.use_instructions, out, title)
+
+
+# ----- command line ------------------------------------------------------------------------------
+def register(subparsers) -> None:
+    """Add the ``analyze`` subcommand."""
+    from .cli import _add_verbose, add_model_arguments
+
+    p = subparsers.add_parser(
+        "analyze", help="PCA picture of an editor's transformed gradients per task",
+        description="Edit a seeded sample of each task's records, take the editor's transformed "
+                    "gradient factors at one edited module, project them to 2-D with PCA, draw "
+                    "them coloured by task (PNG) and print silhouette scores.")
+    add_model_arguments(p)
+    p.add_argument("--editor", required=True, help="editor checkpoint folder")
+    p.add_argument("--no-instructions", action="store_true",
+                   help="feed the editor unwrapped inputs (no instructions)")
+    p.add_argument("--data", default="data", help="data folder (default: %(default)s)")
+    p.add_argument("--split", default="test", choices=("val", "test"), help="split (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=100, help="records per task (default: %(default)s)")
+    p.add_argument("--module", default=None, help="edited module to read (default: the last edited one)")
+    p.add_argument("--seed", type=int, default=0, help="seeds samples and instructions (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="edits per pass (default: %(default)s)")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_verbose(p)
+    p.set_defaults(func=cmd_analyze)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .cli import CliError, backbone_from_args
+    from .data.tasks import SplitError
+
+    if args.limit < 2:
+        raise CliError(f"--limit must be at least 2, got {args.limit}")
+    try:
+        records = analysis_records(args.data, args.limit, args.split, args.seed)
+    except (SplitError, OSError) as exc:
+        raise CliError(str(exc)) from exc
+    backbone: Backbone = backbone_from_args(args)
+    editor = Editor.from_pretrained(args.editor, backbone)
+    if args.no_instructions:
+        editor.use_instructions = False
+    try:
+        result = analyze(editor, records, args.out, seed=args.seed, batch_size=args.batch_size,
+                         module=args.module)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(f"{result.editor} ({'with' if result.use_instructions else 'without'} instructions) at "
+              f"{result.module}: silhouette {result.silhouette_2d:.3f} in 2-D, "
+              f"{result.silhouette_full:.3f} in full; PCA explains {sum(result.explained_variance):.1%}; "
+              f"wrote {result.figure}")
+    return 0

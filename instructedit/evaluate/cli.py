@@ -1,0 +1,132 @@
+"""``python -m instructedit eval`` and ``python -m instructedit results``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SUMMARY_ROWS = ("n", "task", "reliability", "reliability_pre", "generalization", "locality",
+                "locality_kl", "portability", "target_prob_pre", "target_prob_post",
+                "target_prob_lift", "sentiment_success", "kl_drawdown", "fluency",
+                "edit_latency_ms", "seconds")
+
+
+def register(subparsers) -> None:
+    """Add the ``eval`` and ``results`` subcommands."""
+    register_eval(subparsers)
+    from .results import register_results
+
+    register_results(subparsers)
+
+
+def add_eval_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``eval`` and ``results``: batching, seed, threads."""
+    parser.add_argument("--batch-size", type=int, default=8, help="records edited per pass (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds splits, samples and instructions (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+
+
+def register_eval(subparsers) -> None:
+    from ..cli import _add_verbose, add_model_arguments
+    from .editors import DEFAULT_GRADIENT_STEP
+
+    p = subparsers.add_parser(
+        "eval", help="measure reliability, generalization, locality, portability of edits",
+        description="Edit each record independently (batched) from the unedited model and report "
+                    "reliability, generalization, locality, portability, target-probability lift, "
+                    "edit latency, and for ConvSent sentiment success and KL drawdown.")
+    add_model_arguments(p)
+    p.add_argument("--editor", required=True,
+                   help="editor checkpoint folder, 'gradient' (one plain gradient step) or 'none' "
+                        "(the unedited model: the floor)")
+    p.add_argument("--step-size", type=float, default=None,
+                   help=f"step size of --editor gradient (default: {DEFAULT_GRADIENT_STEP})")
+    p.add_argument("--data", required=True, help="a data file (any supported format) or a data folder")
+    p.add_argument("--task", default=None, help="task of a data folder (or override a file's task)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"),
+                   help="split of a data folder (default: %(default)s)")
+    p.add_argument("--instruction", default=None,
+                   help="seen (default: a seeded choice among 0-8), an index 0-9, heldout, none, "
+                        "or your own instruction text")
+    p.add_argument("--limit", type=int, default=None, help="evaluate a seeded sample of N records")
+    p.add_argument("--max-probes", type=int, default=4,
+                   help="at most N rephrases/portability/locality probes per record (default: %(default)s)")
+    p.add_argument("--generation-tokens", type=int, default=20,
+                   help="greedy tokens for ConvSent sentiment success (default: %(default)s)")
+    p.add_argument("--no-sentiment", action="store_true", help="skip ConvSent generations")
+    add_eval_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out", default=None, help="also write the JSON object to this file")
+    p.add_argument("--records-out", default=None, help="write per-record results (JSON lines) to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_verbose(p)
+    p.set_defaults(func=cmd_eval)
+
+
+def summary_table(result: dict) -> str:
+    """The summary as a two-column pandas table."""
+    import pandas as pd
+
+    rows = [(k, result[k]) for k in SUMMARY_ROWS if result.get(k) is not None]
+    frame = pd.DataFrame(rows, columns=["metric", "value"]).set_index("metric")
+    with pd.option_context("display.float_format", "{:.4f}".format):
+        return frame.to_string()
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..cli import CliError, backbone_from_args
+    from ..data.records import RecordError
+    from ..data.tasks import SplitError
+    from .editors import editor_label, load_eval_editor
+    from .inputs import describe_instruction, parse_instruction
+    from .runner import EvalConfig, Evaluator
+    from .selection import SelectionError, limit_records, load_eval_records
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    try:
+        records = limit_records(load_eval_records(args.data, args.task, args.split, args.seed),
+                                args.limit, args.seed)
+    except (SelectionError, SplitError, RecordError, OSError) as exc:
+        raise CliError(str(exc)) from exc
+    if not records:
+        raise CliError(f"no records in {args.data}")
+    backbone = backbone_from_args(args)
+    try:
+        editor = load_eval_editor(args.editor, backbone, args.step_size)
+    except ValueError as exc:
+        if exc.__class__ is ValueError:
+            raise CliError(str(exc)) from exc
+        raise
+    instruction = parse_instruction(args.instruction)
+    config = EvalConfig(instruction=instruction, batch_size=args.batch_size, seed=args.seed,
+                        max_probes=args.max_probes, generation_tokens=args.generation_tokens,
+                        sentiment=not args.no_sentiment, progress=not args.no_progress)
+    result = Evaluator(backbone, editor, config).run(records)
+    out = {**result.summary.to_dict(), "model_id": backbone.model_id,
+           "quantization": backbone.config.quant, "editor": editor_label(editor),
+           "use_instructions": True if editor is None else editor.use_instructions,
+           "instruction": describe_instruction(instruction), "data": str(args.data),
+           "split": args.split if Path(args.data).is_dir() else None, "seed": args.seed,
+           "limit": args.limit, "batch_size": args.batch_size}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    if args.records_out:
+        with open(args.records_out, "w", encoding="utf-8") as handle:
+            for record in result.records:
+                handle.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        print(f"{out['model_id']} ({out['quantization']}), editor {out['editor']}, "
+              f"instruction {out['instruction']}, {out['n']} records of {args.data}")
+        print(summary_table(out))
+    return 0

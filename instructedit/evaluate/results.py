@@ -1,0 +1,477 @@
+"""``python -m instructedit results``: run every evaluation of ``docs/results.md`` and write it.
+
+Sections: (1) Table 3 in kind (unedited, plain gradient step, multi-task MEND, InstructEdit on
+CounterFact, Recent, ConvSent and the held-out ZsRE); (2) seen vs unseen instructions; (3) fp32 /
+8-bit / 4-bit backbones; (4) PCA of transformed gradients; (5) task scaling when such
+checkpoints exist. Every number in the report comes from this run (see :mod:`.report`).
+Optionally each evaluation's summary is cached (``--cache-dir``) so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..data.tasks import TASKS, TRAINING_TASKS
+from .inputs import SEEN, InstructionChoice, describe_instruction
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+EVAL_TASKS: tuple[str, ...] = TASKS  # counterfact, recent, convsent, zsre (held out)
+QUANTS: tuple[str, ...] = ("none", "8bit", "4bit")
+STEP_CANDIDATES: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
+"""Plain gradient step sizes tried on the val splits; the best harmonic mean of reliability and
+locality wins (the criterion the trained editors were validated with)."""
+
+FRESH_INSTRUCTIONS: dict[str, str] = {
+    "counterfact": "Imagine this fact is different now and finish the sentence with the new, untrue answer.",
+    "recent": "The subject has a brand-new property; reply with its current value.",
+    "convsent": "From today on, talk about [TOPIC] in a [LABEL] tone and leave every other subject as it was.",
+    "zsre": "Read the question about the subject and name the one entity it is asking for.",
+}
+"""Instructions written for this report only: never seen in training and not among the ten."""
+
+METHODS: tuple[str, ...] = ("Unedited", "Gradient step", "MEND multi-task", "InstructEdit")
+
+
+@dataclass
+class ResultsConfig:
+    """Settings of a results run (all recorded in the report)."""
+
+    data: str = "data"
+    out: str = "docs/results.md"
+    figures: str = "docs/figures"
+    model: str = "smollm2-135m"
+    instructedit: str = "checkpoints/smollm2-135m/instructedit"
+    baseline: str = "checkpoints/smollm2-135m/mend-multitask"
+    step_size: float | None = None
+    limit: int = 100
+    quant_limit: int | None = None
+    pca_limit: int = 100
+    sweep_limit: int = 12
+    split: str = "test"
+    seed: int = 0
+    batch_size: int = 8
+    quants: tuple[str, ...] = QUANTS
+    device: str = "auto"
+    threads: int | None = None
+    cache_dir: str | None = None
+    progress: bool = True
+
+    @property
+    def quant_records(self) -> int:
+        return self.quant_limit if self.quant_limit is not None else self.limit
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One evaluation of the report."""
+
+    method: str
+    task: str
+    editor: str                      # 'none', 'gradient' or a checkpoint folder
+    quant: str = "none"
+    instruction: InstructionChoice = SEEN
+    split: str = "test"
+    limit: int = 100
+    step_size: float | None = None
+    sentiment: bool = True
+
+    def label(self) -> str:
+        return (f"{self.method} / {self.task} / {self.quant} / "
+                f"{describe_instruction(self.instruction)} / {self.split}")
+
+
+@dataclass
+class Outcome:
+    """The result of one :class:`RunSpec`: its summary, or why it could not run."""
+
+    spec: RunSpec
+    summary: dict | None = None
+    editor_name: str = ""
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.summary is not None
+
+    def get(self, key: str):
+        return None if self.summary is None else self.summary.get(key)
+
+
+@dataclass
+class ResultsData:
+    """Everything the report shows."""
+
+    config: ResultsConfig
+    environment: dict
+    started: str
+    finished: str = ""
+    seconds: float = 0.0
+    editors: dict = field(default_factory=dict)          # method -> checkpoint card
+    sweep: list = field(default_factory=list)            # (step, rel, loc, score)
+    step_size: float | None = None
+    step_chosen_by: str = ""
+    table3: dict = field(default_factory=dict)           # method -> task -> Outcome
+    instructions: dict = field(default_factory=dict)     # mode -> task -> Outcome
+    quantization: dict = field(default_factory=dict)     # quant -> task -> Outcome
+    analyses: list = field(default_factory=list)         # AnalysisResult dicts
+    analysis_note: str = ""
+    scaling: dict = field(default_factory=dict)          # label -> Outcome
+    scaling_note: str = ""
+    runs: list = field(default_factory=list)             # Outcome, in run order
+
+
+def environment(device: str) -> dict:
+    """Machine and library versions (for the report header)."""
+    import os
+    import platform
+
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() and device != "cpu" else None
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": gpu, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "platform": platform.platform(terse=True)}
+
+
+def checkpoint_card(path: str) -> dict | None:
+    """Name, instructions flag and training provenance of a checkpoint (None if absent)."""
+    from ..checkpoint import CheckpointError, read_checkpoint_config
+
+    try:
+        config = read_checkpoint_config(path)
+    except CheckpointError:
+        return None
+    prov = config.get("provenance", {}) or {}
+    return {"path": str(path), "name": config.get("name"), "use_instructions": config.get("use_instructions"),
+            "steps": prov.get("steps"), "total_steps_run": prov.get("total_steps_run"),
+            "wall_time_s": prov.get("total_wall_time_s", prov.get("wall_time_s")),
+            "tasks": prov.get("tasks"), "stopped_early": prov.get("stopped_early"),
+            "validation_score": (prov.get("validation") or {}).get("score"),
+            "editor": config.get("editor")}
+
+
+class ResultsRunner:
+    """Loads backbones, records and editors once and runs :class:`RunSpec` evaluations."""
+
+    def __init__(self, config: ResultsConfig) -> None:
+        self.config = config
+        self._backbones: dict = {}
+        self._records: dict = {}
+        self._editors: dict = {}
+        self.runs: list[Outcome] = []
+
+    # ----- resources -------------------------------------------------------------------------
+    def backbone(self, quant: str):
+        if quant not in self._backbones:
+            from ..backbone import load_backbone
+
+            log.info("loading %s (%s)", self.config.model, quant)
+            self._backbones[quant] = load_backbone(self.config.model, quant, device=self.config.device)
+        return self._backbones[quant]
+
+    def release(self, quant: str) -> None:
+        """Drop a backbone (and its editors) that is no longer needed."""
+        self._backbones.pop(quant, None)
+        for key in [k for k in self._editors if k[1] == quant]:
+            del self._editors[key]
+        gc.collect()
+
+    def records(self, task: str, split: str, limit: int):
+        from .selection import limit_records, load_eval_records
+
+        key = (task, split, limit)
+        if key not in self._records:
+            self._records[key] = limit_records(
+                load_eval_records(self.config.data, task, split, self.config.seed), limit, self.config.seed)
+        return self._records[key]
+
+    def editor(self, spec: RunSpec):
+        from .editors import load_eval_editor
+
+        key = (spec.editor, spec.quant, spec.step_size)
+        if key not in self._editors:
+            self._editors[key] = load_eval_editor(spec.editor, self.backbone(spec.quant), spec.step_size)
+        return self._editors[key]
+
+    # ----- caching ---------------------------------------------------------------------------
+    def _cache_file(self, spec: RunSpec) -> Path | None:
+        if not self.config.cache_dir:
+            return None
+        stamp = None
+        weights = Path(spec.editor) / "editor.safetensors"
+        if weights.is_file():
+            stat = weights.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        key = json.dumps({"v": CACHE_VERSION, "spec": asdict(spec), "stamp": stamp,
+                          "model": self.config.model, "seed": self.config.seed,
+                          "data": str(Path(self.config.data).resolve()),
+                          "batch": self.config.batch_size}, sort_keys=True, default=str)
+        return Path(self.config.cache_dir) / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".json")
+
+    # ----- running ---------------------------------------------------------------------------
+    def run(self, spec: RunSpec) -> Outcome:
+        """Evaluate ``spec`` (or read its cached summary); never raises for a missing checkpoint."""
+        from ..backbone import BackboneError
+        from ..checkpoint import CheckpointError
+        from .editors import editor_label
+        from .runner import EvalConfig, Evaluator
+
+        if spec.editor not in ("none", "gradient") and checkpoint_card(spec.editor) is None:
+            outcome = Outcome(spec, reason=f"no editor checkpoint at {spec.editor}")
+            self.runs.append(outcome)
+            return outcome
+        cache = self._cache_file(spec)
+        if cache is not None and cache.is_file():
+            data = json.loads(cache.read_text())
+            outcome = Outcome(spec, data["summary"], data["editor_name"])
+            log.info("cached: %s", spec.label())
+            self.runs.append(outcome)
+            return outcome
+        try:
+            editor = self.editor(spec)
+        except (CheckpointError, BackboneError) as exc:
+            log.warning("%s: %s", spec.label(), exc)
+            outcome = Outcome(spec, reason=str(exc))
+            self.runs.append(outcome)
+            return outcome
+        config = EvalConfig(instruction=spec.instruction, batch_size=self.config.batch_size,
+                            seed=self.config.seed, sentiment=spec.sentiment,
+                            progress=self.config.progress)
+        records = self.records(spec.task, spec.split, spec.limit)
+        result = Evaluator(self.backbone(spec.quant), editor, config).run(
+            records, desc=f"{spec.method[:16]} {spec.task} {spec.quant}")
+        summary = result.summary.to_dict()
+        summary.update(model_id=self.backbone(spec.quant).model_id,
+                       use_instructions=True if editor is None else editor.use_instructions)
+        outcome = Outcome(spec, summary, editor_label(editor))
+        log.info("%s: reliability %.3f locality %s (%.0f s)", spec.label(), result.summary.reliability,
+                 result.summary.locality, result.summary.seconds)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({"summary": outcome.summary, "editor_name": outcome.editor_name}))
+        self.runs.append(outcome)
+        return outcome
+
+
+def harmonic(a: float | None, b: float | None) -> float:
+    if a is None or b is None or a + b <= 0:
+        return 0.0
+    return 2 * a * b / (a + b)
+
+
+def choose_step_size(runner: ResultsRunner, data: ResultsData) -> float:
+    """The plain gradient step: fixed by ``--step-size``, else the best of a val-split sweep."""
+    cfg = runner.config
+    if cfg.step_size is not None:
+        data.step_chosen_by = "fixed on the command line (--step-size)"
+        return cfg.step_size
+    best, best_score = STEP_CANDIDATES[0], -1.0
+    for step in STEP_CANDIDATES:
+        outcomes = [runner.run(RunSpec("Gradient sweep", task, "gradient", split="val",
+                                       limit=cfg.sweep_limit, step_size=step, sentiment=False))
+                    for task in TRAINING_TASKS]
+        rel = _mean([o.get("reliability") for o in outcomes])
+        loc = _mean([o.get("locality") for o in outcomes])
+        score = harmonic(rel, loc)
+        data.sweep.append({"step": step, "reliability": rel, "locality": loc, "score": score})
+        if score > best_score:
+            best, best_score = step, score
+    data.step_chosen_by = (f"the best harmonic mean of reliability and locality over the val splits of "
+                           f"{', '.join(TRAINING_TASKS)} ({cfg.sweep_limit} records each) among "
+                           f"{', '.join(f'{s:g}' for s in STEP_CANDIDATES)}")
+    return best
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def run_table3(runner: ResultsRunner, data: ResultsData) -> None:
+    cfg = runner.config
+    editors = {"Unedited": "none", "Gradient step": "gradient", "MEND multi-task": cfg.baseline,
+               "InstructEdit": cfg.instructedit}
+    for method in METHODS:
+        data.table3[method] = {}
+        for task in EVAL_TASKS:
+            step = data.step_size if method == "Gradient step" else None
+            data.table3[method][task] = runner.run(RunSpec(method, task, editors[method], split=cfg.split,
+                                                           limit=cfg.limit, step_size=step))
+
+
+def run_instructions(runner: ResultsRunner, data: ResultsData) -> None:
+    cfg = runner.config
+    data.instructions["seen"] = dict(data.table3.get("InstructEdit", {}))
+    for mode, choice in (("held-out", "heldout"), ("fresh", None)):
+        data.instructions[mode] = {}
+        for task in EVAL_TASKS:
+            instruction = FRESH_INSTRUCTIONS[task] if mode == "fresh" else choice
+            data.instructions[mode][task] = runner.run(RunSpec(
+                "InstructEdit", task, cfg.instructedit, instruction=instruction, split=cfg.split,
+                limit=cfg.limit))
+
+
+def run_quantization(runner: ResultsRunner, data: ResultsData) -> None:
+    cfg = runner.config
+    for quant in cfg.quants:
+        data.quantization[quant] = {}
+        for task in EVAL_TASKS:
+            if quant == "none" and cfg.quant_records == cfg.limit:
+                data.quantization[quant][task] = data.table3["InstructEdit"][task]
+                continue
+            data.quantization[quant][task] = runner.run(RunSpec(
+                "InstructEdit", task, cfg.instructedit, quant=quant, split=cfg.split,
+                limit=cfg.quant_records))
+        if quant != "none":
+            runner.release(quant)
+
+
+def run_analysis(runner: ResultsRunner, data: ResultsData) -> None:
+    from ..analysis import analysis_records, analyze
+    from ..editor import Editor
+
+    cfg = runner.config
+    records = analysis_records(cfg.data, cfg.pca_limit, cfg.split, cfg.seed)
+    settings = (("InstructEdit", cfg.instructedit, "pca_instructedit.png"),
+                ("MEND multi-task", cfg.baseline, "pca_mend_multitask.png"))
+    missing = [path for _, path, _ in settings if checkpoint_card(path) is None]
+    if missing:
+        data.analysis_note = f"skipped: no editor checkpoint at {', '.join(missing)}"
+        return
+    for method, path, png in settings:
+        started = time.perf_counter()
+        editor = Editor.from_pretrained(path, runner.backbone("none"))
+        label = "with instructions" if editor.use_instructions else "without instructions"
+        result = analyze(editor, records, Path(cfg.figures) / png, seed=cfg.seed,
+                         batch_size=cfg.batch_size, title=f"{method} ({label})")
+        item = result.to_dict()
+        item.update(method=method, seconds=round(time.perf_counter() - started, 1))
+        data.analyses.append(item)
+
+
+def run_scaling(runner: ResultsRunner, data: ResultsData) -> None:
+    """Hold-out ZsRE per number of training tasks, if editors trained on different task sets exist."""
+    cfg = runner.config
+    root = Path(cfg.instructedit).parent
+    found: dict[tuple, str] = {}
+    for cfg_file in sorted(root.glob("*/editor.json")):
+        card = checkpoint_card(str(cfg_file.parent))
+        if card and card["use_instructions"] and card.get("tasks"):
+            found.setdefault(tuple(card["tasks"]), str(cfg_file.parent))
+    if len(found) < 2:
+        sets = "; ".join(", ".join(t) for t in found) or "none"
+        data.scaling_note = (f"skipped: it needs InstructEdit editors trained on different numbers of "
+                             f"tasks, and the instruction editors under {root} were trained on: {sets}")
+        return
+    for tasks, path in sorted(found.items(), key=lambda kv: len(kv[0])):
+        label = f"{len(tasks)} task(s): {', '.join(tasks)}"
+        data.scaling[label] = runner.run(RunSpec("InstructEdit", "zsre", path, split=cfg.split, limit=cfg.limit))
+
+
+def run_all(config: ResultsConfig) -> ResultsData:
+    """Run every section and return what the report shows."""
+    import torch
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    started = time.perf_counter()
+    data = ResultsData(config=config, environment=environment(config.device),
+                       started=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    for method, path in (("MEND multi-task", config.baseline), ("InstructEdit", config.instructedit)):
+        data.editors[method] = checkpoint_card(path)
+    runner = ResultsRunner(config)
+    data.step_size = choose_step_size(runner, data)
+    run_table3(runner, data)
+    data.environment["model_parameters"] = runner.backbone("none").parameter_count()
+    run_instructions(runner, data)
+    run_analysis(runner, data)
+    run_scaling(runner, data)
+    run_quantization(runner, data)
+    data.runs = runner.runs
+    data.seconds = time.perf_counter() - started
+    data.finished = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    data.environment["torch_threads"] = torch.get_num_threads()
+    return data
+
+
+# ----- command line ------------------------------------------------------------------------------
+def register_results(subparsers) -> None:
+    """Add the ``results`` subcommand."""
+    from ..cli import _add_verbose
+
+    d = ResultsConfig()
+    p = subparsers.add_parser(
+        "results", help="regenerate docs/results.md and its figures",
+        description="Run every evaluation of the results report (Table 3 in kind, seen vs unseen "
+                    "instructions, quantized backbones, PCA of transformed gradients, task scaling) "
+                    "and write the markdown report and its figures. Every number comes from this run.")
+    p.add_argument("--data", default=d.data, help="data folder (default: %(default)s)")
+    p.add_argument("--out", default=d.out, help="markdown file to write (default: %(default)s)")
+    p.add_argument("--figures", default=d.figures, help="folder for PNG figures (default: %(default)s)")
+    p.add_argument("--model", default=d.model, help="backbone (default: %(default)s)")
+    p.add_argument("--instructedit", default=d.instructedit, help="InstructEdit checkpoint (default: %(default)s)")
+    p.add_argument("--baseline", default=d.baseline,
+                   help="multi-task MEND checkpoint without instructions (default: %(default)s)")
+    p.add_argument("--step-size", type=float, default=None,
+                   help="plain gradient step size (default: chosen by a sweep on the val splits)")
+    p.add_argument("--limit", type=int, default=d.limit, help="records per task and run (default: %(default)s)")
+    p.add_argument("--quant-limit", type=int, default=None, help="records per task for 8/4-bit (default: --limit)")
+    p.add_argument("--pca-limit", type=int, default=d.pca_limit, help="records per task for the PCA (default: %(default)s)")
+    p.add_argument("--sweep-limit", type=int, default=d.sweep_limit,
+                   help="val records per task for the step-size sweep (default: %(default)s)")
+    p.add_argument("--split", default=d.split, choices=("val", "test"), help="evaluation split (default: %(default)s)")
+    p.add_argument("--quants", default=",".join(d.quants), help="backbones of section 3 (default: %(default)s)")
+    p.add_argument("--device", default=d.device, help="cpu, cuda or auto (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="records per pass (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--cache-dir", default=None,
+                   help="cache each evaluation's summary here and reuse it (resume an interrupted run)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_verbose(p)
+    p.set_defaults(func=cmd_results)
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from ..cli import CliError
+    from .report import write_report
+
+    quants = tuple(q.strip() for q in args.quants.split(",") if q.strip())
+    bad = [q for q in quants if q not in QUANTS]
+    if bad:
+        raise CliError(f"unknown --quants {bad}; choose from {QUANTS}")
+    for name in ("limit", "pca_limit", "sweep_limit", "batch_size"):
+        if getattr(args, name) < 1 or (name == "pca_limit" and args.pca_limit < 2):
+            raise CliError(f"--{name.replace('_', '-')} is too small: {getattr(args, name)}")
+    if not Path(args.data).is_dir():
+        raise CliError(f"--data {args.data} is not a data folder")
+    config = ResultsConfig(
+        data=args.data, out=args.out, figures=args.figures, model=args.model,
+        instructedit=args.instructedit, baseline=args.baseline, step_size=args.step_size,
+        limit=args.limit, quant_limit=args.quant_limit, pca_limit=args.pca_limit,
+        sweep_limit=args.sweep_limit, split=args.split, seed=args.seed, batch_size=args.batch_size,
+        quants=quants, device=args.device, threads=args.threads, cache_dir=args.cache_dir,
+        progress=not args.no_progress)
+    data = run_all(config)
+    path = write_report(data)
+    print(f"wrote {path} ({data.seconds / 60:.1f} min)")
+    return 0

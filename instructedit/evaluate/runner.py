@@ -1,0 +1,264 @@
+"""Batched evaluation: each record edited independently from the unedited model.
+
+A batch of B records is edited in one pass (each row gets its own patch, see
+:func:`~instructedit.editor.compute_batched_patch`); then every scored text of record ``i``
+(its edit input, rephrases, portability questions, locality probes) runs with row ``i`` of the
+patch via :meth:`~instructedit.patches.Patch.select_rows`. With no editor the same passes run
+unpatched, so the unedited model's scores come from the same code.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from ..backbone import Backbone
+from ..data.records import EditRecord
+from ..editor import MAX_TARGET_TOKENS, Editor, compute_batched_patch
+from ..generation import GenerationConfig, generate
+from ..patches import Patch, PatchEngine
+from ..scoring import (
+    AnswerBatch,
+    agreement,
+    answer_logits_from_hidden,
+    kl_per_row,
+    score_answers,
+    tokenize_answers,
+)
+from ..train.forward import CachedTopForward, FullForward
+from .inputs import SEEN, InstructionChoice, RenderedRecord, render
+from .metrics import EvalSummary, RecordResult, mean_or_none, ngram_entropy, summarize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to evaluate.
+
+    Attributes:
+        instruction: see :mod:`instructedit.evaluate.inputs` (default: a seeded seen one).
+        batch_size: records edited per pass (each independently).
+        seed: seeds the instruction choice.
+        max_answer_tokens: answers are cut to this many tokens (the editor's own limit).
+        max_probes: at most this many rephrases / portability / locality probes per record.
+        generation_tokens: greedy tokens generated for ConvSent sentiment success.
+        sentiment: measure ConvSent sentiment success (needs generation: slower).
+        progress: show a tqdm bar over records.
+    """
+
+    instruction: InstructionChoice = SEEN
+    batch_size: int = 8
+    seed: int = 0
+    max_answer_tokens: int = MAX_TARGET_TOKENS
+    max_probes: int = 4
+    generation_tokens: int = 20
+    sentiment: bool = True
+    progress: bool = True
+
+
+@dataclass
+class EvalResult:
+    """The summary and the per-record results of one evaluation."""
+
+    summary: EvalSummary
+    records: list[RecordResult] = field(default_factory=list)
+
+
+@dataclass
+class _Rows:
+    """Texts scored in one pass and the record (batch row) each belongs to."""
+
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    owners: list[int] = field(default_factory=list)
+
+    def add(self, owner: int, prompt: str, answer: str) -> None:
+        self.pairs.append((prompt, answer))
+        self.owners.append(owner)
+
+
+def _per_owner(values: torch.Tensor, owners: Sequence[int], n: int) -> list[float | None]:
+    groups: list[list[float]] = [[] for _ in range(n)]
+    for value, owner in zip(values.tolist(), owners, strict=False):
+        groups[owner].append(value)
+    return [mean_or_none(g) for g in groups]
+
+
+def make_forward(backbone: Backbone, editor: Editor | None):
+    """Final hidden states for scoring: with an editor, the states entering the first edited
+    block are cached per sequence (they do not depend on the edit), so the post-edit passes run
+    only the edited blocks; without one, the whole model."""
+    if editor is None:
+        return FullForward(backbone)
+    start = min(backbone.adapter.layer_index(name) for name in editor.module_names)
+    dtype = getattr(torch, backbone.config.dtype or "float32")
+    return CachedTopForward(backbone, start, dtype=dtype)
+
+
+class Evaluator:
+    """Evaluates an editor (or, with ``editor=None``, the unedited model) on edit records."""
+
+    def __init__(self, backbone: Backbone, editor: Editor | None, config: EvalConfig | None = None,
+                 scorer=None) -> None:
+        if editor is not None and editor.backbone is not backbone:
+            raise ValueError("the editor is bound to another backbone")
+        self.backbone = backbone
+        self.editor = editor
+        self.config = config or EvalConfig()
+        self.forward = make_forward(backbone, editor)
+        self.use_instructions = True if editor is None else editor.use_instructions
+        self._scorer = scorer
+
+    @property
+    def scorer(self):
+        if self._scorer is None:
+            from ..data.sentiment import SentimentScorer
+
+            self._scorer = SentimentScorer.load()
+        return self._scorer
+
+    # ----- passes ----------------------------------------------------------------------------
+    def _batch(self, pairs: Sequence[tuple[str, str]]) -> AnswerBatch:
+        return tokenize_answers(self.backbone.tokenizer, [p for p, _ in pairs], [a for _, a in pairs],
+                                self.config.max_answer_tokens).to(self.backbone.device)
+
+    def _logits(self, batch: AnswerBatch, patch: Patch | None) -> torch.Tensor:
+        with torch.no_grad(), PatchEngine.activate(patch):
+            return answer_logits_from_hidden(self.backbone.model, self.forward(batch), batch)
+
+    @staticmethod
+    def _rows(patch: Patch | None, owners: Sequence[int]) -> Patch | None:
+        return None if patch is None else patch.select_rows(torch.tensor(owners, dtype=torch.long))
+
+    def _sync(self) -> None:
+        if self.backbone.device.type == "cuda":
+            torch.cuda.synchronize(self.backbone.device)
+
+    def _edit(self, batch: AnswerBatch) -> tuple[Patch | None, torch.Tensor, float | None]:
+        """(batched patch, pre-edit answer logits, editing ms per record)."""
+        if self.editor is None:
+            return None, self._logits(batch, None), None
+        self._sync()
+        start = time.perf_counter()
+        patch, logits = compute_batched_patch(self.editor.network, self.editor.module_names, batch,
+                                              self.forward, self.backbone.model)
+        patch = patch.detach()
+        self._sync()
+        latency = (time.perf_counter() - start) * 1000 / batch.size
+        if not all(layer.is_finite() for layer in patch.layers.values()):
+            log.warning("an edit of this batch produced non-finite values; its scores are meaningless")
+        return patch, logits, latency
+
+    # ----- one batch ---------------------------------------------------------------------------
+    def evaluate_batch(self, items: Sequence[RenderedRecord]) -> list[RecordResult]:
+        """Edit each of ``items`` independently and measure it."""
+        n = len(items)
+        if isinstance(self.forward, CachedTopForward):
+            self.forward.cache.clear()  # states are reused within a batch only
+        edit = self._batch([(it.edit_input, it.record.target_new) for it in items])
+        patch, pre_logits, latency = self._edit(edit)
+        pre = score_answers(pre_logits, edit)
+
+        wrapped = _Rows()
+        for i, it in enumerate(items):
+            wrapped.add(i, it.edit_input, it.record.target_new)
+        kinds = ["edit"] * n
+        for i, it in enumerate(items):
+            for text in it.rephrases:
+                wrapped.add(i, text, it.record.target_new)
+                kinds.append("rephrase")
+            for text, answer in it.portability:
+                wrapped.add(i, text, answer)
+                kinds.append("portability")
+        batch = self._batch(wrapped.pairs)
+        post = score_answers(self._logits(batch, self._rows(patch, wrapped.owners)), batch)
+        post_logprob = -post.mean_nll[:n]
+
+        def by_kind(kind: str) -> list[float | None]:
+            keep = [j for j, k in enumerate(kinds) if k == kind]
+            if not keep:
+                return [None] * n
+            return _per_owner(post.token_accuracy[keep], [wrapped.owners[j] for j in keep], n)
+
+        generalization, portability = by_kind("rephrase"), by_kind("portability")
+        locality, locality_kl = self._locality(items, patch)
+        sentiment, fluency, texts = self._sentiment(items, patch)
+        results = []
+        for i, it in enumerate(items):
+            results.append(RecordResult(
+                id=it.record.id, task=it.record.task,
+                instruction=None if it.instruction is None else str(it.instruction),
+                reliability=float(post.token_accuracy[i]), reliability_pre=float(pre.token_accuracy[i]),
+                target_logprob_pre=float(-pre.mean_nll[i]), target_logprob_post=float(post_logprob[i]),
+                generalization=generalization[i], locality=locality[i], locality_kl=locality_kl[i],
+                portability=portability[i], latency_ms=latency, sentiment_success=sentiment[i],
+                fluency=fluency[i], generation=texts[i]))
+        return results
+
+    def _locality(self, items: Sequence[RenderedRecord], patch: Patch | None):
+        n = len(items)
+        rows = _Rows()
+        for i, it in enumerate(items):
+            for prompt, answer in it.locality:
+                rows.add(i, prompt, answer)
+        if not rows.pairs:
+            return [None] * n, [None] * n
+        batch = self._batch(rows.pairs)
+        before = self._logits(batch, None)
+        after = self._logits(batch, self._rows(patch, rows.owners))
+        agree = agreement(before.argmax(-1), after.argmax(-1), batch)
+        kl = kl_per_row(before, after, batch)
+        return _per_owner(agree, rows.owners, n), _per_owner(kl, rows.owners, n)
+
+    def _sentiment(self, items: Sequence[RenderedRecord], patch: Patch | None):
+        """ConvSent: greedy generations after the edit and whether their sentiment is the label."""
+        n = len(items)
+        none: list = [None] * n
+        chosen = [i for i, it in enumerate(items) if it.record.task == "convsent" and it.record.label]
+        if not chosen or not self.config.sentiment:
+            return none, list(none), list(none)
+        config = GenerationConfig(max_new_tokens=self.config.generation_tokens)
+        with PatchEngine.activate(self._rows(patch, chosen)):
+            texts = generate(self.backbone, [items[i].edit_input for i in chosen], config)
+        success, fluency, generations = list(none), list(none), list(none)
+        for i, text in zip(chosen, texts, strict=False):
+            success[i] = float(self.scorer.label(text) == items[i].record.label)
+            fluency[i] = ngram_entropy(text)
+            generations[i] = text
+        return success, fluency, generations
+
+    # ----- all records ---------------------------------------------------------------------------
+    def render(self, records: Sequence[EditRecord]) -> list[RenderedRecord]:
+        return [render(r, self.config.instruction, self.use_instructions, self.config.seed,
+                       self.config.max_probes) for r in records]
+
+    def run(self, records: Sequence[EditRecord], desc: str = "eval") -> EvalResult:
+        """Evaluate every record (batched by similar input length); results in record order."""
+        if not records:
+            raise ValueError("no records to evaluate")
+        if self.config.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.config.batch_size}")
+        items = self.render(records)
+        order = sorted(range(len(items)), key=lambda i: len(items[i].edit_input))
+        results: list[RecordResult | None] = [None] * len(items)
+        start = time.perf_counter()
+        size = self.config.batch_size
+        with tqdm(total=len(items), unit="edit", desc=desc, disable=not self.config.progress,
+                  dynamic_ncols=True, mininterval=2) as bar:
+            for k in range(0, len(order), size):
+                chunk = order[k: k + size]
+                for i, result in zip(chunk, self.evaluate_batch([items[i] for i in chunk]), strict=False):
+                    results[i] = result
+                bar.update(len(chunk))
+        done = [r for r in results if r is not None]
+        return EvalResult(summarize(done, time.perf_counter() - start), done)
+
+
+def evaluate(backbone: Backbone, editor: Editor | None, records: Sequence[EditRecord],
+             config: EvalConfig | None = None, desc: str = "eval") -> EvalResult:
+    """Evaluate ``editor`` (``None``: the unedited model) on ``records``."""
+    return Evaluator(backbone, editor, config).run(records, desc)

@@ -1,0 +1,83 @@
+"""``results`` on a tiny model writes the report with its sections and figures."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from instructedit import cli
+from instructedit.backbone import load_backbone
+from instructedit.editor import Editor
+from instructedit.evaluate.report import pct, table
+from instructedit.evaluate.results import FRESH_INSTRUCTIONS, harmonic
+from instructedit.instructions import TASKS
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_llama_dir, tmp_path_factory):
+    from tests.data.layout import make_data_dir
+
+    root = tmp_path_factory.mktemp("results")
+    data = make_data_dir(root / "data")
+    backbone = load_backbone(str(tiny_llama_dir), device="cpu")
+    Editor.untrained(backbone, 0.5, normalize=True).save_pretrained(root / "ck" / "instructedit")
+    Editor.untrained(backbone, 0.5, normalize=True, use_instructions=False).save_pretrained(
+        root / "ck" / "mend-multitask")
+    return root, data
+
+
+def run(capsys, *args):
+    try:
+        code = cli.main(list(args))
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr()
+
+
+def test_results_writes_all_sections(capsys, setup, tiny_llama_dir):
+    root, data = setup
+    out = root / "docs" / "results.md"
+    code, captured = run(capsys, "results", "--data", str(data), "--out", str(out),
+                         "--figures", str(root / "docs" / "figures"), "--model", str(tiny_llama_dir),
+                         "--instructedit", str(root / "ck" / "instructedit"),
+                         "--baseline", str(root / "ck" / "mend-multitask"), "--limit", "2",
+                         "--pca-limit", "2", "--sweep-limit", "1", "--quants", "none,4bit",
+                         "--no-progress")
+    assert code == 0, captured.err
+    text = out.read_text()
+    for heading in ("## 1. Multi-task and hold-out editing", "## 2. Seen vs unseen instructions",
+                    "## 3. Quantized backbones", "## 4. Transformed gradients", "## 5. Task scaling"):
+        assert heading in text
+    for method in ("Unedited", "Gradient step", "MEND multi-task", "InstructEdit"):
+        assert f"| {method} |" in text
+    assert "4-bit (nf4)" in text and "**Findings.**" in text
+    assert "Skipped" in text                              # no task-scaling checkpoints
+    assert (root / "docs" / "figures" / "pca_instructedit.png").is_file()
+    assert (root / "docs" / "figures" / "pca_mend_multitask.png").is_file()
+    assert "](figures/pca_instructedit.png)" in text
+    assert "Chosen:" in text                               # the step-size sweep ran
+    assert re.search(r"limit 2 records per task", text)
+
+
+def test_results_with_missing_checkpoints_still_writes(capsys, setup, tiny_llama_dir):
+    root, data = setup
+    out = root / "missing.md"
+    code, captured = run(capsys, "results", "--data", str(data), "--out", str(out),
+                         "--figures", str(root / "fig2"), "--model", str(tiny_llama_dir),
+                         "--instructedit", str(root / "nope-a"), "--baseline", str(root / "nope-b"),
+                         "--limit", "1", "--step-size", "0.5", "--quants", "none", "--no-progress")
+    assert code == 0, captured.err
+    text = out.read_text()
+    assert "n/a" in text and "were not available" in text and "no editor checkpoint" in text
+
+
+def test_fresh_instructions_are_new():
+    for task, text in FRESH_INSTRUCTIONS.items():
+        assert text not in TASKS[task].instructions
+    assert ("[TOPIC]" in FRESH_INSTRUCTIONS["convsent"]) and ("[LABEL]" in FRESH_INSTRUCTIONS["convsent"])
+
+
+def test_report_helpers():
+    assert pct(0.1234) == "12.3" and pct(None) == "–" and pct(1.0, bold=True) == "**100.0**"
+    assert harmonic(1.0, 0.0) == 0.0 and harmonic(0.5, 0.5) == pytest.approx(0.5)
+    assert table(["a", "b"], [["1", "2"]]).splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |"]
