@@ -1,0 +1,190 @@
+"""Runs every benchmark section in one process and collects one JSON-serialisable result."""
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from ..backbone import load_backbone
+from ..editor import Editor
+from .config import BenchConfig
+from .evaluation import measure_evaluation
+from .finetune import compare_with_finetuning
+from .gen_speed import measure_generation
+from .latency import measure_edit_latency
+from .machine import load_average, machine_info
+from .memory import compression, compression_batches, edit_sizes, footprints, sessions
+from .training import measure_training
+from .workload import counterfact_records, edit_request, editor_case
+
+log = logging.getLogger(__name__)
+
+
+def make_editor(backbone, config: BenchConfig) -> Editor:
+    """The editor under test (a checkpoint, or an untrained editor for ``none``)."""
+    from ..cli import editor_from_args
+
+    return editor_from_args(argparse.Namespace(editor=config.editor, step_size=config.step_size),
+                            backbone)
+
+
+def editor_info(editor: Editor) -> dict:
+    meta = editor.metadata or {}
+    provenance = meta.get("provenance", {}) if isinstance(meta, dict) else {}
+    return {"name": editor.name, "trained": bool(meta), "use_instructions": editor.use_instructions,
+            "modules": len(editor.module_names),
+            "training_steps": provenance.get("steps"),
+            "network_parameters": editor.network.num_parameters()}
+
+
+class SectionClock:
+    """Wall-clock seconds per section of the run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def section(self, name: str) -> Iterator[None]:
+        log.info("bench: %s ...", name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
+            log.info("bench: %s done in %.1f s", name, self.seconds[name])
+
+
+def _float_mode(quants) -> str:
+    return "none" if "none" in quants else quants[0]
+
+
+def _eval_mode(quants) -> str:
+    return "4bit" if "4bit" in quants else quants[-1]
+
+
+def run_bench(config: BenchConfig) -> dict:
+    """Measure every section; returns the result (what ``--json`` prints and the report shows)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    clock = SectionClock()
+    result: dict = {"machine": machine_info(), "config": config.to_dict(), "model": config.model}
+    n_edits = max(config.latency_edits, max(config.active_counts), config.compression_edits, 1)
+    records = counterfact_records(config.data, max(n_edits, config.finetune_edits,
+                                                   config.eval_records), config.seed)
+    requests = [edit_request(r) for r in records[:n_edits]]
+    latency, generation, sizes, prints = {}, {}, {}, {}
+    float_copy_bytes = None
+    for mode in config.quants:
+        with clock.section(f"load {mode}"):
+            backbone = load_backbone(config.model, mode)
+        prints[mode] = backbone.footprint_bytes()
+        float_copy_bytes = backbone.parameter_count() * 4
+        editor = make_editor(backbone, config)
+        result.setdefault("editor", editor_info(editor))
+        result.setdefault("backbone", {k: v for k, v in backbone.info().items()
+                                       if k in ("model_id", "family", "parameters", "num_layers",
+                                                "hidden_size", "edited_modules")})
+        with clock.section(f"edit latency {mode}"):
+            run = measure_edit_latency(editor, requests, config.latency_edits, config.latency_warmup,
+                                       config.goals.edit_latency_ratio, config.profile_top)
+        latency[mode] = run.result
+        sizes[mode] = edit_sizes(run.edits, config.goals.edit_kilobytes)
+        with clock.section(f"generation {mode}"):
+            generation[mode] = measure_generation(
+                backbone, run.edits, config.active_counts, config.new_tokens, config.generation_repeats,
+                config.generation_prompt, config.goals.generation_overhead_at_10, config.profile_top)
+        if mode == _float_mode(config.quants):
+            n = min(config.compression_edits, len(run.edits))
+            with clock.section("compression"):
+                cases = [editor_case(r, editor.use_instructions) for r in records[:n]]
+                result["compression"] = {"quantization": mode, **compression(
+                    backbone, run.edits[:n], compression_batches(backbone, cases), config.svd_ranks)}
+            with clock.section("fine-tuning comparison"):
+                result["finetune"] = {"quantization": mode, **compare_with_finetuning(
+                    editor, records[: config.finetune_edits], config.finetune,
+                    config.goals.finetune_speedup)}
+            with clock.section("training"):
+                result["training"] = {"quantization": mode, **measure_training(
+                    backbone, config.data, config.train_batches, config.train_repeats,
+                    config.train_pool_per_task, config.seed, config.goals.training_speedup,
+                    config.profile_top)}
+        if mode == _eval_mode(config.quants):
+            with clock.section("evaluation"):
+                result["evaluation"] = measure_evaluation(editor, records[: config.eval_records],
+                                                          config.eval_batch_size)
+        del editor, backbone, run
+        gc.collect()
+    result["edit_latency"] = latency
+    result["generation"] = generation
+    result["memory"] = {"footprint": footprints(prints, config.goals.fourbit_footprint_share),
+                        "edit_size": sizes,
+                        "sessions": {m: sessions(prints[m], float_copy_bytes,
+                                                 sizes[m]["bytes"]["median"]) for m in prints}}
+    result["goals"] = goal_table(result, config)
+    result["timing"] = {"sections_s": clock.seconds,
+                        "total_s": round(time.perf_counter() - started, 1),
+                        "load_average_at_end": load_average()}
+    return result
+
+
+def _goal(name: str, target: str, value: str, met: bool | None, note: str = "") -> dict:
+    return {"goal": name, "target": target, "value": value, "met": met, "note": note}
+
+
+def goal_table(result: dict, config: BenchConfig) -> list[dict]:
+    """One row per goal: what was wanted, what was measured, met or not (and by how much)."""
+    goals = config.goals
+    rows = []
+    for mode, lat in result.get("edit_latency", {}).items():
+        r = lat["ratio"]
+        rows.append(_goal(f"edit latency / forward+backward ({mode})", f"<= {goals.edit_latency_ratio}",
+                          f"{r:.2f}", lat["met"],
+                          "" if lat["met"] else f"over by {r / goals.edit_latency_ratio - 1:.0%}"))
+    for mode, gen in result.get("generation", {}).items():
+        at = gen["goal_count"]
+        o = gen["as_is"]["overhead"][str(at)]
+        c = gen["combined"]["overhead"][str(at)]
+        note = f"combined patches (prototype): {c:+.1%}"
+        if not gen["met"]:
+            note = f"over by {(o - goals.generation_overhead_at_10) * 100:.1f} points; " + note
+        rows.append(_goal(f"generation overhead at {at} edits ({mode})",
+                          f"<= {goals.generation_overhead_at_10:.0%}", f"{o:+.1%}", gen["met"], note))
+    fp = result.get("memory", {}).get("footprint", {})
+    if "met" in fp:
+        share = fp["share_of_fp32"]["4bit"]
+        rows.append(_goal("4-bit footprint / fp32", f"<= {goals.fourbit_footprint_share:.0%}",
+                          f"{share:.1%}", fp["met"]))
+    for mode, size in result.get("memory", {}).get("edit_size", {}).items():
+        kib = size["kib"]["median"]
+        note = "" if size["met"] else f"{kib / 1024:.2f} MiB: megabytes, see compression"
+        rows.append(_goal(f"bytes per edit ({mode})", f"kilobytes (< {goals.edit_kilobytes:.0f} KiB)",
+                          f"{kib:,.0f} KiB", size["met"], note))
+    ft = result.get("finetune")
+    if ft:
+        rows.append(_goal("fine-tuning latency / editor latency", f">= {goals.finetune_speedup:g}x",
+                          f"{ft['speedup']:.1f}x", ft["speed_met"],
+                          "" if ft["speed_met"] else
+                          f"short by {1 - ft['speedup'] / goals.finetune_speedup:.0%}"))
+        rows.append(_goal("editor reliability >= fine-tuning", ">=",
+                          f"{ft['editor']['reliability']:.3f} vs {ft['finetune']['reliability']:.3f}",
+                          ft["reliability_met"]))
+        rows.append(_goal("editor locality > fine-tuning", ">",
+                          f"{_num(ft['editor']['locality'])} vs {_num(ft['finetune']['locality'])}",
+                          ft["locality_met"]))
+    tr = result.get("training")
+    if tr:
+        rows.append(_goal("cached / full training step speed", f">= {goals.training_speedup:g}x",
+                          f"{tr['speedup']:.2f}x", tr["met"],
+                          "" if tr["met"] else f"short by {1 - tr['speedup'] / goals.training_speedup:.0%}"))
+    return rows
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
