@@ -1,0 +1,141 @@
+"""From the edit form's raw values to an :class:`~instructedit.editor.EditRequest` (no Gradio).
+
+The instruction picker's values are strings: ``"0"``..``"8"`` (seen instructions),
+``"heldout"`` (the unseen one), ``"none"`` (no instruction) and ``"custom"`` (free text).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..editor import EditRequest
+from ..instructions import HELD_OUT_INDEX, SEEN_INSTRUCTION_INDICES, TASKS, get_task
+from .errors import UserError
+
+NO_INSTRUCTION = "none"
+CUSTOM_INSTRUCTION = "custom"
+HELD_OUT = "heldout"
+LABELS = ("positive", "negative")
+
+
+def task_options() -> list[tuple[str, str]]:
+    """(label, value) pairs of the task picker."""
+    options = []
+    for name, spec in TASKS.items():
+        label = spec.display_name + (" (held out in training)" if spec.held_out_of_training else "")
+        options.append((label, name))
+    return options
+
+
+def instruction_options(task: str) -> list[tuple[str, str]]:
+    """(label, value) pairs of the instruction picker for ``task``."""
+    spec = get_task(task)
+    options = [(f"{i + 1}. {spec.instructions[i]}", str(i))
+               for i in SEEN_INSTRUCTION_INDICES if i < len(spec.instructions)]
+    if len(spec.instructions) > HELD_OUT_INDEX:
+        options.append((f"Held out: {spec.instructions[HELD_OUT_INDEX]}", HELD_OUT))
+    options.append(("No instruction", NO_INSTRUCTION))
+    options.append(("Write my own instruction", CUSTOM_INSTRUCTION))
+    return options
+
+
+def default_instruction(task: str) -> str:
+    """The picker's default: the first seen instruction, or none for the custom task."""
+    return "0" if get_task(task).instructions else NO_INSTRUCTION
+
+
+def split_lines(text: str | None) -> tuple[str, ...]:
+    """Non-empty stripped lines of a multi-line box."""
+    return tuple(line.strip() for line in (text or "").splitlines() if line.strip())
+
+
+@dataclass(frozen=True)
+class EditForm:
+    """The edit form exactly as typed (strings; lists are one item per line)."""
+
+    task: str
+    instruction: str
+    custom_instruction: str = ""
+    topic: str = ""
+    label: str = ""
+    prompt: str = ""
+    target: str = ""
+    rephrases: str = ""
+    probes: str = ""
+
+
+def _check_text(name: str, value: str, max_chars: int) -> None:
+    if len(value) > max_chars:
+        raise UserError(f"The {name} is {len(value)} characters long; the limit is {max_chars}.")
+
+
+def instruction_choice(form: EditForm, max_chars: int) -> int | str | None:
+    """The ``EditRequest.instruction`` value chosen by the form."""
+    choice = (form.instruction or "").strip()
+    spec = get_task(form.task)
+    if choice == NO_INSTRUCTION:
+        return None
+    if choice == HELD_OUT:
+        if not spec.instructions:
+            raise UserError(f"The {spec.display_name} task has no held-out instruction.")
+        return HELD_OUT
+    if choice == CUSTOM_INSTRUCTION:
+        text = " ".join((form.custom_instruction or "").split())
+        if not text:
+            raise UserError("Write your instruction in the box, or pick another instruction.")
+        _check_text("instruction", text, max_chars)
+        if text.lower() in (NO_INSTRUCTION, HELD_OUT, "held-out", "held_out") or text.lstrip("+-").isdigit():
+            raise UserError("Write the instruction as a sentence; to use a listed one, pick it instead.")
+        return text
+    if choice.isdigit() and int(choice) < len(spec.instructions):
+        return int(choice)
+    raise UserError(f"Pick an instruction for the {spec.display_name} task.")
+
+
+def build_request(form: EditForm, max_chars: int, max_lines: int) -> EditRequest:
+    """Validate the form (lengths, counts, ConvSent fields) and build the request."""
+    if form.task not in TASKS:
+        raise UserError(f"Pick a task ({', '.join(s.display_name for s in TASKS.values())}).")
+    prompt, target = (form.prompt or "").strip(), (form.target or "").strip()
+    if not prompt:
+        raise UserError("The prompt is empty: type the text whose answer should change.")
+    if not target:
+        raise UserError("The target is empty: type the new answer.")
+    _check_text("prompt", prompt, max_chars)
+    _check_text("target", target, max_chars)
+    lists = {}
+    for name, text in (("rephrase", form.rephrases), ("locality probe", form.probes)):
+        lines = split_lines(text)
+        if len(lines) > max_lines:
+            raise UserError(f"There are {len(lines)} {name}s; the limit is {max_lines} (one per line).")
+        for i, line in enumerate(lines, 1):
+            _check_text(f"{name} on line {i}", line, max_chars)
+        lists[name] = lines
+    topic = label = None
+    if get_task(form.task).needs_topic_and_label:
+        topic = (form.topic or "").strip()
+        label = (form.label or "").strip().lower()
+        if not topic:
+            raise UserError("ConvSent needs a topic (for example: Jules Verne).")
+        _check_text("topic", topic, max_chars)
+        if label not in LABELS:
+            raise UserError("ConvSent needs a sentiment: positive or negative.")
+    return EditRequest(prompt=prompt, target=target, task=form.task,
+                       instruction=instruction_choice(form, max_chars), topic=topic, label=label,
+                       rephrases=lists["rephrase"], probes=lists["locality probe"])
+
+
+def preview_inputs(form: EditForm, max_chars: int, max_lines: int) -> tuple[str, str]:
+    """What the InstructEdit editor and the baseline see, or a hint when the form is incomplete."""
+    import dataclasses
+
+    from ..instructions import InstructionError
+
+    if not (form.prompt or "").strip():
+        hint = "(type a prompt to see the input the model gets)"
+        return hint, hint
+    try:
+        request = build_request(dataclasses.replace(form, target=form.target or "?"), max_chars, max_lines)
+        return request.edit_input(True), request.edit_input(False)
+    except (UserError, InstructionError) as exc:
+        hint = f"(not ready: {exc})"
+        return hint, hint

@@ -1,0 +1,156 @@
+"""The Gradio app on a tiny model, driven over HTTP with gradio_client like an API user would."""
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import anyio
+import pytest
+
+# anyio is a pytest plugin, so pytest rewrites its lazily imported submodules; importing one in a
+# server thread while another thread compiles can crash CPython 3.11's parser. Import it here.
+_ = anyio.open_file
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+from instructedit.backbone import load_backbone  # noqa: E402
+from instructedit.editor import Editor  # noqa: E402
+from instructedit.ui.app import build_demo, launch  # noqa: E402
+from instructedit.ui.config import AppConfig, Limits  # noqa: E402
+from instructedit.ui.pages import ResultsContent  # noqa: E402
+from instructedit.ui.service import EditService  # noqa: E402
+
+PROMPT = "The Eiffel Tower is located in"
+FORM = dict(task="counterfact", instruction="0", custom="", topic="", label="positive", prompt=PROMPT,
+            target="Paris", rephrases="The Eiffel Tower is in",
+            probes="The capital of France is\nRome is in")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tiny_llama_dir, tmp_path_factory):
+    backbone = load_backbone(str(tiny_llama_dir), device="cpu")
+    editor = Editor.untrained(backbone, step_size=0.5)
+    baseline = Editor.untrained(backbone, step_size=0.5, use_instructions=False)
+    limits = Limits(max_new_tokens=6, max_edits_per_session=3, max_input_chars=200, max_lines=3)
+    service = EditService(backbone, editor, baseline, limits,
+                          export_dir=tmp_path_factory.mktemp("exports"))
+    demo = build_demo(service, "**Model** tiny", ResultsContent(None))
+    config = AppConfig(host="127.0.0.1", port=free_port(), limits=limits)
+    _, url, _ = launch(demo, config, prevent_thread_lock=True, quiet=True)
+    yield url, service
+    demo.close()
+
+
+def client(url: str, tmp_path: Path) -> Client:
+    return Client(url, verbose=False, download_files=str(tmp_path), analytics_enabled=False)
+
+
+def edit(c: Client, **changes):
+    form = {**FORM, **changes}
+    return c.predict(*form.values(), api_name="/edit")
+
+
+def text_of(spans) -> str:
+    if isinstance(spans, dict):  # some versions wrap the value
+        spans = spans.get("value") or []
+    return "".join(s["token"] if isinstance(s, dict) else s[0] for s in spans or [])
+
+
+def rows(table) -> list[list]:
+    return table["data"] if isinstance(table, dict) else table
+
+
+def test_edit_returns_before_after_and_scores(app, tmp_path):
+    url, _ = app
+    c = client(url, tmp_path)
+    out = edit(c)
+    (ie_input, bl_input, ie_before, ie_after, ie_summary, bl_before, bl_after, bl_summary,
+     ie_reph, ie_loc, bl_reph, bl_loc, report, history, history_md, _choice) = out
+    assert ie_input.startswith("Task: counterfact\nDescription:") and bl_input == PROMPT
+    assert text_of(ie_before) != text_of(ie_after)
+    assert "Paris" in text_of(ie_after)
+    assert "Reliability 100%" in ie_summary and "Locality" in ie_summary and "→" in ie_summary
+    assert "Reliability" in bl_summary
+    assert len(rows(ie_reph)) == 1 and len(rows(ie_loc)) == 2 and len(rows(bl_loc)) == 2
+    assert report["instructedit"]["scores"]["reliability"] == pytest.approx(1.0)
+    assert len(rows(history)) == 1 and "1 active edit" in history_md
+
+
+def test_two_clients_do_not_share_edits(app, tmp_path):
+    url, _ = app
+    a, b = client(url, tmp_path / "a"), client(url, tmp_path / "b")
+    off_b, on_b, _ = b.predict(PROMPT, 6, api_name="/generate")
+    edit(a)
+    off_a, on_a, note_a = a.predict(PROMPT, 6, api_name="/generate")
+    assert text_of(off_a) == text_of(off_b) and text_of(on_a) != text_of(off_a)
+    assert "1 active edit" in note_a
+    off_b2, on_b2, note_b = b.predict(PROMPT, 6, api_name="/generate")
+    assert text_of(on_b2) == text_of(off_b) and "no active edits" in note_b
+    history_b = b.predict(api_name="/history")[0]
+    assert rows(history_b) == []
+
+
+def test_undo_reset_and_remove(app, tmp_path):
+    url, _ = app
+    c = client(url, tmp_path)
+    edit(c)
+    out = edit(c, prompt="Rome is in", probes="")
+    assert len(rows(out[13])) == 2
+    table, summary, _ = c.predict(api_name="/undo")
+    assert len(rows(table)) == 1
+    first_id = rows(table)[0][1]
+    edit(c, prompt="Rome is in")
+    table, _, _ = c.predict(first_id, api_name="/remove")
+    assert len(rows(table)) == 1 and rows(table)[0][1] != first_id
+    table, summary, _ = c.predict(api_name="/reset")
+    assert rows(table) == [] and "No active edits" in summary
+    with pytest.raises(Exception, match="no edit to undo"):
+        c.predict(api_name="/undo")
+
+
+def test_export_import_round_trip(app, tmp_path):
+    url, _ = app
+    src, dst = client(url, tmp_path / "src"), client(url, tmp_path / "dst")
+    edit(src)
+    edit(src, prompt="Rome is in", task="custom", instruction="none")
+    path = src.predict(api_name="/export")
+    data = json.loads(Path(path).read_text())
+    assert [e["prompt"] for e in data["edits"]] == [PROMPT, "Rome is in"]
+    table, summary, _ = dst.predict(handle_file(path), api_name="/import")
+    assert [r[4] for r in rows(table)] == [PROMPT, "Rome is in"] and "2 active edits" in summary
+    assert dst.predict(PROMPT, 6, api_name="/generate")[1] == src.predict(PROMPT, 6, api_name="/generate")[1]
+
+
+def test_bad_inputs_get_messages_and_change_nothing(app, tmp_path):
+    url, _ = app
+    c = client(url, tmp_path)
+    edit(c)
+    with pytest.raises(Exception, match="target is empty"):
+        edit(c, target="  ")
+    with pytest.raises(Exception, match="limit is 200"):
+        edit(c, prompt="x" * 201)
+    with pytest.raises(Exception, match="ConvSent needs a topic"):
+        edit(c, task="convsent", instruction="0")
+    with pytest.raises(Exception, match="Write your instruction"):
+        edit(c, instruction="custom")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{ not json")
+    with pytest.raises(Exception, match="not valid JSON"):
+        c.predict(handle_file(str(bad)), api_name="/import")
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"format": "instructedit-studio-history", "version": 1,
+                                 "model_id": "someone/else", "edits": []}))
+    with pytest.raises(Exception, match="made on model"):
+        c.predict(handle_file(str(other)), api_name="/import")
+    for _ in range(2):
+        edit(c, probes="")
+    with pytest.raises(Exception, match="limit is 3"):
+        edit(c)
+    assert len(rows(c.predict(api_name="/history")[0])) == 3

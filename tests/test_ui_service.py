@@ -1,0 +1,217 @@
+"""The app's service layer on a tiny model: edits, isolation, history, export/import, limits."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from instructedit.backbone import load_backbone
+from instructedit.editor import Editor, EditRequest
+from instructedit.ui.config import Limits
+from instructedit.ui.errors import UserError
+from instructedit.ui.forms import EditForm, build_request, instruction_options, preview_inputs
+from instructedit.ui.history import FORMAT
+from instructedit.ui.service import EditService
+from instructedit.ui.sessions import SessionStore
+
+PROMPT = "The Eiffel Tower is located in"
+TARGET = "Paris"
+
+
+@pytest.fixture(scope="module")
+def backbone(tiny_llama_dir):
+    return load_backbone(str(tiny_llama_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def editors(backbone):
+    main = Editor.untrained(backbone, step_size=0.5)
+    base = Editor.untrained(backbone, step_size=0.5, use_instructions=False)
+    return main, base
+
+
+@pytest.fixture()
+def service(backbone, editors, tmp_path):
+    limits = Limits(max_new_tokens=6, max_edits_per_session=3, max_input_chars=200, max_lines=3)
+    return EditService(backbone, editors[0], editors[1], limits, export_dir=tmp_path)
+
+
+def request(prompt=PROMPT, target=TARGET, **kw) -> EditRequest:
+    kw.setdefault("task", "counterfact")
+    kw.setdefault("instruction", 0)
+    kw.setdefault("rephrases", ("The Eiffel Tower is in",))
+    kw.setdefault("probes", ("The capital of France is", "Rome is in"))
+    return EditRequest(prompt, target, **kw)
+
+
+def test_edit_returns_before_after_and_scores(service):
+    out = service.edit("s1", request())
+    report = out.report
+    assert report.model_input.startswith("Task: counterfact\nDescription: ")
+    assert report.model_input.endswith("Input: " + PROMPT)
+    assert report.prob_after > report.prob_before
+    assert report.scores.reliability == pytest.approx(1.0)
+    assert 0.0 <= report.scores.generalization <= 1.0
+    assert 0.0 <= report.scores.locality <= 1.0
+    assert len(report.rephrases) == 1 and len(report.probes) == 2
+    assert all(isinstance(p.before, str) and isinstance(p.after, str) for p in report.probes)
+    assert out.baseline_report is not None and out.baseline_report.model_input == PROMPT
+    assert [e.id for e in out.history] == [out.entry.id]
+    assert report.after != report.before or report.prob_after > 0.5
+
+
+def test_sessions_are_isolated(service):
+    before_b = service.generate("b", PROMPT)
+    service.edit("a", request())
+    assert len(service.history("a")) == 1 and service.history("b") == []
+    without_a, with_a = service.generate("a", PROMPT)
+    assert without_a == before_b[0]
+    assert with_a != without_a
+    assert service.generate("b", PROMPT) == before_b
+
+
+def test_concurrent_sessions_do_not_leak(service):
+    errors = []
+    results = {}
+
+    def work(sid, target):
+        try:
+            service.edit(sid, request(target=target, rephrases=(), probes=()))
+            results[sid] = service.generate(sid, PROMPT)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(f"t{i}", t))
+               for i, t in enumerate(["Paris", "London", "Berlin", "Madrid"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i in range(4):
+        assert len(service.history(f"t{i}")) == 1
+    # each session's edited output equals what a fresh session gets from the same single edit
+    service.edit("check", request(target="London", rephrases=(), probes=()))
+    assert service.generate("check", PROMPT) == results["t1"]
+
+
+def test_undo_remove_reset_and_stacking(service):
+    first = service.edit("s", request(target="London")).entry
+    second = service.edit("s", request(prompt="Rome is in", target="Berlin")).entry
+    assert [e.id for e in service.history("s")] == [first.id, second.id]
+    assert service.undo("s").id == second.id
+    third = service.edit("s", request(prompt="Rome is in", target="Madrid")).entry
+    assert service.remove("s", first.id).id == first.id
+    assert [e.id for e in service.history("s")] == [third.id]
+    with pytest.raises(UserError, match="No active edit"):
+        service.remove("s", "nope")
+    assert service.reset("s") == 1
+    assert service.history("s") == []
+    with pytest.raises(UserError, match="no edit to undo"):
+        service.undo("s")
+
+
+def test_per_session_cap(service):
+    for target in ("London", "Berlin", "Madrid"):
+        service.edit("cap", request(target=target, rephrases=(), probes=()))
+    with pytest.raises(UserError, match="limit is 3"):
+        service.edit("cap", request(target="Paris", rephrases=(), probes=()))
+    assert len(service.history("cap")) == 3
+    service.edit("other", request(target="Paris", rephrases=(), probes=()))
+
+
+def test_export_import_round_trip(service, tmp_path):
+    service.edit("src", request(target="London"))
+    service.edit("src", request(prompt="Rome is in", target="Berlin", task="custom", instruction=None,
+                                rephrases=(), probes=()))
+    path = service.export_file("src")
+    data = json.loads(path.read_text())
+    assert data["format"] == FORMAT and data["model_id"] == service.model_id
+    assert [e["target"] for e in data["edits"]] == ["London", "Berlin"]
+    assert not list(path.parent.glob(".tmp-*"))
+    service.edit("dst", request(target="Madrid", rephrases=(), probes=()))
+    entries = service.import_history("dst", path.read_bytes())
+    assert [e.id for e in entries] == [e["id"] for e in data["edits"]]
+    assert [e.request.target for e in service.history("dst")] == ["London", "Berlin"]
+    assert service.generate("dst", PROMPT) == service.generate("src", PROMPT)
+    assert service.generate("dst", "Rome is in") == service.generate("src", "Rome is in")
+
+
+@pytest.mark.parametrize("raw,match", [
+    (b"{not json", "not valid JSON"),
+    (json.dumps({"format": "other"}), "not an InstructEdit Studio history"),
+    (json.dumps({"format": FORMAT, "version": 1, "model_id": "gpt2", "edits": []}), "made on model"),
+    ("MODEL", "field 'prompt'"),
+    ("TASK", "unknown task"),
+    ("INSTRUCTION", "out of range"),
+    ("MANY", "at most 3"),
+])
+def test_bad_imports_are_rejected_and_change_nothing(service, raw, match):
+    good = {"task": "counterfact", "instruction": 0, "prompt": PROMPT, "target": "London"}
+    edits = {"MODEL": [{**good, "prompt": 5}], "TASK": [{**good, "task": "poetry"}],
+             "INSTRUCTION": [good, {**good, "instruction": 42}], "MANY": [good] * 4}
+    if raw in edits:
+        raw = json.dumps({"format": FORMAT, "version": 1, "model_id": service.model_id,
+                          "edits": edits[raw]})
+    first = service.edit("bad", request(rephrases=(), probes=())).entry
+    with pytest.raises(UserError, match=match):
+        service.import_history("bad", raw)
+    assert [e.id for e in service.history("bad")] == [first.id]
+
+
+def test_bad_requests_get_messages(service):
+    with pytest.raises(UserError, match="limit is 200"):
+        service.edit("x", request(prompt="x" * 201))
+    with pytest.raises(UserError, match="topic"):
+        service.edit("x", request(task="convsent", instruction=0, prompt="What about cats?", target="I love them"))
+    with pytest.raises(UserError, match="empty"):
+        service.edit("x", request(prompt="   "))
+    with pytest.raises(UserError, match="empty"):
+        service.generate("x", "")
+    assert service.history("x") == []
+
+
+def test_form_to_request_and_preview():
+    form = EditForm(task="convsent", instruction="heldout", topic="Jules Verne", label="Positive",
+                    prompt="What do you think of Jules Verne?", target="I love his books.",
+                    rephrases="How do you feel about Jules Verne?\n\n", probes="")
+    req = build_request(form, 500, 8)
+    assert req.instruction == "heldout" and req.label == "positive" and len(req.rephrases) == 1
+    wrapped, plain = preview_inputs(form, 500, 8)
+    assert "Jules Verne" in wrapped.splitlines()[1] and plain == form.prompt
+    assert [v for _, v in instruction_options("custom")] == ["none", "custom"]
+    assert len(instruction_options("zsre")) == 12
+    with pytest.raises(UserError, match="Write your instruction"):
+        build_request(EditForm(task="custom", instruction="custom", prompt="a", target="b"), 500, 8)
+    with pytest.raises(UserError, match="limit is 2"):
+        build_request(EditForm(task="custom", instruction="none", prompt="a", target="b",
+                               probes="1\n2\n3"), 500, 2)
+    assert "not ready" in preview_inputs(EditForm(task="convsent", instruction="0", prompt="hi"), 500, 8)[0]
+
+
+def test_session_store_idle_sweep_and_unload():
+    now = [1000.0]
+    store = SessionStore(max_edits=2, idle_timeout_s=10, sweep_every_s=1, clock=lambda: now[0])
+    with store.open("a") as s:
+        s.entries.append("x")
+    with store.open("b"):
+        pass
+    now[0] += 5
+    with store.open("b"):
+        pass
+    now[0] += 6  # a idle 11 s, b idle 6 s
+    assert store.sweep() == 1 and "a" not in store and "b" in store
+    assert store.drop("b") and len(store) == 0
+    with pytest.raises(UserError, match="no session"):
+        with store.open(""):
+            pass
+
+
+def test_session_store_refuses_beyond_max_sessions():
+    store = SessionStore(max_edits=1, max_sessions=1)
+    with store.open("a"):
+        pass
+    with pytest.raises(UserError, match="1 sessions"):
+        with store.open("b"):
+            pass
