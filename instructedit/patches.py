@@ -123,6 +123,32 @@ _CAPTURE: contextvars.ContextVar[Capture | None] = contextvars.ContextVar(
     "instructedit_capture", default=None)
 
 
+def combine_patches(patches: Sequence[Patch]) -> tuple[Patch, ...]:
+    """Fold several unbatched patches into one per module (rows concatenated, scales folded in).
+
+    ``sum_i s_i (x U_i^T) D_i == (x [U_1; U_2; ...]^T) [s_1 D_1; s_2 D_2; ...]``, so a stack of N
+    edits costs one matmul pair per module instead of N (the generation overhead of active edits
+    stays flat). Batched patches (training, evaluation) are returned unchanged.
+    """
+    def is_batched(patch: Patch) -> bool:
+        return any(layer.batched for layer in patch.layers.values())
+
+    plain = [p for p in patches if not is_batched(p)]
+    if len(plain) < 2:
+        return tuple(patches)
+    batched = [p for p in patches if is_batched(p)]
+    names: dict[str, list[LayerPatch]] = {}
+    for patch in plain:
+        for name, layer in patch.layers.items():
+            names.setdefault(name, []).append(layer)
+    combined = {}
+    for name, layers in names.items():
+        u = torch.cat([layer.u for layer in layers])
+        d = torch.cat([layer.d * layer.scale.to(layer.d.dtype) for layer in layers])
+        combined[name] = LayerPatch(u, d, torch.ones((), dtype=torch.float32, device=u.device))
+    return (Patch(combined), *batched)
+
+
 def active_patches() -> tuple[Patch, ...]:
     """The patches active in the current context."""
     return _ACTIVE.get()
@@ -172,7 +198,7 @@ class PatchEngine:
             patches = ()
         elif isinstance(patches, Patch):
             patches = (patches,)
-        token = _ACTIVE.set(tuple(patches))
+        token = _ACTIVE.set(combine_patches(tuple(patches)))
         try:
             yield
         finally:

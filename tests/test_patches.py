@@ -196,3 +196,22 @@ def test_edits_stack(llama):
     with PatchEngine.activate(first.patch):
         logits_first = _logits(llama)
     assert not torch.allclose(logits_both, logits_first)
+
+
+def test_stacked_patches_are_folded_into_one_matmul_pair(tiny_llama_dir):
+    """N active edits cost one factor pair per module, with the same outputs as N separate pairs."""
+    from instructedit.patches import combine_patches
+
+    backbone = load_backbone(str(tiny_llama_dir))
+    editor = Editor.untrained(backbone, step_size=0.5)
+    edits = [editor.edit(EditRequest(p, t)) for p, t in
+             [("The Eiffel Tower is located in", "Rome"), ("Rome is in", "Berlin"),
+              ("The capital of France is", "Madrid")]]
+    combined = combine_patches([e.patch for e in edits])
+    assert len(combined) == 1
+    name = next(iter(edits[0].patch.layers))
+    rows = sum(e.patch.layers[name].u.shape[0] for e in edits)
+    assert combined[0].layers[name].u.shape[0] == rows
+    x = torch.randn(2, 5, edits[0].patch.layers[name].u.shape[1])
+    separate = sum(e.patch.layers[name].output_delta(x) for e in edits)
+    assert torch.allclose(combined[0].layers[name].output_delta(x), separate, atol=1e-5)
