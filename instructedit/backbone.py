@@ -171,7 +171,10 @@ def _file_sha256(path: Path, limit: int | None = None) -> str:
 
 
 def _folder_is_complete(folder: Path) -> bool:
-    """True when a converted folder carries a marker whose checksums match its files."""
+    """True when a converted folder carries a marker whose recorded file sizes match its files.
+
+    (The marker also records SHA-256 sums; sizes are enough to catch an interrupted write and
+    keep start-up fast.)"""
     marker = folder / _COMPLETE_MARKER
     if not marker.is_file():
         return False
@@ -223,6 +226,8 @@ def convert_embedded_model(cache_dir: Path | None = None) -> Path:
         if target.exists():
             shutil.rmtree(target)
         os.replace(work, target)
+    except Exception as exc:
+        raise BackboneError(f"could not convert the embedded model into {target}: {exc}") from exc
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)

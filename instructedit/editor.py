@@ -87,6 +87,11 @@ def validate_request(request: EditRequest, tokenizer, max_target_tokens: int = M
             raise EditError(f"the {name} is too long ({len(value)} characters; the limit is {MAX_PROMPT_CHARS})")
         if any(ord(c) < 32 and c not in "\t\n" for c in value):
             raise EditError(f"the {name} contains control characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise EditError(f"the {name} is not valid text (it contains unpaired surrogate "
+                            "characters)") from None
     n_target = len(tokenizer(" " + request.target.strip(), add_special_tokens=False)["input_ids"])
     if n_target > max_target_tokens:
         raise EditError(f"the target is {n_target} tokens long; the limit is {max_target_tokens} "
