@@ -72,7 +72,10 @@ def header(r: dict) -> list[str]:
             ("editor", f"{editor}, {ed.get('modules')} edited matrices, instructions "
                        f"{'on' if ed.get('use_instructions') else 'off'}"),
             ("edits", "CounterFact test records, first N in file order, instruction 0"),
-            ("total wall time", f"{r['timing']['total_s']:,.0f} s")]
+            ("total wall time", f"{r['timing']['total_s']:,.0f} s"),
+            ("CPU utilisation of this run", f"{r['timing'].get('cpu_utilisation', float('nan')):.0%} "
+             "(process CPU time / (wall time x torch threads); well below 100% means other "
+             "processes shared the cores and absolute times are inflated)")]
     return lines + _table(["", ""], rows)
 
 

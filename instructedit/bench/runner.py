@@ -73,6 +73,7 @@ def run_bench(config: BenchConfig) -> dict:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
+    cpu_started = time.process_time()
     clock = SectionClock()
     result: dict = {"machine": machine_info(), "config": config.to_dict(), "model": config.model}
     n_edits = max(config.latency_edits, max(config.active_counts), config.compression_edits, 1)
@@ -128,8 +129,12 @@ def run_bench(config: BenchConfig) -> dict:
                         "sessions": {m: sessions(prints[m], float_copy_bytes,
                                                  sizes[m]["bytes"]["median"]) for m in prints}}
     result["goals"] = goal_table(result, config)
-    result["timing"] = {"sections_s": clock.seconds,
-                        "total_s": round(time.perf_counter() - started, 1),
+    wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    result["timing"] = {"sections_s": clock.seconds, "total_s": round(wall, 1),
+                        "process_cpu_s": round(cpu, 1),
+                        # near 1.0: this run had its threads' cores; well below: it shared them
+                        "cpu_utilisation": round(cpu / (wall * torch.get_num_threads()), 3),
                         "load_average_at_end": load_average()}
     return result
 
