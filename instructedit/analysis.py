@@ -54,6 +54,18 @@ def silhouette(points: np.ndarray, labels: Sequence[str]) -> float:
 
     Points in a cluster of one score 0 (as in scikit-learn); needs at least two clusters.
     """
+    return float(silhouette_samples(points, labels).mean())
+
+
+def silhouette_by_label(points: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
+    """Mean silhouette of each label's points (how well that one cluster stands apart)."""
+    scores = silhouette_samples(points, labels)
+    return {name: round(float(np.mean([s for s, lab in zip(scores, labels, strict=True) if lab == name])), 4)
+            for name in dict.fromkeys(labels)}
+
+
+def silhouette_samples(points: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+    """The silhouette coefficient of every point (see :func:`silhouette`)."""
     x = np.asarray(points, dtype=np.float64)
     names = sorted(set(labels))
     if len(names) < 2:
@@ -68,7 +80,7 @@ def silhouette(points: np.ndarray, labels: Sequence[str]) -> float:
         a = dist[i, same].sum() / (same.sum() - 1)
         b = min(dist[i, lab == c].mean() for c in range(len(names)) if c != lab[i] and (lab == c).any())
         scores[i] = (b - a) / max(a, b) if max(a, b) > 0 else 0.0
-    return float(scores.mean())
+    return scores
 
 
 # ----- features ----------------------------------------------------------------------------------
@@ -137,6 +149,7 @@ class AnalysisResult:
     silhouette_2d: float
     silhouette_full: float
     explained_variance: list
+    per_task_2d: dict = field(default_factory=dict)
     figure: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -180,7 +193,8 @@ def analyze_features(feats: GradientFeatures, editor_name: str, use_instructions
     return AnalysisResult(editor=editor_name, use_instructions=use_instructions, module=feats.module,
                           n_per_task=counts, silhouette_2d=round(silhouette(coords, feats.tasks), 4),
                           silhouette_full=round(silhouette(feats.features, feats.tasks), 4),
-                          explained_variance=[round(float(r), 4) for r in ratio], figure=figure)
+                          explained_variance=[round(float(r), 4) for r in ratio],
+                          per_task_2d=silhouette_by_label(coords, feats.tasks), figure=figure)
 
 
 def analysis_records(data: str | Path, per_task: int, split: str = "test", seed: int = 0,

@@ -15,6 +15,7 @@ from instructedit.analysis import (
     collect_features,
     pca_2d,
     silhouette,
+    silhouette_by_label,
 )
 from instructedit.backbone import load_backbone
 from instructedit.data import load_records
@@ -42,6 +43,14 @@ def test_silhouette_matches_scikit_learn():
     metrics = pytest.importorskip("sklearn.metrics")
     points, labels = clusters(3.0, seed=2)
     assert silhouette(points, labels) == pytest.approx(metrics.silhouette_score(points, labels), abs=1e-9)
+
+
+def test_silhouette_by_label_finds_the_cluster_that_stands_apart():
+    rng = np.random.default_rng(3)
+    far = rng.standard_normal((20, 2)) * 0.1 + 50
+    mixed = rng.standard_normal((40, 2))
+    per = silhouette_by_label(np.concatenate([far, mixed]), ["far"] * 20 + ["x", "y"] * 20)
+    assert per["far"] > 0.9 and abs(per["x"]) < 0.3 and abs(per["y"]) < 0.3
 
 
 def test_silhouette_needs_two_clusters():

@@ -90,6 +90,8 @@ def test_limit_records_is_a_seeded_sample_in_order():
     positions = [records.index(r) for r in a]
     assert positions == sorted(positions)
     assert limit_records(records, 100) == records
+    small, large = limit_records(records, 2, seed=4), limit_records(records, 5, seed=4)
+    assert {r.id for r in small} <= {r.id for r in large}
 
 
 # ----- runner ---------------------------------------------------------------------------------
@@ -146,7 +148,12 @@ def test_cached_forward_matches_the_full_model(backbone, cf_records):
     for a, b in zip(cached.run(cf_records).records, full.run(cf_records).records, strict=False):
         assert a.reliability == b.reliability and a.locality == b.locality
         assert a.target_logprob_post == pytest.approx(b.target_logprob_post, abs=1e-4)
-    assert isinstance(make_forward(backbone, None), FullForward)
+    unedited = Evaluator(backbone, None, quiet())
+    full_unedited = Evaluator(backbone, None, quiet())
+    full_unedited.forward = FullForward(backbone)
+    for a, b in zip(unedited.run(cf_records).records, full_unedited.run(cf_records).records, strict=True):
+        assert a.reliability == b.reliability and a.generalization == b.generalization
+    assert not isinstance(make_forward(backbone, None), FullForward)
 
 
 def test_patch_rows_belong_to_their_records(backbone, cf_records):

@@ -82,9 +82,8 @@ def command(data: ResultsData) -> str:
     cfg = data.config
     parts = ["python -m instructedit results", f"--data {cfg.data}", f"--out {cfg.out}",
              f"--figures {cfg.figures}", f"--model {cfg.model}", f"--limit {cfg.limit}",
-             f"--pca-limit {cfg.pca_limit}", f"--split {cfg.split}", f"--seed {cfg.seed}"]
-    if cfg.quant_limit is not None:
-        parts.append(f"--quant-limit {cfg.quant_limit}")
+             f"--quant-limit {cfg.quant_records}", f"--pca-limit {cfg.pca_limit}",
+             f"--sweep-limit {cfg.sweep_limit}", f"--split {cfg.split}", f"--seed {cfg.seed}"]
     if cfg.step_size is not None:
         parts.append(f"--step-size {cfg.step_size:g}")
     return " ".join(parts)
@@ -223,6 +222,14 @@ def findings_table3(data: ResultsData) -> list[str]:
                      + ", ".join(f"{name} {pct(hm[name])}" for name in ranked)
                      + ("; meta-training pays off." if ranked[-1] == "the plain gradient step"
                         else "; the trained editors do not beat a tuned plain step on this balance."))
+    cs_base = base.get("convsent").get("sentiment_success") if base.get("convsent") else None
+    cs_ie = ie.get("convsent").get("sentiment_success") if ie.get("convsent") else None
+    if cs_base is not None and cs_ie is not None:
+        steer = (" ConvSent instructions name the target sentiment, so the unedited model given the "
+                 "wrapped question is already steered by them" if cs_base > 0.5 else "")
+        lines.append(f"ConvSent sentiment success: {pct(cs_ie)}% after InstructEdit's edits vs {pct(cs_base)}% "
+                     f"for the unedited model on the same wrapped questions ({signed(points(cs_ie, cs_base))} "
+                     f"points).{steer}")
     if any(o.ok for o in base.values()):
         lines.append(f"Before any edit the model already produces {pct(_avg(base, 'reliability', EVAL_TASKS))}% "
                      "of the target tokens (mean over the four tasks; token accuracy credits shared "
@@ -240,9 +247,10 @@ def not_reproduced_reasons(data: ResultsData) -> str:
     steps = [c.get("total_steps_run") or c.get("steps") for c in cards]
     steps = [s for s in steps if s]
     if steps:
-        reasons.append(f"the editors were meta-trained for {min(steps)}–{max(steps)} steps on a CPU "
-                       "(the reference trains 30k–100k steps on a GPU), so both are barely past their "
-                       "identity initialisation and share most of their behaviour")
+        span = f"{min(steps)}" if min(steps) == max(steps) else f"{min(steps)}–{max(steps)}"
+        reasons.append(f"the editors were meta-trained for {span} steps on a CPU (the reference trains "
+                       "30k–100k steps on a GPU), which limits how much either editor can learn from "
+                       "the instructions")
     ie, mend = data.table3.get("InstructEdit", {}), data.table3.get("MEND multi-task", {})
     both = [_avg(ie, "reliability"), _avg(mend, "reliability")]
     if all(v is not None and v > 0.9 for v in both):
@@ -336,7 +344,9 @@ def section_quantization(data: ResultsData) -> str:
              "The InstructEdit editor, meta-trained on the fp32 backbone, applied unchanged to the same "
              "model loaded in 8-bit and 4-bit (bitsandbytes); edits are low-rank patches added to the "
              "quantized layers' outputs. ms/edit = editing time per record (batched); s/record = "
-             "evaluation wall time per record (edit + all scoring passes + ConvSent generation).", "",
+             "evaluation wall time per record (edit + all scoring passes + ConvSent generation). "
+             "Samples are nested, so the fp32 row is section 1's InstructEdit run restricted to "
+             "these records (its times scaled accordingly).", "",
              table(header, rows), ""]
     if unavailable:
         parts += ["Not available: " + "; ".join(unavailable), ""]
@@ -387,9 +397,11 @@ def section_analysis(data: ResultsData) -> str:
     rows = [[item["method"], "yes" if item["use_instructions"] else "no",
              ", ".join(f"{k} {v}" for k, v in item["n_per_task"].items()),
              num(item["silhouette_2d"], 3), num(item["silhouette_full"], 3),
+             ", ".join(f"{k} {v:.2f}" for k, v in item.get("per_task_2d", {}).items()),
              pct(sum(item["explained_variance"]))] for item in data.analyses]
     parts += [table(["Editor", "Instructions", "Edits", "Silhouette (2-D)", "Silhouette (full)",
-                     "Variance in 2 PCs (%)"], rows), "", "**Findings.**", ""]
+                     "Per-task silhouette (2-D)", "Variance in 2 PCs (%)"], rows), "",
+              "**Findings.**", ""]
     parts += [f"- {line}" for line in findings_analysis(data)]
     log.debug("figures in %s", figs)
     return "\n".join(parts)
@@ -406,13 +418,30 @@ def findings_analysis(data: ResultsData) -> list[str]:
         verdict = ("tasks separate more clearly with instructions, as in the paper's Fig. 2a")
     elif d2 <= 0 and dfull <= 0:
         verdict = ("**the paper's finding (instructions make the tasks form separate clusters) does not "
-                   "reproduce here**; without instructions the tasks already differ in their prompts and "
-                   "targets (ConvSent answers are whole sentences), so the gradients separate by task "
-                   "anyway, and a short training run has not made the instruction editor sharper")
+                   "reproduce here**. Likely reasons: without instructions the tasks already differ in "
+                   "their prompts and targets (ConvSent answers are whole sentences, ZsRE inputs are "
+                   "questions), so their gradients separate by task anyway; and this editor's short "
+                   "training run may not have learned to use the instruction as a task signal")
     else:
         verdict = "the two measures disagree, so there is no clear difference"
-    return [f"Silhouette with instructions {ie['silhouette_2d']:.3f} (2-D) / {ie['silhouette_full']:.3f} (full) vs "
-            f"{mend['silhouette_2d']:.3f} / {mend['silhouette_full']:.3f} without: {verdict}."]
+    lines = [f"Silhouette with instructions {ie['silhouette_2d']:.3f} (2-D) / {ie['silhouette_full']:.3f} (full) vs "
+             f"{mend['silhouette_2d']:.3f} / {mend['silhouette_full']:.3f} without: {verdict}."]
+    a, b = ie.get("per_task_2d", {}), mend.get("per_task_2d", {})
+    tasks = [t for t in a if t in b]
+    if tasks:
+        better = [t for t in tasks if a[t] > b[t]]
+        worse = [t for t in tasks if a[t] <= b[t]]
+
+        def listing(names):
+            return ", ".join(f"{TASK_NAMES.get(t, t)} ({a[t]:.2f} vs {b[t]:.2f})" for t in names)
+
+        text = "Per task (2-D), with vs without instructions: "
+        if better:
+            text += f"separates better with instructions: {listing(better)}"
+        if worse:
+            text += ("; " if better else "") + f"not better: {listing(worse)}"
+        lines.append(text + ".")
+    return lines
 
 
 def section_scaling(data: ResultsData) -> str:
@@ -436,10 +465,10 @@ def section_setup(data: ResultsData) -> str:
             rows.append([method, method_row_note(data, method), "yes" if method == "Gradient step" else "–",
                          "–", "–", "–"])
         elif card:
-            steps = card.get("total_steps_run") or card.get("steps")
+            best, total = card.get("steps"), card.get("total_steps_run")
+            steps = "–" if best is None else (f"{best} (best of {total})" if total and total != best else str(best))
             wall = card.get("wall_time_s")
-            rows.append([method, f"`{card['path']}`", "yes" if card.get("use_instructions") else "no",
-                         str(steps) if steps is not None else "–",
+            rows.append([method, f"`{card['path']}`", "yes" if card.get("use_instructions") else "no", steps,
                          f"{wall / 60:.0f} min" if wall else "–", num(card.get("validation_score"), 3)])
         else:
             rows.append([method, "missing", "–", "–", "–", "–"])

@@ -54,7 +54,7 @@ class ResultsConfig:
     baseline: str = "checkpoints/smollm2-135m/mend-multitask"
     step_size: float | None = None
     limit: int = 100
-    quant_limit: int | None = None
+    quant_limit: int | None = 50
     pca_limit: int = 100
     sweep_limit: int = 12
     split: str = "test"
@@ -98,6 +98,7 @@ class Outcome:
     summary: dict | None = None
     editor_name: str = ""
     reason: str = ""
+    records: list = field(default_factory=list)    # per-record results (RecordResult dicts)
 
     @property
     def ok(self) -> bool:
@@ -242,7 +243,7 @@ class ResultsRunner:
         cache = self._cache_file(spec)
         if cache is not None and cache.is_file():
             data = json.loads(cache.read_text())
-            outcome = Outcome(spec, data["summary"], data["editor_name"])
+            outcome = Outcome(spec, data["summary"], data["editor_name"], records=data.get("records", []))
             log.info("cached: %s", spec.label())
             self.runs.append(outcome)
             return outcome
@@ -262,12 +263,13 @@ class ResultsRunner:
         summary = result.summary.to_dict()
         summary.update(model_id=self.backbone(spec.quant).model_id,
                        use_instructions=True if editor is None else editor.use_instructions)
-        outcome = Outcome(spec, summary, editor_label(editor))
+        outcome = Outcome(spec, summary, editor_label(editor), records=[r.to_dict() for r in result.records])
         log.info("%s: reliability %.3f locality %s (%.0f s)", spec.label(), result.summary.reliability,
                  result.summary.locality, result.summary.seconds)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps({"summary": outcome.summary, "editor_name": outcome.editor_name}))
+            cache.write_text(json.dumps({"summary": outcome.summary, "editor_name": outcome.editor_name,
+                                         "records": outcome.records}))
         self.runs.append(outcome)
         return outcome
 
@@ -330,14 +332,35 @@ def run_instructions(runner: ResultsRunner, data: ResultsData) -> None:
                 limit=cfg.limit))
 
 
+def subset(outcome: Outcome, ids: set[str]) -> Outcome | None:
+    """``outcome`` re-summarised over the records in ``ids`` (None if some are missing).
+
+    Seconds are scaled by the share of records kept.
+    """
+    from .metrics import RecordResult, summarize
+
+    rows = [RecordResult(**r) for r in outcome.records if r["id"] in ids]
+    if not outcome.ok or len(rows) != len(ids):
+        return None
+    seconds = (outcome.summary.get("seconds") or 0.0) * len(rows) / max(1, len(outcome.records))
+    summary = summarize(rows, seconds).to_dict()
+    summary.update({k: outcome.summary[k] for k in ("model_id", "use_instructions") if k in outcome.summary})
+    return Outcome(outcome.spec, summary, outcome.editor_name, records=[r.to_dict() for r in rows])
+
+
 def run_quantization(runner: ResultsRunner, data: ResultsData) -> None:
+    """InstructEdit per backbone; the fp32 row reuses section 1's records (samples are nested)."""
     cfg = runner.config
     for quant in cfg.quants:
         data.quantization[quant] = {}
         for task in EVAL_TASKS:
-            if quant == "none" and cfg.quant_records == cfg.limit:
-                data.quantization[quant][task] = data.table3["InstructEdit"][task]
-                continue
+            reference = data.table3.get("InstructEdit", {}).get(task)
+            if quant == "none" and reference is not None and cfg.quant_records <= cfg.limit:
+                ids = {r.id for r in runner.records(task, cfg.split, cfg.quant_records)}
+                reused = subset(reference, ids)
+                if reused is not None:
+                    data.quantization[quant][task] = reused
+                    continue
             data.quantization[quant][task] = runner.run(RunSpec(
                 "InstructEdit", task, cfg.instructedit, quant=quant, split=cfg.split,
                 limit=cfg.quant_records))
@@ -434,7 +457,9 @@ def register_results(subparsers) -> None:
     p.add_argument("--step-size", type=float, default=None,
                    help="plain gradient step size (default: chosen by a sweep on the val splits)")
     p.add_argument("--limit", type=int, default=d.limit, help="records per task and run (default: %(default)s)")
-    p.add_argument("--quant-limit", type=int, default=None, help="records per task for 8/4-bit (default: --limit)")
+    p.add_argument("--quant-limit", type=int, default=d.quant_limit,
+                   help="records per task for the 8/4-bit backbones (default: %(default)s; 8-bit is "
+                        "slow on a CPU)")
     p.add_argument("--pca-limit", type=int, default=d.pca_limit, help="records per task for the PCA (default: %(default)s)")
     p.add_argument("--sweep-limit", type=int, default=d.sweep_limit,
                    help="val records per task for the step-size sweep (default: %(default)s)")

@@ -29,7 +29,7 @@ from ..scoring import (
     score_answers,
     tokenize_answers,
 )
-from ..train.forward import CachedTopForward, FullForward
+from ..train.forward import CachedTopForward
 from .inputs import SEEN, InstructionChoice, RenderedRecord, render
 from .metrics import EvalSummary, RecordResult, mean_or_none, ngram_entropy, summarize
 
@@ -88,13 +88,12 @@ def _per_owner(values: torch.Tensor, owners: Sequence[int], n: int) -> list[floa
     return [mean_or_none(g) for g in groups]
 
 
-def make_forward(backbone: Backbone, editor: Editor | None):
-    """Final hidden states for scoring: with an editor, the states entering the first edited
-    block are cached per sequence (they do not depend on the edit), so the post-edit passes run
-    only the edited blocks; without one, the whole model."""
-    if editor is None:
-        return FullForward(backbone)
-    start = min(backbone.adapter.layer_index(name) for name in editor.module_names)
+def make_forward(backbone: Backbone, editor: Editor | None) -> CachedTopForward:
+    """Final hidden states for scoring. The states entering the first edited block do not
+    depend on the edit, so they are cached per sequence and repeated passes (post-edit, locality
+    after the edit) run only the edited blocks (without an editor: the default edited blocks)."""
+    names = editor.module_names if editor is not None else backbone.edited_module_names()
+    start = min(backbone.adapter.layer_index(name) for name in names)
     dtype = getattr(torch, backbone.config.dtype or "float32")
     return CachedTopForward(backbone, start, dtype=dtype)
 
@@ -157,7 +156,7 @@ class Evaluator:
     def evaluate_batch(self, items: Sequence[RenderedRecord]) -> list[RecordResult]:
         """Edit each of ``items`` independently and measure it."""
         n = len(items)
-        if isinstance(self.forward, CachedTopForward):
+        if isinstance(self.forward, CachedTopForward):  # (tests may swap in a FullForward)
             self.forward.cache.clear()  # states are reused within a batch only
         edit = self._batch([(it.edit_input, it.record.target_new) for it in items])
         patch, pre_logits, latency = self._edit(edit)

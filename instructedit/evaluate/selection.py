@@ -33,10 +33,15 @@ def load_eval_records(data: str | Path, task: str | None = None, split: str = "t
 
 
 def limit_records(records: Sequence[EditRecord], limit: int | None, seed: int = 0) -> list[EditRecord]:
-    """A seeded sample of ``limit`` records, in their original order (all when ``limit`` is None)."""
+    """A seeded sample of ``limit`` records, in their original order (all when ``limit`` is None).
+
+    Samples are nested: with the same seed, a smaller limit picks a subset of a larger one.
+    """
     if limit is None or limit >= len(records):
         return list(records)
     if limit < 1:
         raise SelectionError(f"--limit must be at least 1, got {limit}")
-    chosen = sorted(random.Random(f"eval-sample:{seed}").sample(range(len(records)), limit))
+    order = list(range(len(records)))
+    random.Random(f"eval-sample:{seed}").shuffle(order)
+    chosen = sorted(order[:limit])
     return [records[i] for i in chosen]
