@@ -135,9 +135,6 @@ def test_exception_in_one_request_leaves_the_app_serving_others(app, tmp_path, m
         b.close()
 
 
-@pytest.mark.xfail(strict=True, reason="ui fix needed: guarded() catches Exception only, so a "
-                                       "BaseException (e.g. a Rust PanicException from a tokenizer) "
-                                       "leaves the request unanswered forever")
 def test_base_exception_in_a_request_still_gets_an_answer(app, tmp_path, monkeypatch):
     url, service = app
     c = client(url, tmp_path, "c")

@@ -216,8 +216,6 @@ def test_generate_unusual_text_works(world):
     world.unchanged()
 
 
-@pytest.mark.xfail(strict=True, reason="ui fix needed: EditService.generate/check_request do not reject "
-                                       "unpaired surrogates (tokenizer TypeError -> generic error)")
 def test_unpaired_surrogates_everywhere_get_a_message(world):
     with pytest.raises(UserError, match="not valid text"):
         world.service.generate("victim", "Paris \ud800 is")
@@ -309,8 +307,6 @@ def test_bad_history_imports(world, make, match):
     world.unchanged()
 
 
-@pytest.mark.xfail(strict=True, reason="ui fix needed: parse_history lets RecursionError of deeply "
-                                       "nested JSON through (generic error instead of a message)")
 def test_deeply_nested_json_import_gets_a_message(world):
     with pytest.raises(UserError, match="not valid JSON"):
         world.service.import_history("victim", "[" * 200_000)

@@ -195,8 +195,6 @@ def test_generate_token_and_length_caps_hold_over_the_api(app, tmp_path):
         c.close()
 
 
-@pytest.mark.xfail(strict=True, reason="ui fix needed: launch() should queue(api_open=False) so POST "
-                                       "/gradio_api/run/<name> cannot skip the bounded queue")
 def test_model_endpoints_cannot_skip_the_queue(app):
     url, _ = app
     body = json.dumps({"data": [PROMPT, 5], "session_hash": "direct"}).encode()
@@ -204,8 +202,6 @@ def test_model_endpoints_cannot_skip_the_queue(app):
     assert status >= 400, answer[:200]
 
 
-@pytest.mark.xfail(strict=True, reason="ui fix needed: launch() should pass max_file_size (the import "
-                                       "limit) so uploads cannot fill the disk")
 def test_uploads_are_bounded(app):
     url, service = app
     body, headers = multipart("huge.json", b" " * (service.limits.max_import_bytes + 1))
@@ -228,19 +224,21 @@ def test_per_session_cap_and_session_count_cap(tiny_llama_dir):
     assert service.stats() == {"sessions": 2, "edits": 2}
 
 
-@pytest.mark.xfail(strict=True, reason="ui fix needed: no cap on active edits over all sessions "
-                                       "(max_sessions x max_edits_per_session x patch size is unbounded "
-                                       "in practice); add Limits.max_total_edits checked in EditService")
 def test_total_active_edits_are_capped_across_sessions(tiny_llama_dir):
     backbone = load_backbone(str(tiny_llama_dir), device="cpu")
-    limits = Limits(max_new_tokens=5, max_edits_per_session=2, max_total_edits=3)  # type: ignore[call-arg]
+    limits = Limits(max_new_tokens=5, max_edits_per_session=2, max_total_edits=3)
     service = EditService(backbone, Editor.untrained(backbone, step_size=0.5), None, limits)
     request = EditRequest(PROMPT, "Rome", task="counterfact", instruction=0)
     for session in ("a", "a", "b"):
         service.edit(session, request)
-    with pytest.raises(UserError, match="server"):
+    with pytest.raises(UserError, match="server already holds 3 active edits.*limit is 3"):
         service.edit("c", request)
-    assert service.stats() == {"sessions": 2, "edits": 3}
+    assert service.stats()["edits"] == 3 and service.history("c") == []
+    with pytest.raises(UserError, match="server already holds"):
+        service.import_history("d", json.dumps(service.export("a")))
+    assert service.history("d") == []
+    service.undo("a")
+    service.edit("c", request)  # room again once an edit is gone
 
 
 # ----- no pickle, no eval ------------------------------------------------------------------------
