@@ -199,7 +199,7 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
                 import_btn = gr.UploadButton("Import history (JSON)", file_types=[".json"], type="filepath",
                                              elem_id="import-button")
             export_file = gr.File(label="Exported history (click the name to download)", interactive=False,
-                                  visible=False, elem_id="export-file")
+                                  height=90, elem_id="export-file")
             gr.Markdown("Import replaces this session's edits with the file's, recomputed on this model "
                         "(the file must come from the same model).")
 
@@ -310,8 +310,8 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
         demo.load(on_history, None, history_outputs, api_name="history", show_progress="hidden")
 
         @guarded
-        def on_export(request: gr.Request):
-            return gr.File(value=str(service.export_file(session_of(request))), visible=True)
+        def on_export(request: gr.Request) -> str:
+            return str(service.export_file(session_of(request)))
 
         export_btn.click(on_export, None, export_file, api_name="export")
 

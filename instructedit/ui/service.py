@@ -178,6 +178,7 @@ class EditService:
         progress = progress or _no_progress
         start = time.perf_counter()
         self.check_request(request)
+        self.check_total(1)  # before the session is opened: a refused request creates no session
         with self.store.open(session_id) as session:
             self.store.check_room(session)
             self.check_total(1)
