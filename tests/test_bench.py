@@ -51,7 +51,7 @@ def test_bench_quick_json_and_report(capsys, quick_result):
         assert {"edit_ms", "floor_ms", "ratio", "tokens", "goal", "met"} <= set(lat)
         assert _positive(lat["ratio"]) and _summary_ok(lat["edit_ms"]) and _summary_ok(lat["floor_ms"])
         gen = result["generation"][mode]
-        for variant in ("as_is", "combined"):
+        for variant in ("as_is", "combined", "combined_rank1"):
             assert set(gen[variant]["tokens_per_s"]) == {"0", "1", "2", "3"}
             assert all(_positive(s["median"]) for s in gen[variant]["tokens_per_s"].values())
             assert all(_positive(1 + o) for o in gen[variant]["overhead"].values())

@@ -2,7 +2,9 @@
 
 Each timed run generates exactly ``new_tokens`` tokens (end-of-sequence suppressed) from one
 prompt at batch size 1, under the active patches. Counts are interleaved within each repeat.
-Also measured: the same edits combined into one patch per module (see :mod:`.combine`).
+Also measured: the same edits combined into one patch per module (see :mod:`.combine`), and
+combined after truncating each edit to rank 1 (see :func:`.memory.truncate_patch`): an edit has
+~30 factor rows per matrix, so 50 combined edits are a rank-1,500 update, wider than the model.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from ..backbone import Backbone
 from ..editor import Edit
 from ..patches import Patch, PatchEngine
 from .combine import combine_patches
+from .memory import truncate_patch
 from .profiling import top_ops
 from .stats import summarize
 
@@ -60,19 +63,22 @@ def measure_generation(backbone: Backbone, edits: Sequence[Edit], counts: Sequen
         raise ValueError(f"need {max(counts)} edits, got {len(edits)}")
     dtype = next(backbone.model.parameters()).dtype
     compute = dtype if dtype != torch.float32 else None  # cast once, not in every hook call
+    rank1 = [truncate_patch(e.patch, 1) for e in edits[: max(counts)]]
     variants = {"as_is": {c: [e.patch for e in edits[:c]] for c in counts},
                 "combined": {c: [combine_patches([e.patch for e in edits[:c]], compute)] if c else []
-                             for c in counts}}
+                             for c in counts},
+                "combined_rank1": {c: [combine_patches(rank1[:c], compute)] if c else [] for c in counts}}
     seconds: dict[str, dict[int, list[float]]] = {v: {c: [] for c in counts} for v in variants}
     for c in counts:  # warm-up: first runs pay for allocations
         _timed_generation(backbone, prompt, new_tokens, variants["as_is"][c])
     for _ in range(repeats):
         for c in counts:
             for name, patches in variants.items():
-                if name == "combined" and c == 0:
+                if name != "as_is" and c == 0:
                     continue
                 seconds[name][c].append(_timed_generation(backbone, prompt, new_tokens, patches[c]))
-    seconds["combined"][0] = seconds["as_is"][0]
+    for name in variants:
+        seconds[name][0] = seconds["as_is"][0]
     result: dict = {"new_tokens": new_tokens, "repeats": repeats, "goal": goal}
     for name in variants:
         tps = {str(c): summarize(seconds[name][c]).inverse(new_tokens).to_dict() for c in counts}

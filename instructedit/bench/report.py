@@ -107,7 +107,8 @@ def findings(r: dict) -> list[str]:
             p = g.get("profile", {})
             out.append(f"Generation ({mode}): {g['goal_count']} active edits cost "
                        f"{g['as_is']['overhead'][c]:+.1%} (goal {g['goal']:+.0%}); with the edits "
-                       f"combined into one factor pair per module: {g['combined']['overhead'][c]:+.1%}. "
+                       f"combined into one factor pair per module: {g['combined']['overhead'][c]:+.1%}, "
+                       f"combined after rank-1 truncation: {g['combined_rank1']['overhead'][c]:+.1%}. "
                        f"Top ops with the edits: {_top(p.get('as_is'), 4)}; without: "
                        f"{_top(p.get('no_edits'), 4)}. The hook runs one matmul pair (plus casts, a "
                        "scale and an add) per active edit per module per token; combining patches "
@@ -185,12 +186,13 @@ def generation(r: dict) -> list[str]:
              "counts interleaved. Tokens/s, and the slowdown against 0 edits (medians). *As is*: "
              "the patch hook as it is (one matmul pair per active edit and module). *Combined*: "
              "the same edits concatenated into one factor pair per module (cast once to the "
-             "model's dtype), a prototype in `instructedit/bench/combine.py`.", ""]
+             "model's dtype), a prototype in `instructedit/bench/combine.py`. *Combined, rank 1*: "
+             "each edit first truncated to rank 1 (section 3), then combined.", ""]
     rows = []
     for mode, g in gen.items():
-        for variant in ("as_is", "combined"):
+        for variant in ("as_is", "combined", "combined_rank1"):
             v = g[variant]
-            rows.append([mode, variant.replace("_", " ")] +
+            rows.append([mode, variant.replace("_rank1", ", rank 1").replace("_", " ")] +
                         [_s(v["tokens_per_s"][c]) + ("" if c == "0" else f" ({_pct(v['overhead'][c])})")
                          for c in counts])
     lines += _table(["quantization", "patches"] + [f"{c} edits" for c in counts], rows)
