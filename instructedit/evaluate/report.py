@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 TASK_NAMES = {"counterfact": "CounterFact", "recent": "Recent", "convsent": "ConvSent",
               "zsre": "ZsRE (hold-out)"}
+SHORT_NAMES = {"counterfact": "CounterFact", "recent": "Recent", "convsent": "ConvSent", "zsre": "ZsRE"}
 TRAINING = ("counterfact", "recent", "convsent")
 METRICS = (("reliability", "Rel."), ("generalization", "Gen."), ("locality", "Loc."))
 QUANT_NAMES = {"none": "fp32", "8bit": "8-bit (LLM.int8)", "4bit": "4-bit (nf4)"}
@@ -189,11 +190,15 @@ def findings_table3(data: ResultsData) -> list[str]:
     gain = points(ie_rel, mend_rel)
     why = not_reproduced_reasons(data)
     if gain is not None and gain > 0:
-        size = ("of the paper's order" if gain >= PAPER_GAIN / 2 else "much smaller than the paper's")
+        if gain >= PAPER_GAIN:
+            size = f"as large as the paper's (+{PAPER_GAIN})"
+        elif gain >= PAPER_GAIN / 2:
+            size = f"smaller than the paper's +{PAPER_GAIN} but of the same order"
+        else:
+            size = f"much smaller than the paper's +{PAPER_GAIN}"
         lines.append(f"Multi-task reliability: averaged over CounterFact, Recent and ConvSent, InstructEdit "
                      f"reaches {pct(ie_rel)} and multi-task MEND {pct(mend_rel)}: {signed(gain)} points for "
-                     f"instructions, a gain {size} (+{PAPER_GAIN} in the paper). The direction of the "
-                     f"paper's headline claim reproduces.")
+                     f"instructions, a gain {size}. The paper's headline claim reproduces in kind.")
     else:
         lines.append(f"Multi-task reliability: averaged over CounterFact, Recent and ConvSent, InstructEdit "
                      f"reaches {pct(ie_rel)} and multi-task MEND {pct(mend_rel)} ({signed(gain)} points). "
@@ -226,7 +231,7 @@ def findings_table3(data: ResultsData) -> list[str]:
     cs_ie = ie.get("convsent").get("sentiment_success") if ie.get("convsent") else None
     if cs_base is not None and cs_ie is not None:
         steer = (" ConvSent instructions name the target sentiment, so the unedited model given the "
-                 "wrapped question is already steered by them" if cs_base > 0.5 else "")
+                 "wrapped question is already steered by them." if cs_base > 0.5 else "")
         lines.append(f"ConvSent sentiment success: {pct(cs_ie)}% after InstructEdit's edits vs {pct(cs_base)}% "
                      f"for the unedited model on the same wrapped questions ({signed(points(cs_ie, cs_base))} "
                      f"points).{steer}")
@@ -315,7 +320,7 @@ def findings_instructions(data: ResultsData) -> list[str]:
             if gap is not None and (worst is None or abs(gap) > abs(worst[2])):
                 worst = (task, mode, gap)
     if worst:
-        lines.append(f"The largest single gap is on {TASK_NAMES[worst[0]]} with the {worst[1]} instruction "
+        lines.append(f"The largest single gap is on {SHORT_NAMES[worst[0]]} with the {worst[1]} instruction "
                      f"({signed(worst[2])} points of reliability).")
     return lines
 
@@ -433,7 +438,7 @@ def findings_analysis(data: ResultsData) -> list[str]:
         worse = [t for t in tasks if a[t] <= b[t]]
 
         def listing(names):
-            return ", ".join(f"{TASK_NAMES.get(t, t)} ({a[t]:.2f} vs {b[t]:.2f})" for t in names)
+            return ", ".join(f"{SHORT_NAMES.get(t, t)} ({a[t]:.2f} vs {b[t]:.2f})" for t in names)
 
         text = "Per task (2-D), with vs without instructions: "
         if better:
