@@ -107,6 +107,31 @@ def add_editor_arguments(parser: argparse.ArgumentParser) -> None:
                             f"(default: {DEFAULT_EDITOR} if it exists, else none)")
     group.add_argument("--step-size", type=float, default=None,
                        help=f"step size of --editor none (default: {DEFAULT_STEP_SIZE})")
+    add_patch_rank_argument(group)
+
+
+def parse_patch_rank(text: str) -> int | None:
+    """``--patch-rank``: a positive integer, or ``full`` for untruncated edits."""
+    if text.strip().lower() == "full":
+        return None
+    try:
+        rank = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}") from None
+    if rank < 1:
+        raise argparse.ArgumentTypeError(f"the patch rank must be at least 1, got {rank}")
+    return rank
+
+
+def add_patch_rank_argument(parser) -> None:
+    """``--patch-rank``: how each trained edit's update is stored (read by the editor loaders)."""
+    from .editor import DEFAULT_PATCH_RANK
+
+    default = "full" if DEFAULT_PATCH_RANK is None else str(DEFAULT_PATCH_RANK)
+    parser.add_argument("--patch-rank", type=parse_patch_rank, default=argparse.SUPPRESS,
+                        help="keep each edit's update of a module as its best rank-k "
+                             f"approximation, or 'full' (default: {default}; a plain gradient "
+                             "step stays full rank unless set)")
 
 
 def editor_from_args(args: argparse.Namespace, backbone):
@@ -118,10 +143,22 @@ def editor_from_args(args: argparse.Namespace, backbone):
         step = DEFAULT_STEP_SIZE if args.step_size is None else args.step_size
         if not step > 0:
             raise CliError(f"--step-size must be positive, got {step}")
-        return Editor.untrained(backbone, step_size=step)
+        return Editor.untrained(backbone, step_size=step, patch_rank=_explicit_rank(args))
     if args.step_size is not None:
         log.warning("--step-size is ignored with a trained editor (%s)", path)
-    return Editor.from_pretrained(path, backbone)
+    return Editor.from_pretrained(path, backbone, patch_rank=trained_patch_rank(args))
+
+
+def trained_patch_rank(args: argparse.Namespace) -> int | None:
+    """``--patch-rank`` for a trained editor: the given value, else ``DEFAULT_PATCH_RANK``."""
+    from .editor import DEFAULT_PATCH_RANK
+
+    return getattr(args, "patch_rank", DEFAULT_PATCH_RANK)
+
+
+def _explicit_rank(args: argparse.Namespace) -> int | None:
+    """``--patch-rank`` for a plain gradient step: full rank unless given."""
+    return getattr(args, "patch_rank", None)
 
 
 def add_request_arguments(parser: argparse.ArgumentParser) -> None:
@@ -277,7 +314,8 @@ def edit_report(editor, request, max_new_tokens: int = 20) -> tuple[Any, dict]:
         "rephrases": [{"prompt": r, "wrapped": w, **cont(w)}
                       for r, w in zip(request.rephrases, wrapped_rephrases, strict=False)],
         "probes": [{"prompt": p, **cont(p)} for p in request.probes],
-        "patch": {"modules": sorted(edit.patch.layers), "nbytes": edit.patch.nbytes()},
+        "patch": {"modules": sorted(edit.patch.layers), "nbytes": edit.patch.nbytes(),
+                  "rank": max(layer.u.shape[0] for layer in edit.patch.layers.values())},
     }
     return edit, report
 

@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 1000
 MAX_TARGET_TOKENS = 64
+# Each edit's update of a module is kept as its best rank-k approximation (exact top-k SVD of
+# the MEND update, `Patch.truncated`). Rank 8 keeps an edit under 600 KiB (full rank: one factor
+# row per token, ~1.6 MiB) and scores as full rank on CounterFact and Recent, within 1.5 points
+# on ConvSent and ZsRE (40 test records each; docs/benchmarks.md section 3 has the sweep).
+DEFAULT_PATCH_RANK: int | None = 8
 
 
 class EditError(ValueError):
@@ -149,8 +154,12 @@ class Editor:
     """
 
     def __init__(self, backbone: Backbone, network: MendNetwork, *, name: str = "editor",
-                 use_instructions: bool = True, metadata: dict | None = None) -> None:
+                 use_instructions: bool = True, metadata: dict | None = None,
+                 patch_rank: int | None = DEFAULT_PATCH_RANK) -> None:
+        if patch_rank is not None and patch_rank < 1:
+            raise ValueError(f"patch_rank must be at least 1 (or None for full rank), got {patch_rank}")
         self.backbone = backbone
+        self.patch_rank = patch_rank
         self.network = network.to(backbone.device).eval()
         self.network.requires_grad_(False)
         self.name = name
@@ -166,22 +175,38 @@ class Editor:
 
     @classmethod
     def untrained(cls, backbone: Backbone, step_size: float = 1e-3, *, normalize: bool = False,
-                  last_n_layers: int = 3, use_instructions: bool = True, rank: int = 8) -> Editor:
-        """An identity editor: with ``normalize=False`` its patch is ``-step_size * grad``."""
+                  last_n_layers: int = 3, use_instructions: bool = True, rank: int = 8,
+                  patch_rank: int | None = None) -> Editor:
+        """An identity editor: with ``normalize=False`` its patch is ``-step_size * grad``.
+
+        Its patches are kept at full rank by default, so it is exactly one plain gradient step.
+        """
         names = backbone.edited_module_names(last_n_layers)
         config = EditorConfig(rank=rank, n_blocks=1, init_lr=step_size, normalize=normalize)
         network = MendNetwork(cls.module_shapes(backbone, names), config)
         return cls(backbone, network, name=f"gradient-step({step_size:g})",
-                   use_instructions=use_instructions)
+                   use_instructions=use_instructions, patch_rank=patch_rank)
 
     @classmethod
-    def from_pretrained(cls, path, backbone: Backbone, *, strict: bool = True) -> Editor:
-        """Load a checkpoint folder, validated against ``backbone`` (see :mod:`checkpoint`)."""
+    def from_pretrained(cls, path, backbone: Backbone, *, strict: bool = True,
+                        patch_rank: int | None = DEFAULT_PATCH_RANK) -> Editor:
+        """Load a checkpoint folder, validated against ``backbone`` (see :mod:`checkpoint`).
+
+        ``patch_rank``: each edit's per-module update is stored as its best rank-k approximation
+        (None keeps the full update; see ``DEFAULT_PATCH_RANK``).
+        """
         from .checkpoint import load_editor_checkpoint
 
         network, meta = load_editor_checkpoint(path, backbone, strict=strict)
         return cls(backbone, network, name=meta.get("name", str(path)),
-                   use_instructions=bool(meta.get("use_instructions", True)), metadata=meta)
+                   use_instructions=bool(meta.get("use_instructions", True)), metadata=meta,
+                   patch_rank=patch_rank)
+
+    def with_patch_rank(self, patch_rank: int | None) -> Editor:
+        """The same editor (shared network) storing its edits at ``patch_rank`` (None: full)."""
+        return Editor(self.backbone, self.network, name=self.name,
+                      use_instructions=self.use_instructions, metadata=self.metadata,
+                      patch_rank=patch_rank)
 
     def save_pretrained(self, path, provenance: dict | None = None) -> None:
         from .checkpoint import save_editor_checkpoint
@@ -213,5 +238,6 @@ class Editor:
                                                self.full_hidden, self.backbone.model)
         patch = unbatch_patch(batched, 0)
         patch.check_finite()
+        patch = patch.truncated(self.patch_rank)
         latency = (time.perf_counter() - start) * 1000
         return Edit(request, wrapped, patch, self.name, self.backbone.model_id, latency)

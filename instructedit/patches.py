@@ -70,6 +70,24 @@ class LayerPatch:
     def detach(self) -> LayerPatch:
         return LayerPatch(self.u.detach(), self.d.detach(), self.scale.detach())
 
+    def truncated(self, rank: int) -> LayerPatch:
+        """The best rank-``rank`` approximation of this update (same scale; batched or not).
+
+        Exact top-``rank`` SVD of ``D^T U`` computed through QR of the two thin factors, so it
+        never forms the (out, in) matrix. Patches with at most ``rank`` rows are returned as is.
+        """
+        if rank < 1:
+            raise ValueError(f"a patch rank must be at least 1, got {rank}")
+        if self.u.shape[-2] <= rank:
+            return self
+        u, d = self.u.float(), self.d.float()
+        qu, ru = torch.linalg.qr(u.transpose(-1, -2))        # U^T = qu ru : (in, r), (r, r)
+        qd, rd = torch.linalg.qr(d.transpose(-1, -2))        # D^T = qd rd : (out, r), (r, r)
+        a, s, bh = torch.linalg.svd(rd @ ru.transpose(-1, -2))  # D^T U = qd (a s bh) qu^T
+        d_k = ((qd @ a[..., :rank]) * s[..., None, :rank]).transpose(-1, -2).contiguous()
+        u_k = (qu @ bh[..., :rank, :].transpose(-1, -2)).transpose(-1, -2).contiguous()
+        return LayerPatch(u_k.to(self.u.dtype), d_k.to(self.d.dtype), self.scale)
+
 
 @dataclass(frozen=True)
 class Patch:
@@ -93,6 +111,12 @@ class Patch:
     def select_rows(self, rows: torch.Tensor) -> Patch:
         """A batched patch whose row ``i`` is row ``rows[i]`` of this one."""
         return Patch({k: LayerPatch(v.u[rows], v.d[rows], v.scale) for k, v in self.layers.items()})
+
+    def truncated(self, rank: int | None) -> Patch:
+        """Every module's update cut to its best rank-``rank`` approximation (None: unchanged)."""
+        if rank is None:
+            return self
+        return Patch({k: v.truncated(rank) for k, v in self.layers.items()})
 
     def to(self, dtype: torch.dtype) -> Patch:
         return Patch({k: LayerPatch(v.u.to(dtype), v.d.to(dtype), v.scale.float())

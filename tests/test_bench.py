@@ -1,16 +1,12 @@
-"""The bench command: a --quick smoke run on a tiny model, and its patch-compression helpers."""
+"""The bench command: a --quick smoke run on a tiny model."""
 from __future__ import annotations
 
 import json
 import math
 
 import pytest
-import torch
 
 from instructedit import cli
-from instructedit.bench.combine import combine_patches
-from instructedit.bench.memory import truncate_layer
-from instructedit.patches import LayerPatch, Patch
 from tests.data.layout import make_data_dir
 
 TOP_KEYS = {"machine", "config", "model", "editor", "backbone", "edit_latency", "generation", "memory",
@@ -51,8 +47,10 @@ def test_bench_quick_json_and_report(capsys, quick_result):
         assert {"edit_ms", "floor_ms", "ratio", "tokens", "goal", "met"} <= set(lat)
         assert _positive(lat["ratio"]) and _summary_ok(lat["edit_ms"]) and _summary_ok(lat["floor_ms"])
         gen = result["generation"][mode]
-        for variant in ("as_is", "combined", "combined_rank1"):
+        assert gen["variants"][0] == "as_stored"
+        for variant in gen["variants"]:
             assert set(gen[variant]["tokens_per_s"]) == {"0", "1", "2", "3"}
+            assert gen[variant]["factor_rows"]["0"] == 0 and gen[variant]["factor_rows"]["3"] > 0
             assert all(_positive(s["median"]) for s in gen[variant]["tokens_per_s"].values())
             assert all(_positive(1 + o) for o in gen[variant]["overhead"].values())
         size = result["memory"]["edit_size"][mode]
@@ -72,8 +70,8 @@ def test_bench_quick_json_and_report(capsys, quick_result):
     assert ev["quantization"] == "4bit" and _positive(ev["records_per_s"])
     assert _positive(ev["sequential"]["records_per_s"])
     variants = result["compression"]["variants"]
-    assert {"as stored", "bf16", "rank 1", "rank 2", "rank 1 bf16"} <= set(variants)
-    assert variants["rank 1"]["bytes"]["median"] < variants["as stored"]["bytes"]["median"]
+    assert {"full rank", "full rank bf16", "rank 1", "rank 2", "rank 1 bf16"} <= set(variants)
+    assert variants["rank 1"]["bytes"]["median"] < variants["full rank"]["bytes"]["median"]
     assert all({"goal", "target", "value", "met", "note"} <= set(g) for g in result["goals"])
     report = out.read_text()
     for heading in ("# Benchmarks", "## Machine and run", "## Goals", "## 1. Edit latency",
@@ -87,32 +85,3 @@ def test_bench_rejects_bad_threads(capsys):
     code = cli.main(["bench", "--threads", "0", "--quick"])
     assert code == 2
     assert "--threads" in capsys.readouterr().err
-
-
-def _layer(rows: int, d_in: int = 12, d_out: int = 10, seed: int = 0) -> LayerPatch:
-    g = torch.Generator().manual_seed(seed)
-    return LayerPatch(torch.randn(rows, d_in, generator=g), torch.randn(rows, d_out, generator=g),
-                      torch.tensor(-0.5))
-
-
-def test_truncation_is_the_best_rank_k_update():
-    layer = _layer(6)
-    full = layer.delta_weight()
-    for k in (1, 3):
-        truncated = truncate_layer(layer, k)
-        assert truncated.u.shape == (k, 12) and truncated.d.shape == (k, 10)
-        u, s, vh = torch.linalg.svd(full)
-        best = (u[:, :k] * s[:k]) @ vh[:k]
-        torch.testing.assert_close(truncated.delta_weight(), best, atol=1e-4, rtol=1e-4)
-    assert truncate_layer(layer, 6).delta_weight().allclose(full, atol=1e-5)
-
-
-def test_combined_patches_equal_their_sum():
-    patches = [Patch({"a": _layer(3, seed=i), "b": _layer(2, seed=10 + i)}) for i in range(3)]
-    patches.append(Patch({"a": _layer(4, seed=99)}))
-    combined = combine_patches(patches)
-    x = torch.randn(2, 5, 12)
-    for name in ("a", "b"):
-        expected = sum(p.layers[name].output_delta(x) for p in patches if name in p.layers)
-        torch.testing.assert_close(combined.layers[name].output_delta(x), expected, atol=1e-4, rtol=1e-4)
-    assert combine_patches(patches, torch.bfloat16).layers["a"].u.dtype == torch.bfloat16

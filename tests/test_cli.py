@@ -104,6 +104,19 @@ def test_edit_json_subprocess(tiny_llama_dir):
         assert {"pre", "post", "changed"} <= set(item)
         assert item["changed"] == (item["pre"] != item["post"])
     assert len(report["patch"]["modules"]) == 9
+    assert report["patch"]["rank"] > 2  # a plain gradient step is kept at full rank
+
+
+def test_edit_patch_rank_option(capsys, tiny_llama_dir):
+    code, out, err = run_main(capsys, "edit", "--model", str(tiny_llama_dir), "--editor", "none",
+                              "--step-size", "1", "--patch-rank", "2", "--prompt", "Rome is in",
+                              "--target", "France", "--max-new-tokens", "2", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["patch"]["rank"] == 2
+    assert report["target_scores"]["raw"]["post"]["probability"] > \
+        report["target_scores"]["raw"]["pre"]["probability"]
+    assert cli.parse_patch_rank("full") is None and cli.parse_patch_rank("4") == 4
 
 
 def test_edit_wraps_with_instruction(capsys, tiny_gpt2_dir):
@@ -137,6 +150,8 @@ def test_edit_bad_input_subprocess(tiny_llama_dir):
     (["--prompt", "x", "--target", "Rome", "--max-new-tokens", "0"], "max-new-tokens"),
     (["--prompt", "x"], "required: --target"),
     (["--prompt", "x", "--target", "y", "--quant", "3bit"], "invalid choice"),
+    (["--prompt", "x", "--target", "y", "--patch-rank", "0"], "at least 1"),
+    (["--prompt", "x", "--target", "y", "--patch-rank", "many"], "positive integer or 'full'"),
 ])
 def test_edit_errors_are_one_line_exit_2(capsys, tiny_llama_dir, extra, match):
     code, out, err = run_main(capsys, "edit", "--model", str(tiny_llama_dir), "--editor", "none", *extra)

@@ -10,7 +10,7 @@ import torch
 from instructedit import cli
 from instructedit.backbone import load_backbone
 from instructedit.data import load_records
-from instructedit.editor import Editor
+from instructedit.editor import DEFAULT_PATCH_RANK, Editor
 from instructedit.evaluate import (
     SEEN,
     EvalConfig,
@@ -200,6 +200,9 @@ def test_load_eval_editor(backbone, tmp_path):
     Editor.untrained(backbone, 0.2, use_instructions=False).save_pretrained(tmp_path / "ed")
     loaded = load_eval_editor(str(tmp_path / "ed"), backbone)
     assert loaded.use_instructions is False
+    assert loaded.patch_rank == DEFAULT_PATCH_RANK and grad.patch_rank is None
+    assert load_eval_editor(str(tmp_path / "ed"), backbone, patch_rank=3).patch_rank == 3
+    assert load_eval_editor("gradient", backbone, 0.5, patch_rank=2).patch_rank == 2
 
 
 # ----- command line ---------------------------------------------------------------------------

@@ -46,8 +46,11 @@ def test_results_writes_all_sections(capsys, setup, tiny_llama_dir):
     assert code == 0, captured.err
     text = out.read_text()
     for heading in ("## 1. Multi-task and hold-out editing", "## 2. Seen vs unseen instructions",
-                    "## 3. Quantized backbones", "## 4. Transformed gradients", "## 5. Task scaling"):
+                    "## 3. Quantized backbones", "## 3b. How edits are stored",
+                    "## 4. Transformed gradients", "## 5. Task scaling"):
         assert heading in text
+    assert "| rank 8 (default, as in the app) |" in text and "| full rank |" in text
+    assert "rank 8 vs full rank, in points" in text
     for method in ("Unedited", "Gradient step", "MEND multi-task", "InstructEdit"):
         assert f"| {method} |" in text
     assert "4-bit (nf4)" in text and "**Findings.**" in text

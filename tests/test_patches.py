@@ -215,3 +215,58 @@ def test_stacked_patches_are_folded_into_one_matmul_pair(tiny_llama_dir):
     x = torch.randn(2, 5, edits[0].patch.layers[name].u.shape[1])
     separate = sum(e.patch.layers[name].output_delta(x) for e in edits)
     assert torch.allclose(combined[0].layers[name].output_delta(x), separate, atol=1e-5)
+
+
+def _random_layer(rows: int, d_in: int = 12, d_out: int = 10, seed: int = 0,
+                  batch: int | None = None) -> LayerPatch:
+    g = torch.Generator().manual_seed(seed)
+    lead = () if batch is None else (batch,)
+    return LayerPatch(torch.randn(*lead, rows, d_in, generator=g),
+                      torch.randn(*lead, rows, d_out, generator=g), torch.tensor(-0.5))
+
+
+def _best_rank_k(full: torch.Tensor, k: int) -> torch.Tensor:
+    u, s, vh = torch.linalg.svd(full)
+    return (u[:, :k] * s[:k]) @ vh[:k]
+
+
+def test_truncation_is_the_best_rank_k_update():
+    layer = _random_layer(6)
+    full = layer.delta_weight()
+    for k in (1, 3):
+        truncated = layer.truncated(k)
+        assert truncated.u.shape == (k, 12) and truncated.d.shape == (k, 10)
+        torch.testing.assert_close(truncated.delta_weight(), _best_rank_k(full, k), atol=1e-4, rtol=1e-4)
+    assert layer.truncated(6) is layer
+    with pytest.raises(ValueError, match="at least 1"):
+        layer.truncated(0)
+
+
+def test_batched_truncation_cuts_each_row_on_its_own():
+    batched = _random_layer(5, batch=3, seed=4)
+    truncated = batched.truncated(2)
+    assert truncated.u.shape == (3, 2, 12) and truncated.d.shape == (3, 2, 10)
+    for row in range(3):
+        single = LayerPatch(batched.u[row], batched.d[row], batched.scale)
+        alone = LayerPatch(truncated.u[row], truncated.d[row], truncated.scale)
+        torch.testing.assert_close(alone.delta_weight(), _best_rank_k(single.delta_weight(), 2),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_editor_stores_edits_at_its_patch_rank(tiny_llama_dir):
+    """A rank-k editor's edit is the best rank-k cut of the full edit, and still edits."""
+    backbone = load_backbone(str(tiny_llama_dir))
+    full_editor = Editor.untrained(backbone, step_size=1.0)
+    assert full_editor.patch_rank is None  # a plain gradient step stays exact by default
+    request = EditRequest("The Eiffel Tower is located in", "Rome")
+    full = full_editor.edit(request)
+    cut = full_editor.with_patch_rank(1).edit(request)
+    for name, layer in cut.patch.layers.items():
+        assert layer.u.shape[0] == 1
+        reference = full.patch.layers[name].truncated(1).delta_weight()
+        torch.testing.assert_close(layer.delta_weight(), reference, atol=1e-5, rtol=1e-3)
+    assert cut.patch.nbytes() < full.patch.nbytes() / 4
+    base = _target_prob(backbone, request.prompt, "Rome")
+    assert _target_prob(backbone, request.prompt, "Rome", [cut.patch]) > base
+    with pytest.raises(ValueError, match="patch_rank"):
+        full_editor.with_patch_rank(0)

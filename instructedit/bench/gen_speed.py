@@ -2,23 +2,20 @@
 
 Each timed run generates exactly ``new_tokens`` tokens (end-of-sequence suppressed) from one
 prompt at batch size 1, under the active patches. Counts are interleaved within each repeat.
-Also measured: the same edits combined into one patch per module (see :mod:`.combine`), and
-combined after truncating each edit to rank 1 (see :func:`.memory.truncate_patch`): an edit has
-~30 factor rows per matrix, so 50 combined edits are a rank-1,500 update, wider than the model.
+Measured for the edits as the editor stores them (rank-truncated, see
+:data:`~instructedit.editor.DEFAULT_PATCH_RANK`) and at full rank: a full-rank edit has ~30
+factor rows per matrix, so 50 of them are a rank-1,500 update, wider than the model.
 """
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from ..backbone import Backbone
-from ..editor import Edit
 from ..patches import Patch, PatchEngine
-from .combine import combine_patches
-from .memory import truncate_patch
 from .profiling import top_ops
 from .stats import summarize
 
@@ -54,47 +51,57 @@ def goal_count(counts: Sequence[int], wanted: int = 10) -> int:
     return max(below) if below else max(counts)
 
 
-def measure_generation(backbone: Backbone, edits: Sequence[Edit], counts: Sequence[int],
-                       new_tokens: int, repeats: int, prompt: str, goal: float = 0.05,
-                       profile_top: int = 8) -> dict:
-    """Tokens/s per active-edit count, as-is and with combined patches; overheads vs 0 edits."""
+def measure_generation(backbone: Backbone, variants: Mapping[str, Sequence[Patch]],
+                       counts: Sequence[int], new_tokens: int, repeats: int, prompt: str,
+                       goal: float = 0.05, profile_top: int = 8) -> dict:
+    """Tokens/s per active-edit count for each variant of the same edits; overheads vs 0 edits.
+
+    ``variants`` maps a name to the edits' patches in that form (the first is the form the app
+    uses, which the goal is judged on). Patches go through :meth:`PatchEngine.activate` exactly as
+    in the app, which folds the active edits into one factor pair per module.
+    """
     counts = sorted(set(counts))
-    if max(counts) > len(edits):
-        raise ValueError(f"need {max(counts)} edits, got {len(edits)}")
-    dtype = next(backbone.model.parameters()).dtype
-    compute = dtype if dtype != torch.float32 else None  # cast once, not in every hook call
-    rank1 = [truncate_patch(e.patch, 1) for e in edits[: max(counts)]]
-    variants = {"as_is": {c: [e.patch for e in edits[:c]] for c in counts},
-                "combined": {c: [combine_patches([e.patch for e in edits[:c]], compute)] if c else []
-                             for c in counts},
-                "combined_rank1": {c: [combine_patches(rank1[:c], compute)] if c else [] for c in counts}}
-    seconds: dict[str, dict[int, list[float]]] = {v: {c: [] for c in counts} for v in variants}
+    names = list(variants)
+    for name, patches in variants.items():
+        if max(counts) > len(patches):
+            raise ValueError(f"need {max(counts)} edits, got {len(patches)} ({name})")
+    stored = names[0]
+    sets = {name: {c: list(variants[name][:c]) for c in counts} for name in names}
+    seconds: dict[str, dict[int, list[float]]] = {v: {c: [] for c in counts} for v in names}
     for c in counts:  # warm-up: first runs pay for allocations
-        _timed_generation(backbone, prompt, new_tokens, variants["as_is"][c])
+        _timed_generation(backbone, prompt, new_tokens, sets[stored][c])
     for _ in range(repeats):
         for c in counts:
-            for name, patches in variants.items():
-                if name != "as_is" and c == 0:
+            for name in names:
+                if name != stored and c == 0:
                     continue
-                seconds[name][c].append(_timed_generation(backbone, prompt, new_tokens, patches[c]))
-    for name in variants:
-        seconds[name][0] = seconds["as_is"][0]
-    result: dict = {"new_tokens": new_tokens, "repeats": repeats, "goal": goal}
-    for name in variants:
+                seconds[name][c].append(_timed_generation(backbone, prompt, new_tokens, sets[name][c]))
+    for name in names:
+        seconds[name][0] = seconds[stored][0]
+    result: dict = {"new_tokens": new_tokens, "repeats": repeats, "goal": goal, "variants": names}
+    for name in names:
         tps = {str(c): summarize(seconds[name][c]).inverse(new_tokens).to_dict() for c in counts}
         base = summarize(seconds[name][0]).median
         overhead = {str(c): round(summarize(seconds[name][c]).median / base - 1, 4)
                     for c in counts if c}
-        result[name] = {"tokens_per_s": tps, "overhead": overhead}
+        rows = {str(c): _rows(sets[name][c]) for c in counts}
+        result[name] = {"tokens_per_s": tps, "overhead": overhead, "factor_rows": rows}
     at = goal_count(counts)
     result["goal_count"] = at
-    result["met"] = result["as_is"]["overhead"][str(at)] <= goal
-    result["combined_met"] = result["combined"]["overhead"][str(at)] <= goal
+    result["met"] = result[stored]["overhead"][str(at)] <= goal
     if not result["met"]:
         log.info("generation overhead at %d edits above %.0f%%: profiling", at, goal * 100)
         result["profile"] = {
-            "as_is": top_ops(lambda: _timed_generation(backbone, prompt, new_tokens,
-                                                       variants["as_is"][at]), profile_top),
+            "with_edits": top_ops(lambda: _timed_generation(backbone, prompt, new_tokens,
+                                                            sets[stored][at]), profile_top),
             "no_edits": top_ops(lambda: _timed_generation(backbone, prompt, new_tokens, []),
                                 profile_top)}
     return result
+
+
+def _rows(patches: Sequence[Patch]) -> int:
+    """Factor rows per module once ``patches`` are combined (the width of the hook's matmuls)."""
+    if not patches:
+        return 0
+    return max(sum(p.layers[n].u.shape[0] for p in patches if n in p.layers)
+               for n in patches[0].layers)

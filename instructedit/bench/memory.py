@@ -4,8 +4,8 @@ A session in our design holds its edits' low-rank factors and shares one backbon
 this replaces keeps a weight copy per session (an original and an edited model). Quantized
 weights cannot take a float delta in place, so such a copy is a float model (fp32 here).
 Compression: factors stored in bf16, and each layer's update ``scale * D^T U`` truncated by SVD
-to rank ``k`` (exact top-k of the update, computed through QR of the factors), scored with the
-same functions as everything else.
+to rank ``k`` (:meth:`~instructedit.patches.Patch.truncated`), scored with the same functions as
+everything else; the editor stores edits at :data:`~instructedit.editor.DEFAULT_PATCH_RANK`.
 """
 from __future__ import annotations
 
@@ -16,29 +16,12 @@ import torch
 
 from ..backbone import Backbone
 from ..editor import Edit
-from ..patches import LayerPatch, Patch, PatchEngine
+from ..patches import Patch, PatchEngine
 from .stats import summarize
 from .workload import CaseBatches, case_batches, locality_argmax, score_case
 
 log = logging.getLogger(__name__)
 MIB = 2 ** 20
-
-
-def truncate_layer(layer: LayerPatch, rank: int) -> LayerPatch:
-    """The best rank-``rank`` approximation of ``layer``'s update (same scale)."""
-    u, d = layer.u.float(), layer.d.float()
-    if u.shape[0] <= rank:
-        return LayerPatch(u, d, layer.scale)
-    qu, ru = torch.linalg.qr(u.t())          # u^T = qu ru : (in, r), (r, r)
-    qd, rd = torch.linalg.qr(d.t())          # d^T = qd rd : (out, r), (r, r)
-    a, s, bh = torch.linalg.svd(rd @ ru.t())  # D^T U = qd (a s bh) qu^T
-    d_k = (qd @ a[:, :rank] * s[:rank]).t().contiguous()
-    u_k = (qu @ bh[:rank].t()).t().contiguous()
-    return LayerPatch(u_k, d_k, layer.scale)
-
-
-def truncate_patch(patch: Patch, rank: int) -> Patch:
-    return Patch({name: truncate_layer(layer, rank) for name, layer in patch.layers.items()})
 
 
 def footprints(backbones: dict[str, int], goal_share: float) -> dict:
@@ -81,10 +64,10 @@ def sessions(footprint: int, float_copy_bytes: int, edit_bytes: float, edits_per
 
 
 def _variants(patch: Patch, ranks: Sequence[int]) -> dict[str, Patch]:
-    """As stored, bf16, rank k for each k, and the smallest rank in bf16."""
-    out = {"as stored": patch, "bf16": patch.to(torch.bfloat16)}
+    """Full rank, full rank in bf16, rank k for each k, and the smallest rank in bf16."""
+    out = {"full rank": patch, "full rank bf16": patch.to(torch.bfloat16)}
     for k in sorted(ranks):
-        out[f"rank {k}"] = truncate_patch(patch, k)
+        out[f"rank {k}"] = patch.truncated(k)
     if ranks:
         k = min(ranks)
         out[f"rank {k} bf16"] = out[f"rank {k}"].to(torch.bfloat16)
@@ -93,7 +76,7 @@ def _variants(patch: Patch, ranks: Sequence[int]) -> dict[str, Patch]:
 
 def compression(backbone: Backbone, edits: Sequence[Edit], cases_batches: Sequence[CaseBatches],
                 ranks: Sequence[int]) -> dict:
-    """Bytes, reliability and locality of each storage variant of the same edits."""
+    """Bytes, reliability and locality of each storage variant of the same full-rank edits."""
     model = backbone.model
     table: dict[str, dict[str, list[float]]] = {}
     for edit, batches in zip(edits, cases_batches, strict=True):

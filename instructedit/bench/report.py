@@ -105,14 +105,17 @@ def findings(r: dict) -> list[str]:
         if not g["met"]:
             c = str(g["goal_count"])
             p = g.get("profile", {})
-            out.append(f"Generation ({mode}): {g['goal_count']} active edits cost "
-                       f"{g['as_is']['overhead'][c]:+.1%} (goal {g['goal']:+.0%}); with the edits "
-                       f"combined into one factor pair per module: {g['combined']['overhead'][c]:+.1%}, "
-                       f"combined after rank-1 truncation: {g['combined_rank1']['overhead'][c]:+.1%}. "
-                       f"Top ops with the edits: {_top(p.get('as_is'), 4)}; without: "
-                       f"{_top(p.get('no_edits'), 4)}. The hook runs one matmul pair (plus casts, a "
-                       "scale and an add) per active edit per module per token; combining patches "
-                       "once when they are activated makes that one pair.")
+            stored = g["as_stored"]
+            text = (f"Generation ({mode}): {g['goal_count']} active edits cost "
+                    f"{stored['overhead'][c]:+.1%} (goal {g['goal']:+.0%}) with "
+                    f"{stored['factor_rows'][c]} factor rows per module after the engine folds them "
+                    "into one factor pair per module")
+            if "full_rank" in g:
+                text += (f"; at full rank ({g['full_rank']['factor_rows'][c]} rows): "
+                         f"{g['full_rank']['overhead'][c]:+.1%}")
+            text += (f". Top ops with the edits: {_top(p.get('with_edits'), 4)}; without: "
+                     f"{_top(p.get('no_edits'), 4)}.")
+            out.append(text)
     sizes = r.get("memory", {}).get("edit_size", {})
     comp = r.get("compression", {}).get("variants", {})
     for mode, size in sizes.items():
@@ -121,11 +124,11 @@ def findings(r: dict) -> list[str]:
                     f"{size['rows']['median']:.0f} factor rows x (in + out) floats for each of "
                     f"{size['modules']} matrices. ")
             if comp:
-                base = comp.get("as stored", {})
+                base = comp.get("full rank", {})
                 parts = [f"{name}: {v['bytes']['median'] / 1024:,.0f} KiB, reliability "
                          f"{_num(v['reliability'])}, locality {_num(v['locality'])}"
-                         for name, v in comp.items() if name != "as stored"]
-                text += (f"Compressed (as stored: reliability {_num(base.get('reliability'))}, locality "
+                         for name, v in comp.items() if name != "full rank"]
+                text += (f"Compressed (full rank: reliability {_num(base.get('reliability'))}, locality "
                          f"{_num(base.get('locality'))}): " + "; ".join(parts) + ".")
             out.append(text)
             break
@@ -179,28 +182,37 @@ def generation(r: dict) -> list[str]:
     if not gen:
         return []
     first = next(iter(gen.values()))
-    counts = list(first["as_is"]["tokens_per_s"])
+    names = first.get("variants", ["as_stored"])
+    counts = list(first[names[0]]["tokens_per_s"])
     lines = ["## 2. Generation speed with active edits", "",
              f"Greedy decoding of exactly {first['new_tokens']} new tokens (end of sequence "
              f"suppressed) at batch size 1, {first['repeats']} timed runs per count after a warm-up, "
-             "counts interleaved. Tokens/s, and the slowdown against 0 edits (medians). *As is*: "
-             "the patch hook as it is (one matmul pair per active edit and module). *Combined*: "
-             "the same edits concatenated into one factor pair per module (cast once to the "
-             "model's dtype), a prototype in `instructedit/bench/combine.py`. *Combined, rank 1*: "
-             "each edit first truncated to rank 1 (section 3), then combined.", ""]
+             "counts interleaved. Tokens/s, and the slowdown against 0 edits (medians). Active edits "
+             "go through `PatchEngine.activate` as in the app, which folds them into one factor "
+             "pair per edited matrix. *As stored*: the edits as the editor keeps them "
+             f"(rank {_rank(r)}); *full rank*: the same edits untruncated. In brackets after "
+             "each variant: factor rows per matrix at the largest count.", ""]
     rows = []
     for mode, g in gen.items():
-        for variant in ("as_is", "combined", "combined_rank1"):
+        for variant in g.get("variants", names):
             v = g[variant]
-            rows.append([mode, variant.replace("_rank1", ", rank 1").replace("_", " ")] +
+            width = v.get("factor_rows", {}).get(counts[-1])
+            label = variant.replace("_", " ") + ("" if width is None else f" ({width} rows)")
+            rows.append([mode, label] +
                         [_s(v["tokens_per_s"][c]) + ("" if c == "0" else f" ({_pct(v['overhead'][c])})")
                          for c in counts])
     lines += _table(["quantization", "patches"] + [f"{c} edits" for c in counts], rows)
     for mode, g in gen.items():
         if "profile" in g:
-            lines += _profile(f"generation with {g['goal_count']} edits, as is, {mode}", g["profile"]["as_is"])
+            lines += _profile(f"generation with {g['goal_count']} edits as stored, {mode}",
+                              g["profile"]["with_edits"])
             lines += _profile(f"generation with no edits, {mode}", g["profile"]["no_edits"])
     return lines
+
+
+def _rank(r: dict) -> str:
+    rank = r.get("editor", {}).get("patch_rank")
+    return "full" if rank is None else str(rank)
 
 
 def memory(r: dict) -> list[str]:
@@ -213,8 +225,9 @@ def memory(r: dict) -> list[str]:
     lines += _table(["quantization", "footprint", "share of fp32"],
                     [(m, _mib(b), f"{fp.get('share_of_fp32', {}).get(m, float('nan')):.1%}")
                      for m, b in fp["bytes"].items()])
-    lines += ["Bytes per active edit (`Patch.nbytes()`: factors U (rows x in) and D (rows x out) of "
-              "every edited matrix; rows = tokens with a non-zero gradient):", ""]
+    lines += ["Bytes per active edit as stored (`Patch.nbytes()`: factors U (rows x in) and D "
+              "(rows x out) of every edited matrix; the editor keeps each matrix's update at rank "
+              f"{_rank(r)}, a full-rank edit has one row per token with a non-zero gradient):", ""]
     lines += _table(["quantization", "KiB per edit", "factor rows", "matrices", "dtype"],
                     [(m, _s(s["kib"], 0), _s(s["rows"], 0), s["modules"], ", ".join(s["factor_dtypes"]))
                      for m, s in mem["edit_size"].items()])
@@ -230,10 +243,10 @@ def memory(r: dict) -> list[str]:
                      "float copy per session", "ours / copies"], rows)
     comp = r.get("compression")
     if comp:
-        lines += [f"Compression of the same {comp['edits']} edits ({comp['quantization']} backbone): "
-                  "factors stored in bf16, and each matrix's update truncated by SVD to rank k "
-                  "(the exact best rank-k approximation of that update). Reliability and locality "
-                  "as in section 4.", ""]
+        lines += [f"Compression of the same {comp['edits']} full-rank edits ({comp['quantization']} "
+                  "backbone): factors stored in bf16, and each matrix's update truncated by SVD to "
+                  "rank k (`Patch.truncated`: the exact best rank-k approximation of that update; "
+                  f"the editor stores rank {_rank(r)}). Reliability and locality as in section 4.", ""]
         lines += _table(["storage", "KiB per edit", "reliability", "locality"],
                         [(name, _s(v["bytes"], 0, 1 / 1024), _num(v["reliability"]), _num(v["locality"]))
                          for name, v in comp["variants"].items()])

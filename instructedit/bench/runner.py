@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import torch
 
 from ..backbone import load_backbone
-from ..editor import Editor
+from ..editor import Edit, Editor
 from .config import BenchConfig
 from .evaluation import measure_evaluation
 from .finetune import compare_with_finetuning
@@ -37,9 +37,15 @@ def editor_info(editor: Editor) -> dict:
     meta = editor.metadata or {}
     provenance = meta.get("provenance", {}) if isinstance(meta, dict) else {}
     return {"name": editor.name, "trained": bool(meta), "use_instructions": editor.use_instructions,
-            "modules": len(editor.module_names),
+            "modules": len(editor.module_names), "patch_rank": editor.patch_rank,
             "training_steps": provenance.get("steps"),
             "network_parameters": editor.network.num_parameters()}
+
+
+def full_rank_edits(editor: Editor, requests) -> list[Edit]:
+    """The same edits kept at full rank (for the generation and compression comparisons)."""
+    twin = editor.with_patch_rank(None)
+    return [twin.edit(r) for r in requests]
 
 
 class SectionClock:
@@ -97,16 +103,25 @@ def run_bench(config: BenchConfig) -> dict:
                                        config.goals.edit_latency_ratio, config.profile_top)
         latency[mode] = run.result
         sizes[mode] = edit_sizes(run.edits, config.goals.edit_kilobytes)
+        full = run.edits
+        if editor.patch_rank is not None:
+            with clock.section(f"full-rank edits {mode}"):
+                full = full_rank_edits(editor, requests)
+        variants = {"as_stored": [e.patch for e in run.edits]}
+        if editor.patch_rank is not None:
+            variants["full_rank"] = [e.patch for e in full]
         with clock.section(f"generation {mode}"):
             generation[mode] = measure_generation(
-                backbone, run.edits, config.active_counts, config.new_tokens, config.generation_repeats,
+                backbone, variants, config.active_counts, config.new_tokens, config.generation_repeats,
                 config.generation_prompt, config.goals.generation_overhead_at_10, config.profile_top)
         if mode == _float_mode(config.quants):
-            n = min(config.compression_edits, len(run.edits))
+            n = min(config.compression_edits, len(full))
             with clock.section("compression"):
                 cases = [editor_case(r, editor.use_instructions) for r in records[:n]]
-                result["compression"] = {"quantization": mode, **compression(
-                    backbone, run.edits[:n], compression_batches(backbone, cases), config.svd_ranks)}
+                result["compression"] = {"quantization": mode, "stored_rank": editor.patch_rank,
+                                         **compression(backbone, full[:n],
+                                                       compression_batches(backbone, cases),
+                                                       config.svd_ranks)}
             with clock.section("fine-tuning comparison"):
                 result["finetune"] = {"quantization": mode, **compare_with_finetuning(
                     editor, records[: config.finetune_edits], config.finetune,
@@ -154,10 +169,10 @@ def goal_table(result: dict, config: BenchConfig) -> list[dict]:
                           "" if lat["met"] else f"over by {r / goals.edit_latency_ratio - 1:.0%}"))
     for mode, gen in result.get("generation", {}).items():
         at = gen["goal_count"]
-        o = gen["as_is"]["overhead"][str(at)]
-        c = gen["combined"]["overhead"][str(at)]
-        c1 = gen["combined_rank1"]["overhead"][str(at)]
-        note = f"combined patches (prototype): {c:+.1%}; combined rank 1: {c1:+.1%}"
+        o = gen["as_stored"]["overhead"][str(at)]
+        note = ""
+        if "full_rank" in gen:
+            note = f"full-rank edits: {gen['full_rank']['overhead'][str(at)]:+.1%}"
         if not gen["met"]:
             note = f"over by {(o - goals.generation_overhead_at_10) * 100:.1f} points; " + note
         rows.append(_goal(f"generation overhead at {at} edits ({mode})",
@@ -169,7 +184,8 @@ def goal_table(result: dict, config: BenchConfig) -> list[dict]:
                           f"{share:.1%}", fp["met"]))
     for mode, size in result.get("memory", {}).get("edit_size", {}).items():
         kib = size["kib"]["median"]
-        note = "" if size["met"] else f"{kib / 1024:.2f} MiB: megabytes, see compression"
+        note = (f"edits stored at rank {size['rows']['median']:.0f}" if size["met"]
+                else f"{kib / 1024:.2f} MiB: megabytes, see compression")
         rows.append(_goal(f"bytes per edit ({mode})", f"kilobytes (< {goals.edit_kilobytes:.0f} KiB)",
                           f"{kib:,.0f} KiB", size["met"], note))
     ft = result.get("finetune")

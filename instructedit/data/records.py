@@ -1,7 +1,7 @@
 """The canonical edit record: every dataset format is converted into this one type."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 KNOWN_TASKS = ("counterfact", "recent", "convsent", "zsre", "custom")
@@ -64,7 +64,7 @@ class EditRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EditRecord":
+    def from_dict(cls, data: dict[str, Any]) -> EditRecord:
         """Inverse of :meth:`to_dict`."""
         data = dict(data)
         data["locality"] = tuple(LocalityProbe(**p) for p in data.get("locality", ()))

@@ -30,7 +30,7 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register_eval(subparsers) -> None:
-    from ..cli import _add_verbose, add_model_arguments
+    from ..cli import _add_verbose, add_model_arguments, add_patch_rank_argument
     from .editors import DEFAULT_GRADIENT_STEP
 
     p = subparsers.add_parser(
@@ -44,6 +44,7 @@ def register_eval(subparsers) -> None:
                         "(the unedited model: the floor)")
     p.add_argument("--step-size", type=float, default=None,
                    help=f"step size of --editor gradient (default: {DEFAULT_GRADIENT_STEP})")
+    add_patch_rank_argument(p)
     p.add_argument("--data", required=True, help="a data file (any supported format) or a data folder")
     p.add_argument("--task", default=None, help="task of a data folder (or override a file's task)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"),
@@ -100,7 +101,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CliError(f"no records in {args.data}")
     backbone = backbone_from_args(args)
     try:
-        editor = load_eval_editor(args.editor, backbone, args.step_size)
+        editor = load_eval_editor(args.editor, backbone, args.step_size,
+                                  getattr(args, "patch_rank", "default"))
     except ValueError as exc:
         if exc.__class__ is ValueError:
             raise CliError(str(exc)) from exc
@@ -113,6 +115,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = {**result.summary.to_dict(), "model_id": backbone.model_id,
            "quantization": backbone.config.quant, "editor": editor_label(editor),
            "use_instructions": True if editor is None else editor.use_instructions,
+           "patch_rank": None if editor is None else editor.patch_rank,
            "instruction": describe_instruction(instruction), "data": str(args.data),
            "split": args.split if Path(args.data).is_dir() else None, "seed": args.seed,
            "limit": args.limit, "batch_size": args.batch_size}

@@ -9,9 +9,13 @@ GRADIENT = "gradient"
 DEFAULT_GRADIENT_STEP = 0.03
 
 
-def load_eval_editor(spec: str, backbone: Backbone, step_size: float | None = None) -> Editor | None:
+def load_eval_editor(spec: str, backbone: Backbone, step_size: float | None = None,
+                     patch_rank: int | None | str = "default") -> Editor | None:
     """``none``: no editor (nothing is edited: the floor); ``gradient``: one plain gradient step
-    of ``step_size`` on the (instruction-wrapped) edit input; otherwise a checkpoint folder."""
+    of ``step_size`` on the (instruction-wrapped) edit input; otherwise a checkpoint folder.
+
+    ``patch_rank``: rank each edit is kept at; ``"default"`` means full rank for the gradient step
+    and :data:`~instructedit.editor.DEFAULT_PATCH_RANK` for a checkpoint."""
     key = spec.strip()
     if key.lower() == NO_EDIT:
         return None
@@ -19,8 +23,11 @@ def load_eval_editor(spec: str, backbone: Backbone, step_size: float | None = No
         step = DEFAULT_GRADIENT_STEP if step_size is None else step_size
         if not step > 0:
             raise ValueError(f"--step-size must be positive, got {step}")
-        return Editor.untrained(backbone, step_size=step, normalize=False)
-    return Editor.from_pretrained(key, backbone)
+        rank = None if patch_rank == "default" else patch_rank
+        return Editor.untrained(backbone, step_size=step, normalize=False, patch_rank=rank)
+    if patch_rank == "default":
+        return Editor.from_pretrained(key, backbone)
+    return Editor.from_pretrained(key, backbone, patch_rank=patch_rank)
 
 
 def editor_label(editor: Editor | None) -> str:

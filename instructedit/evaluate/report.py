@@ -378,6 +378,50 @@ def findings_quantization(data: ResultsData) -> list[str]:
     return lines or ["No quantized run completed."]
 
 
+def _rank_name(rank: int | None, default: int | None) -> str:
+    name = "full rank" if rank is None else f"rank {rank}"
+    return name + (" (default, as in the app)" if rank == default else "")
+
+
+def section_patch_ranks(data: ResultsData) -> str:
+    if not data.patch_ranks:
+        return ""
+    cfg = data.config
+    header = ["Storage"] + [f"{TASK_NAMES[t]} {label}" for t in EVAL_TASKS for _, label in METRICS]
+    order = sorted(data.patch_ranks, key=lambda r: float("inf") if r is None else r)
+    rows = []
+    for rank in order:
+        grid = data.patch_ranks[rank]
+        rows.append([_rank_name(rank, data.default_patch_rank)] +
+                    [pct(grid[t].get(key)) if t in grid else "–" for t in EVAL_TASKS for key, _ in METRICS])
+    parts = ["## 3b. How edits are stored: rank of each edit's update", "",
+             settings(data, limit=cfg.quant_records, extra="editor: InstructEdit"), "",
+             "A MEND edit's update of a matrix is a sum of one outer product per token with a gradient "
+             "(~30 for a typical edit: 1.6 MiB of factors). The editor keeps each update as its best "
+             "rank-k approximation (`Patch.truncated`, exact top-k SVD), which bounds an edit's memory "
+             "and the cost of active edits during generation (docs/benchmarks.md). Same records as "
+             "section 3; the default row is section 1's run restricted to them.", "",
+             table(header, rows), "", "**Findings.**", "",
+             *[f"- {line}" for line in findings_patch_ranks(data)]]
+    return "\n".join(parts)
+
+
+def findings_patch_ranks(data: ResultsData) -> list[str]:
+    grids = data.patch_ranks
+    default = data.default_patch_rank
+    if None not in grids or default not in grids or default is None:
+        return ["No full-rank reference to compare the default storage rank with."]
+    lines = []
+    for task in EVAL_TASKS:
+        full, cut = grids[None].get(task), grids[default].get(task)
+        if full is None or cut is None or not full.ok or not cut.ok:
+            continue
+        drops = {label: points(cut.get(key), full.get(key)) for key, label in METRICS}
+        text = ", ".join(f"{label} {signed(d)}" for label, d in drops.items() if d is not None)
+        lines.append(f"{TASK_NAMES[task]}: rank {default} vs full rank, in points: {text}.")
+    return lines or ["No run completed."]
+
+
 # ----- section 4 and 5 ---------------------------------------------------------------------------------
 def section_analysis(data: ResultsData) -> str:
     cfg = data.config
@@ -488,7 +532,8 @@ def section_setup(data: ResultsData) -> str:
         f"- Backbone: `{model_id(data)}` (`{cfg.model}`); fp32 unless a table says otherwise.",
         f"- Data: the `{cfg.split}` split of each task in `{cfg.data}` (seeded, leak-free splits; ZsRE is "
         f"held out of training); a seeded sample of {cfg.limit} records per task and run; seed {cfg.seed}.",
-        f"- Batches of {cfg.batch_size} records, each edited independently (one patch per row).",
+        f"- Batches of {cfg.batch_size} records, each edited independently (one patch per row); "
+        f"{_patch_rank_sentence()}",
         f"- Machine: {machine(data)}.",
         f"- Started {data.started}, finished {data.finished}: {data.seconds / 60:.1f} minutes in all.",
         f"- Plain gradient step size {data.step_size:g}: {data.step_chosen_by}.", "",
@@ -503,7 +548,8 @@ def section_runs(data: ResultsData) -> str:
         instruction = "custom text" if s.instruction not in (SEEN, "heldout", None) else str(s.instruction)
         if o.ok and o.summary.get("use_instructions") is False:
             instruction = "none (editor without instructions)"
-        rows.append([s.method, s.task, QUANT_NAMES.get(s.quant, s.quant), instruction,
+        method = s.method if s.patch_rank == "default" else f"{s.method} ({_rank_name(s.patch_rank, None)})"
+        rows.append([method, s.task, QUANT_NAMES.get(s.quant, s.quant), instruction,
                      s.split, str(o.get("n") or 0), num(o.get("seconds"), 1) if o.ok else f"n/a ({o.reason})"])
     for item in data.analyses:
         rows.append([f"PCA {item['method']}", "all", "fp32", "seen" if item["use_instructions"] else "none",
@@ -519,8 +565,9 @@ def render_report(data: ResultsData) -> str:
              "standard as in the InstructEdit paper (arXiv 2402.16123) and come from "
              "`instructedit/scoring.py`, the scoring code shared with the app and training.")
     sections = [intro, section_setup(data), section_table3(data), section_instructions(data),
-                section_quantization(data), section_analysis(data), section_scaling(data), section_runs(data)]
-    return "\n\n".join(s.rstrip() for s in sections) + "\n"
+                section_quantization(data), section_patch_ranks(data), section_analysis(data),
+                section_scaling(data), section_runs(data)]
+    return "\n\n".join(s.rstrip() for s in sections if s) + "\n"
 
 
 def write_report(data: ResultsData) -> Path:
@@ -532,3 +579,13 @@ def write_report(data: ResultsData) -> Path:
 
 
 __all__ = ["render_report", "write_report", "Outcome"]
+
+
+def _patch_rank_sentence() -> str:
+    """How trained editors' edits are stored (as in the app): their rank per edited matrix."""
+    from ..editor import DEFAULT_PATCH_RANK
+
+    if DEFAULT_PATCH_RANK is None:
+        return "trained editors' edits are kept at full rank."
+    return (f"trained editors' edits are kept, as in the app, at rank {DEFAULT_PATCH_RANK} per edited "
+            "matrix (the best rank-k cut of the MEND update); the plain gradient step is exact.")

@@ -61,6 +61,8 @@ class ResultsConfig:
     seed: int = 0
     batch_size: int = 8
     quants: tuple[str, ...] = QUANTS
+    patch_ranks: tuple[int | None, ...] = (1, 4, None)
+    """Storage ranks of InstructEdit's edits compared with the default (None: full rank)."""
     device: str = "auto"
     threads: int | None = None
     cache_dir: str | None = None
@@ -84,6 +86,7 @@ class RunSpec:
     limit: int = 100
     step_size: float | None = None
     sentiment: bool = True
+    patch_rank: int | None | str = "default"   # 'default': the editor's DEFAULT_PATCH_RANK
 
     def label(self) -> str:
         return (f"{self.method} / {self.task} / {self.quant} / "
@@ -124,6 +127,8 @@ class ResultsData:
     table3: dict = field(default_factory=dict)           # method -> task -> Outcome
     instructions: dict = field(default_factory=dict)     # mode -> task -> Outcome
     quantization: dict = field(default_factory=dict)     # quant -> task -> Outcome
+    patch_ranks: dict = field(default_factory=dict)      # rank (None: full) -> task -> Outcome
+    default_patch_rank: int | None = None
     analyses: list = field(default_factory=list)         # AnalysisResult dicts
     analysis_note: str = ""
     scaling: dict = field(default_factory=dict)          # label -> Outcome
@@ -208,15 +213,18 @@ class ResultsRunner:
     def editor(self, spec: RunSpec):
         from .editors import load_eval_editor
 
-        key = (spec.editor, spec.quant, spec.step_size)
+        key = (spec.editor, spec.quant, spec.step_size, spec.patch_rank)
         if key not in self._editors:
-            self._editors[key] = load_eval_editor(spec.editor, self.backbone(spec.quant), spec.step_size)
+            self._editors[key] = load_eval_editor(spec.editor, self.backbone(spec.quant), spec.step_size,
+                                                  spec.patch_rank)
         return self._editors[key]
 
     # ----- caching ---------------------------------------------------------------------------
     def _cache_file(self, spec: RunSpec) -> Path | None:
         if not self.config.cache_dir:
             return None
+        from ..editor import DEFAULT_PATCH_RANK
+
         stamp = None
         weights = Path(spec.editor) / "editor.safetensors"
         if weights.is_file():
@@ -225,7 +233,8 @@ class ResultsRunner:
         key = json.dumps({"v": CACHE_VERSION, "spec": asdict(spec), "stamp": stamp,
                           "model": self.config.model, "seed": self.config.seed,
                           "data": str(Path(self.config.data).resolve()),
-                          "batch": self.config.batch_size}, sort_keys=True, default=str)
+                          "batch": self.config.batch_size, "patch_rank": DEFAULT_PATCH_RANK},
+                         sort_keys=True, default=str)
         return Path(self.config.cache_dir) / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".json")
 
     # ----- running ---------------------------------------------------------------------------
@@ -348,24 +357,49 @@ def subset(outcome: Outcome, ids: set[str]) -> Outcome | None:
     return Outcome(outcome.spec, summary, outcome.editor_name, records=[r.to_dict() for r in rows])
 
 
+def instructedit_subset(runner: ResultsRunner, data: ResultsData, task: str) -> Outcome | None:
+    """Section 1's fp32 InstructEdit run of ``task`` restricted to the smaller sections' records."""
+    cfg = runner.config
+    reference = data.table3.get("InstructEdit", {}).get(task)
+    if reference is None or cfg.quant_records > cfg.limit:
+        return None
+    return subset(reference, {r.id for r in runner.records(task, cfg.split, cfg.quant_records)})
+
+
 def run_quantization(runner: ResultsRunner, data: ResultsData) -> None:
     """InstructEdit per backbone; the fp32 row reuses section 1's records (samples are nested)."""
     cfg = runner.config
     for quant in cfg.quants:
         data.quantization[quant] = {}
         for task in EVAL_TASKS:
-            reference = data.table3.get("InstructEdit", {}).get(task)
-            if quant == "none" and reference is not None and cfg.quant_records <= cfg.limit:
-                ids = {r.id for r in runner.records(task, cfg.split, cfg.quant_records)}
-                reused = subset(reference, ids)
-                if reused is not None:
-                    data.quantization[quant][task] = reused
-                    continue
+            reused = instructedit_subset(runner, data, task) if quant == "none" else None
+            if reused is not None:
+                data.quantization[quant][task] = reused
+                continue
             data.quantization[quant][task] = runner.run(RunSpec(
                 "InstructEdit", task, cfg.instructedit, quant=quant, split=cfg.split,
                 limit=cfg.quant_records))
         if quant != "none":
             runner.release(quant)
+
+
+def run_patch_ranks(runner: ResultsRunner, data: ResultsData) -> None:
+    """InstructEdit with its edits stored at other ranks; the default row reuses section 1's records."""
+    from ..editor import DEFAULT_PATCH_RANK
+
+    cfg = runner.config
+    data.default_patch_rank = DEFAULT_PATCH_RANK
+    ranks = [DEFAULT_PATCH_RANK] + [r for r in cfg.patch_ranks if r != DEFAULT_PATCH_RANK]
+    for rank in ranks:
+        data.patch_ranks[rank] = {}
+        for task in EVAL_TASKS:
+            reused = instructedit_subset(runner, data, task) if rank == DEFAULT_PATCH_RANK else None
+            if reused is not None:
+                data.patch_ranks[rank][task] = reused
+                continue
+            data.patch_ranks[rank][task] = runner.run(RunSpec(
+                "InstructEdit", task, cfg.instructedit, split=cfg.split, limit=cfg.quant_records,
+                sentiment=False, patch_rank=rank))
 
 
 def run_analysis(runner: ResultsRunner, data: ResultsData) -> None:
@@ -428,6 +462,7 @@ def run_all(config: ResultsConfig) -> ResultsData:
     run_instructions(runner, data)
     run_analysis(runner, data)
     run_scaling(runner, data)
+    run_patch_ranks(runner, data)
     run_quantization(runner, data)
     data.runs = runner.runs
     data.seconds = time.perf_counter() - started

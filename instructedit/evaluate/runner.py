@@ -145,7 +145,7 @@ class Evaluator:
         start = time.perf_counter()
         patch, logits = compute_batched_patch(self.editor.network, self.editor.module_names, batch,
                                               self.forward, self.backbone.model)
-        patch = patch.detach()
+        patch = patch.detach().truncated(self.editor.patch_rank)
         self._sync()
         latency = (time.perf_counter() - start) * 1000 / batch.size
         if not all(layer.is_finite() for layer in patch.layers.values()):
