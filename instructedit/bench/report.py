@@ -140,7 +140,7 @@ def findings(r: dict) -> list[str]:
                    f"it needed {f['steps']['median']:.0f} steps (median; {f['hit_step_cap']} of "
                    f"{ft['records']} hit the cap), about {per_step:,.0f} ms per forward(+backward). "
                    f"Reliability {_num(e['reliability'])} (editor) vs {_num(f['reliability'])}; locality "
-                   f"{_num(e['locality'])} vs {_num(f['locality'])}.")
+                   f"{_num(e['locality'])} vs {_num(f['locality'])}. " + _finetune_bound(r, ft, per_step))
     tr = r.get("training")
     if tr and not tr["met"]:
         b = tr["cached_breakdown_s"]
@@ -155,6 +155,21 @@ def findings(r: dict) -> list[str]:
     if not out:
         return []
     return ["## Where goals are missed", ""] + [f"- {line}" for line in out] + [""]
+
+
+def _finetune_bound(r: dict, ft: dict, per_step_ms: float) -> str:
+    """Why the speed-up is capped: an edit already costs about one forward + backward."""
+    e, f = ft["editor"], ft["finetune"]
+    lat = r.get("edit_latency", {}).get(ft["quantization"], {})
+    edit_ms = e["latency_ms"]["median"]
+    steps_for_goal = ft["goal_speedup"] * edit_ms / per_step_ms
+    text = (f"An edit costs {edit_ms / per_step_ms:.2f} fine-tuning steps' time"
+            + (f" ({lat['ratio']:.2f}x its own forward+backward floor, section 1)" if lat else "")
+            + f", so the speed-up is about the number of steps fine-tuning takes: {ft['goal_speedup']:g}x "
+            f"would need a fine-tune of {steps_for_goal:.0f} steps, and this one converges in "
+            f"{f['steps']['median']:.0f}. Fine-tuning's reliability is 1 by construction (it stops only "
+            "when every target token is the greedy prediction); the editor gets one shot.")
+    return text
 
 
 def latency(r: dict) -> list[str]:
