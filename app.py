@@ -15,6 +15,7 @@ from dataclasses import replace
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from instructedit.cli import add_patch_rank_argument, trained_patch_rank  # noqa: E402
 from instructedit.ui.config import AppConfig, Limits, default_host, default_port  # noqa: E402
 
 log = logging.getLogger("instructedit.app")
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="editor shown next to InstructEdit for comparison (the multi-task MEND trained "
                         "without instructions), or 'none' to hide the comparison (default: the shipped "
                         "checkpoints/smollm2-135m/mend-multitask)")
+    add_patch_rank_argument(g)
     g = p.add_argument_group("server")
     g.add_argument("--host", default=default_host(),
                    help="address to listen on (127.0.0.1: this machine only; 0.0.0.0: the network; default: %(default)s)")
@@ -75,7 +77,8 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
                     queue_size=args.queue_size, concurrency_limit=args.concurrency_limit,
                     max_input_chars=args.max_input_chars, idle_timeout_s=args.idle_timeout)
     return replace(AppConfig(), model=args.model, quant=args.quant, device=args.device,
-                   editor=args.editor, baseline_editor=args.baseline_editor, host=args.host,
+                   editor=args.editor, baseline_editor=args.baseline_editor,
+                   patch_rank=trained_patch_rank(args), host=args.host,
                    port=args.port, share=args.share, limits=limits, threads=args.threads)
 
 

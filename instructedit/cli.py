@@ -130,8 +130,8 @@ def add_patch_rank_argument(parser) -> None:
     default = "full" if DEFAULT_PATCH_RANK is None else str(DEFAULT_PATCH_RANK)
     parser.add_argument("--patch-rank", type=parse_patch_rank, default=argparse.SUPPRESS,
                         help="keep each edit's update of a module as its best rank-k "
-                             f"approximation, or 'full' (default: {default}; a plain gradient "
-                             "step stays full rank unless set)")
+                             f"approximation, or 'full' (default: {default} for trained editors, "
+                             "full rank for a plain gradient step)")
 
 
 def editor_from_args(args: argparse.Namespace, backbone):

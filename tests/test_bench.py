@@ -79,6 +79,10 @@ def test_bench_quick_json_and_report(capsys, quick_result):
                     "## 5. Training step", "## 6. Evaluation throughput", "2-core CPU only"):
         assert heading in report, heading
     assert result["machine"]["cpu_model"] in report
+    if not tr["met"]:  # a missed goal is explained with its bound
+        assert "Caching skips" in report and "## Where goals are missed" in report
+    if not ft["met"]:
+        assert "would need a fine-tune of" in report
 
 
 def test_bench_rejects_bad_threads(capsys):

@@ -12,7 +12,7 @@ import pytest
 
 import app as app_module
 from instructedit.backbone import load_backbone
-from instructedit.editor import Editor, EditRequest
+from instructedit.editor import DEFAULT_PATCH_RANK, Editor, EditRequest
 from instructedit.stress import launched_app
 from instructedit.ui.app import launch
 from instructedit.ui.config import AppConfig, Limits
@@ -37,6 +37,9 @@ def test_parser_defaults_bind_loopback_without_share(monkeypatch):
     assert AppConfig().host == "127.0.0.1" and AppConfig().share is False
     opened = app_module.build_parser().parse_args(["--host", "0.0.0.0", "--share"])
     assert opened.host == "0.0.0.0" and opened.share is True
+    assert config.patch_rank == DEFAULT_PATCH_RANK
+    full = app_module.config_from_args(app_module.build_parser().parse_args(["--patch-rank", "full"]))
+    assert full.patch_rank is None
 
 
 def test_launch_passes_host_share_and_a_bounded_queue():

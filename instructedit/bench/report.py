@@ -151,10 +151,27 @@ def findings(r: dict) -> list[str]:
                    f"(goal {tr['goal']:g}x). Caching removes the lower blocks' forward passes "
                    f"({saved:.2f} s per step here); what is left is the work on the edited top blocks "
                    f"and the editor, which both steps do: {parts}. Top ops of a cached step: "
-                   f"{_top(tr.get('profile', {}).get('cached_step'))}.")
+                   f"{_top(tr.get('profile', {}).get('cached_step'))}. " + _training_bound(r, tr, saved))
     if not out:
         return []
     return ["## Where goals are missed", ""] + [f"- {line}" for line in out] + [""]
+
+
+def _training_bound(r: dict, tr: dict, saved_s: float) -> str:
+    """The best speed-up caching can give: the cached step cannot beat the top blocks' fwd + bwd."""
+    layers = r.get("backbone", {}).get("num_layers")
+    top_forward = tr["cached_breakdown_s"].get("top_blocks_forward")
+    start = tr.get("start_layer")
+    if not layers or not top_forward or start is None:
+        return ""
+    edited = layers - start
+    floor = 3 * top_forward  # forward + a backward of about twice its cost
+    best = (saved_s + floor) / floor
+    return (f"Caching skips {start} of {layers} blocks' forward passes; the {edited} edited blocks must "
+            f"still run forward ({top_forward:.3f} s per step here) and backward (about twice that), so "
+            f"even a cached step with nothing else in it would be {best:.1f}x faster than the full "
+            f"step: the {tr['goal']:g}x goal is out of reach for a model whose top {edited} of {layers} "
+            f"blocks are edited, and the step measured here is at {tr['speedup'] / best:.0%} of that bound.")
 
 
 def _finetune_bound(r: dict, ft: dict, per_step_ms: float) -> str:

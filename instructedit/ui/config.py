@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..editor import DEFAULT_PATCH_RANK
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_EDITOR = PROJECT_ROOT / "checkpoints" / "smollm2-135m" / "instructedit"
 DEFAULT_BASELINE = PROJECT_ROOT / "checkpoints" / "smollm2-135m" / "mend-multitask"
@@ -81,6 +83,7 @@ class AppConfig:
         baseline_editor: baseline checkpoint folder, or ``none`` to hide the comparison.
         host, port, share: where and how to listen.
         limits: see :class:`Limits`.
+        patch_rank: rank each trained editor keeps an edit's update at (``None``: full rank).
         threads: torch CPU threads per request; ``None``: the cores divided by the
             concurrency limit, so concurrent requests do not oversubscribe the CPU.
         results_file, figures_dir: what the Results tab shows when present.
@@ -91,6 +94,7 @@ class AppConfig:
     device: str = "auto"
     editor: str = str(DEFAULT_EDITOR)
     baseline_editor: str = str(DEFAULT_BASELINE)
+    patch_rank: int | None = DEFAULT_PATCH_RANK
     host: str = field(default_factory=default_host)
     port: int = field(default_factory=default_port)
     share: bool = False

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..backbone import Backbone, load_backbone
 from ..checkpoint import CheckpointError
-from ..editor import Editor
+from ..editor import DEFAULT_PATCH_RANK, Editor
 from .config import FALLBACK_STEP_SIZE, AppConfig
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,8 @@ def resolve_quant(quant: str | None, device: str) -> str:
 
 
 def load_editor(spec: str, backbone: Backbone, *, role: str, default: str,
-                use_instructions: bool) -> tuple[Editor, str | None]:
+                use_instructions: bool, patch_rank: int | None = DEFAULT_PATCH_RANK,
+                ) -> tuple[Editor, str | None]:
     """Load an editor checkpoint; ``none`` gives a plain gradient step.
 
     The shipped default falling short (missing, still being written, another model) gives a
@@ -46,7 +47,7 @@ def load_editor(spec: str, backbone: Backbone, *, role: str, default: str,
         return Editor.untrained(backbone, step_size=FALLBACK_STEP_SIZE,
                                 use_instructions=use_instructions), None
     try:
-        return Editor.from_pretrained(spec, backbone), None
+        return Editor.from_pretrained(spec, backbone, patch_rank=patch_rank), None
     except CheckpointError as exc:
         if Path(spec).resolve() != Path(default).resolve():
             raise
@@ -65,12 +66,14 @@ def load_models(config: AppConfig) -> LoadedModels:
     quant = resolve_quant(config.quant, config.device)
     backbone = load_backbone(config.model, quant, device=config.device)
     editor, warning = load_editor(config.editor, backbone, role="InstructEdit editor",
-                                  default=str(DEFAULT_EDITOR), use_instructions=True)
+                                  default=str(DEFAULT_EDITOR), use_instructions=True,
+                                  patch_rank=config.patch_rank)
     warnings = [warning] if warning else []
     baseline = None
     if config.baseline_editor.strip().lower() != "none":
         baseline, warning = load_editor(config.baseline_editor, backbone, role="Baseline editor",
-                                        default=str(DEFAULT_BASELINE), use_instructions=False)
+                                        default=str(DEFAULT_BASELINE), use_instructions=False,
+                                        patch_rank=config.patch_rank)
         if baseline.use_instructions:
             warnings.append(f"the baseline editor {baseline.name!r} was trained with instructions")
         warnings += [warning] if warning else []
