@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv data demo test test-fast results bench train lint clean
+.PHONY: venv data demo test test-fast results bench screenshot train lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ test-fast: $(STAMP) data
 
 results: $(STAMP) data
 	$(PY) -m instructedit results --data data --out docs/results.md
+
+screenshot: $(STAMP) data
+	INSTRUCTEDIT_UPDATE_SCREENSHOT=1 $(PY) -m pytest -q -s tests/browser
 
 bench: $(STAMP) data
 	$(PY) -m instructedit bench --out docs/benchmarks.md
