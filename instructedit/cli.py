@@ -125,7 +125,7 @@ def parse_patch_rank(text: str) -> int | None:
 
 def add_patch_rank_argument(parser) -> None:
     """``--patch-rank``: how each trained edit's update is stored (read by the editor loaders)."""
-    from .editor import DEFAULT_PATCH_RANK
+    from .patch_rank import DEFAULT_PATCH_RANK
 
     default = "full" if DEFAULT_PATCH_RANK is None else str(DEFAULT_PATCH_RANK)
     parser.add_argument("--patch-rank", type=parse_patch_rank, default=argparse.SUPPRESS,
@@ -143,7 +143,8 @@ def editor_from_args(args: argparse.Namespace, backbone):
         step = DEFAULT_STEP_SIZE if args.step_size is None else args.step_size
         if not step > 0:
             raise CliError(f"--step-size must be positive, got {step}")
-        return Editor.untrained(backbone, step_size=step, patch_rank=_explicit_rank(args))
+        # a plain gradient step stays exact (full rank) unless --patch-rank is given
+        return Editor.untrained(backbone, step_size=step, patch_rank=getattr(args, "patch_rank", None))
     if args.step_size is not None:
         log.warning("--step-size is ignored with a trained editor (%s)", path)
     return Editor.from_pretrained(path, backbone, patch_rank=trained_patch_rank(args))
@@ -151,14 +152,9 @@ def editor_from_args(args: argparse.Namespace, backbone):
 
 def trained_patch_rank(args: argparse.Namespace) -> int | None:
     """``--patch-rank`` for a trained editor: the given value, else ``DEFAULT_PATCH_RANK``."""
-    from .editor import DEFAULT_PATCH_RANK
+    from .patch_rank import DEFAULT_PATCH_RANK
 
     return getattr(args, "patch_rank", DEFAULT_PATCH_RANK)
-
-
-def _explicit_rank(args: argparse.Namespace) -> int | None:
-    """``--patch-rank`` for a plain gradient step: full rank unless given."""
-    return getattr(args, "patch_rank", None)
 
 
 def add_request_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ import torch
 from .backbone import Backbone
 from .instructions import build_edit_input
 from .mend import EditorConfig, MendNetwork
+from .patch_rank import DEFAULT_PATCH_RANK
 from .patches import LayerPatch, Patch, PatchEngine
 from .scoring import AnswerBatch, answer_logits_from_hidden, score_answers, tokenize_answers
 
@@ -25,11 +26,6 @@ log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 1000
 MAX_TARGET_TOKENS = 64
-# Each edit's update of a module is kept as its best rank-k approximation (exact top-k SVD of
-# the MEND update, `Patch.truncated`). Rank 8 keeps an edit under 600 KiB (full rank: one factor
-# row per token, ~1.6 MiB) and scores as full rank on CounterFact and Recent, within 1.5 points
-# on ConvSent and ZsRE (40 test records each; docs/benchmarks.md section 3 has the sweep).
-DEFAULT_PATCH_RANK: int | None = 8
 
 
 class EditError(ValueError):

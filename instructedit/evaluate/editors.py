@@ -15,7 +15,7 @@ def load_eval_editor(spec: str, backbone: Backbone, step_size: float | None = No
     of ``step_size`` on the (instruction-wrapped) edit input; otherwise a checkpoint folder.
 
     ``patch_rank``: rank each edit is kept at; ``"default"`` means full rank for the gradient step
-    and :data:`~instructedit.editor.DEFAULT_PATCH_RANK` for a checkpoint."""
+    and :data:`~instructedit.patch_rank.DEFAULT_PATCH_RANK` for a checkpoint."""
     key = spec.strip()
     if key.lower() == NO_EDIT:
         return None
