@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from instructedit import cli
+from tests.cli_helpers import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 INFO_KEYS = {"model_id", "source", "family", "model_type", "parameters", "quantization", "dtype",
@@ -26,16 +27,6 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
                OMP_NUM_THREADS="1")  # tiny models: threads only add spin-waiting on a busy machine
     return subprocess.run([sys.executable, "-m", "instructedit", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the CLI in-process (fast); returns (exit code, stdout, stderr)."""
-    try:
-        code = cli.main(list(args))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _one_error_line(err: str) -> str:

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from instructedit import cli
 from instructedit.backbone import load_backbone
 from instructedit.data import load_records
 from instructedit.editor import DEFAULT_PATCH_RANK, Editor
@@ -26,6 +25,7 @@ from instructedit.instructions import HELD_OUT_INDEX
 from instructedit.patches import PatchEngine
 from instructedit.scoring import full_model_answer_logits, score_answers, tokenize_answers
 from instructedit.train.forward import FullForward
+from tests.cli_helpers import run_main
 
 DATA = Path(__file__).parent / "data"
 RESULT_KEYS = {"n", "task", "reliability", "generalization", "locality", "portability",
@@ -206,15 +206,6 @@ def test_load_eval_editor(backbone, tmp_path):
 
 
 # ----- command line ---------------------------------------------------------------------------
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        code = cli.main(list(args))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize("fixture", ["easyedit_cf.json", "mend_zsre.json", "knowedit.json"])
 def test_eval_cli_json_end_to_end(capsys, tiny_llama_dir, fixture, tmp_path):
     out_file = tmp_path / "summary.json"
