@@ -16,6 +16,7 @@ from dataclasses import replace
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from instructedit.cli import add_patch_rank_argument, trained_patch_rank  # noqa: E402
+from instructedit.logs import setup_logging  # noqa: E402
 from instructedit.ui.config import AppConfig, Limits, default_host, default_port  # noqa: E402
 
 log = logging.getLogger("instructedit.app")
@@ -82,19 +83,10 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
                    port=args.port, share=args.share, limits=limits, threads=args.threads)
 
 
-def configure_logging(verbose: int) -> None:
-    level = logging.INFO if verbose <= 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    quiet = logging.WARNING if verbose < 1 else logging.INFO
-    for name in ("httpx", "transformers", "huggingface_hub", "bitsandbytes", "accelerate", "urllib3"):
-        logging.getLogger(name).setLevel(max(quiet, logging.WARNING) if name == "httpx" else quiet)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.verbose)
+    setup_logging(args.verbose, level=logging.INFO, timestamps=True)
     start = time.perf_counter()
     try:
         config = config_from_args(args)

@@ -6,7 +6,11 @@ orientation, and asks the adapter for the rest. Adding a family is adding one ad
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +38,9 @@ class ArchitectureAdapter:
     run_block: Callable[[nn.Module, torch.Tensor, dict], torch.Tensor]
     block_context: Callable[[nn.Module, torch.Tensor], dict]
     embed: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    attn_template: str = ""      # dotted path of block {}'s attention module
+    mlp_out_matrix: str = ""     # the MLP's output projection (what ROME edits), in mlp_matrices
+    embed_path: str = ""         # the token embedding module
 
     # ----- names -------------------------------------------------------------------------
     def blocks(self, model: nn.Module) -> nn.ModuleList:
@@ -44,18 +51,25 @@ class ArchitectureAdapter:
         return len(self.blocks(model))
 
     def edited_module_names(self, model: nn.Module, last_n_layers: int = 3,
-                            matrices: tuple[str, ...] | None = None) -> list[str]:
-        """Dotted names of the MLP matrices of the last ``last_n_layers`` blocks."""
+                            matrices: tuple[str, ...] | None = None,
+                            layers: tuple[int, ...] | None = None) -> list[str]:
+        """Dotted names of the MLP matrices of the last ``last_n_layers`` blocks (or of the
+        blocks ``layers``, negative indices counting from the top)."""
         n = self.num_layers(model)
-        if not 1 <= last_n_layers <= n:
+        if layers:
+            chosen_layers = sorted({i % n if -n <= i < n else i for i in layers})
+            if any(not 0 <= i < n for i in chosen_layers):
+                raise ValueError(f"layers must be in 0..{n - 1} (or -{n}..-1), got {list(layers)}")
+        elif not 1 <= last_n_layers <= n:
             raise ValueError(f"last_n_layers must be in 1..{n}, got {last_n_layers}")
+        else:
+            chosen_layers = list(range(n - last_n_layers, n))
         chosen = matrices or self.mlp_matrices
         unknown = set(chosen) - set(self.mlp_matrices)
         if unknown:
             raise ValueError(f"unknown MLP matrices {sorted(unknown)} for {self.family}; "
                              f"known: {self.mlp_matrices}")
-        return [self.mlp_template.format(layer, m)
-                for layer in range(n - last_n_layers, n) for m in chosen]
+        return [self.mlp_template.format(layer, m) for layer in chosen_layers for m in chosen]
 
     def layer_index(self, module_name: str) -> int:
         """The block index that an edited module name belongs to."""
@@ -130,6 +144,36 @@ class ArchitectureAdapter:
         """States entering block ``layer`` for right-padded ``input_ids`` (no head, no top blocks)."""
         return self.run_blocks(model, self.embed(model, input_ids), 0, layer)
 
+    # ----- names of the parts of a block (causal tracing, ROME) --------------------------------
+    def _check_layer(self, model: nn.Module | None, layer: int) -> None:
+        if layer < 0 or (model is not None and layer >= self.num_layers(model)):
+            raise ValueError(f"layer {layer} is out of range for this {self.family} model")
+
+    def block_name(self, layer: int, model: nn.Module | None = None) -> str:
+        """Dotted name of decoder block ``layer`` (its output is the block's hidden state)."""
+        self._check_layer(model, layer)
+        return f"{self.blocks_path}.{layer}"
+
+    def mlp_name(self, layer: int, model: nn.Module | None = None) -> str:
+        """Dotted name of block ``layer``'s MLP (its output is the MLP's contribution)."""
+        self._check_layer(model, layer)
+        return self.mlp_template.format(layer, "").rstrip(".")
+
+    def attention_name(self, layer: int, model: nn.Module | None = None) -> str:
+        """Dotted name of block ``layer``'s attention (its first output is its contribution)."""
+        self._check_layer(model, layer)
+        return self.attn_template.format(layer)
+
+    def mlp_out_name(self, layer: int, model: nn.Module | None = None) -> str:
+        """Dotted name of block ``layer``'s MLP output projection (LLaMA ``down_proj``, GPT-2
+        ``c_proj``): its input is the MLP's key, its output the MLP's value."""
+        self._check_layer(model, layer)
+        return self.mlp_template.format(layer, self.mlp_out_matrix)
+
+    def token_embedding_name(self) -> str:
+        """Dotted name of the token embedding module (before positions are added)."""
+        return self.embed_path
+
 
 def _llama_context(model: nn.Module, hidden: torch.Tensor) -> dict:
     positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
@@ -171,6 +215,9 @@ LLAMA = ArchitectureAdapter(
     run_block=_llama_block,
     block_context=_llama_context,
     embed=_llama_embed,
+    attn_template="model.layers.{}.self_attn",
+    mlp_out_matrix="down_proj",
+    embed_path="model.embed_tokens",
 )
 
 GPT2 = ArchitectureAdapter(
@@ -183,6 +230,9 @@ GPT2 = ArchitectureAdapter(
     run_block=_gpt2_block,
     block_context=_gpt2_context,
     embed=_gpt2_embed,
+    attn_template="transformer.h.{}.attn",
+    mlp_out_matrix="c_proj",
+    embed_path="transformer.wte",
 )
 
 ADAPTERS: tuple[ArchitectureAdapter, ...] = (LLAMA, GPT2)
@@ -197,3 +247,55 @@ def adapter_for(model: nn.Module) -> ArchitectureAdapter:
     known = sorted(t for a in ADAPTERS for t in a.model_types)
     raise UnsupportedArchitectureError(
         f"model_type {model_type!r} is not supported; supported: {', '.join(known)}")
+
+
+# ----- temporary, per-context interventions on module outputs (causal tracing, ROME) -----------
+OutputEdit = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+"""``fn(input, output) -> new output or None``: ``input`` is the module's first input (hidden
+states), ``output`` its output (the first element when the module returns a tuple)."""
+
+_INTERVENTIONS: contextvars.ContextVar[Mapping[int, OutputEdit] | None] = contextvars.ContextVar(
+    "instructedit_interventions", default=None)
+_INTERVENTION_HOOKED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+_INTERVENTION_LOCK = threading.Lock()
+
+
+def _intervention_hook(module: nn.Module, args: tuple, kwargs: dict, output):
+    edits = _INTERVENTIONS.get()
+    if not edits:
+        return None
+    fn = edits.get(id(module))
+    if fn is None:
+        return None
+    x = args[0] if args else kwargs.get("hidden_states", kwargs.get("input"))
+    main = output[0] if isinstance(output, tuple) else output
+    new = fn(x, main)
+    if new is None:
+        return None
+    return (new, *output[1:]) if isinstance(output, tuple) else new
+
+
+@contextlib.contextmanager
+def intervene(model: nn.Module, edits: Mapping[str, OutputEdit]) -> Iterator[None]:
+    """For the ``with`` body and in this context only, pass named modules' outputs through functions.
+
+    ``edits`` maps dotted module names to :data:`OutputEdit` functions, which may read the input
+    (a key, a state to record) and return a replacement output (a restored state, an added
+    vector) or None. A forward hook is installed once per module and reads a
+    :class:`~contextvars.ContextVar` (like the patch hooks of :mod:`instructedit.patches`), so
+    other threads running the same model at the same time see no intervention, and leaving the
+    block leaves the model exactly as it was. Nested blocks combine (inner names win).
+    """
+    modules = {name: model.get_submodule(name) for name in edits}
+    with _INTERVENTION_LOCK:
+        for module in modules.values():
+            if module not in _INTERVENTION_HOOKED:
+                module.register_forward_hook(_intervention_hook, with_kwargs=True)
+                _INTERVENTION_HOOKED.add(module)
+    current = dict(_INTERVENTIONS.get() or {})
+    current.update({id(modules[name]): fn for name, fn in edits.items()})
+    token = _INTERVENTIONS.set(current)
+    try:
+        yield
+    finally:
+        _INTERVENTIONS.reset(token)

@@ -5,8 +5,8 @@ For every edit, the editor turns the gradient factors ``(u_t, d_t)`` of each edi
 module, the last block's MLP output matrix, e.g. ``down_proj``): the mean over the edit's tokens
 of ``u~_t`` and of ``d~_t``, each scaled to unit length (so neither half dominates by scale),
 concatenated. Features are projected to 2-D by PCA and drawn coloured by task; the silhouette
-score (Euclidean, computed here in numpy) says how well the tasks separate, both in 2-D and in
-the full feature space. ``python -m instructedit analyze`` draws one editor's picture.
+score (Euclidean) says how well the tasks separate, both in 2-D and in the full feature space
+(both from scikit-learn). ``python -m instructedit analyze`` draws one editor's picture.
 """
 from __future__ import annotations
 
@@ -33,26 +33,27 @@ TASK_COLOURS = {"counterfact": "#1f77b4", "recent": "#ff7f0e", "convsent": "#2ca
 
 # ----- numerics ----------------------------------------------------------------------------------
 def pca_2d(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Project rows of ``features`` on their first two principal components.
+    """Project rows of ``features`` on their first two principal components (scikit-learn PCA).
 
-    Returns ``(coords (n, 2), explained_variance_ratio (2,))``.
+    Returns ``(coords (n, 2), explained_variance_ratio (2,))``; with fewer than two components
+    (one row or one feature) the missing column and ratio are zero.
     """
+    from sklearn.decomposition import PCA
+
     x = np.asarray(features, dtype=np.float64)
-    x = x - x.mean(axis=0, keepdims=True)
-    _, s, vt = np.linalg.svd(x, full_matrices=False)
-    k = min(2, vt.shape[0])
-    coords = x @ vt[:k].T
-    if k < 2:
-        coords = np.pad(coords, ((0, 0), (0, 2 - k)))
-    var = s ** 2
-    ratio = var[:2] / var.sum() if var.sum() > 0 else np.zeros(2)
-    return coords, np.pad(ratio, (0, 2 - len(ratio)))
+    k = min(2, *x.shape)
+    if k < 1 or not np.ptp(x, axis=0).any():  # no spread: nothing to project on
+        return np.zeros((len(x), 2)), np.zeros(2)
+    pca = PCA(n_components=k, svd_solver="full")
+    coords = pca.fit_transform(x)
+    ratio = pca.explained_variance_ratio_
+    return np.pad(coords, ((0, 0), (0, 2 - k))), np.pad(ratio, (0, 2 - k))
 
 
 def silhouette(points: np.ndarray, labels: Sequence[str]) -> float:
     """Mean silhouette coefficient (Euclidean): 1 = tight, separate clusters, 0 = overlapping.
 
-    Points in a cluster of one score 0 (as in scikit-learn); needs at least two clusters.
+    Points in a cluster of one score 0; needs at least two clusters.
     """
     return float(silhouette_samples(points, labels).mean())
 
@@ -60,27 +61,17 @@ def silhouette(points: np.ndarray, labels: Sequence[str]) -> float:
 def silhouette_by_label(points: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
     """Mean silhouette of each label's points (how well that one cluster stands apart)."""
     scores = silhouette_samples(points, labels)
-    return {name: round(float(np.mean([s for s, lab in zip(scores, labels, strict=True) if lab == name])), 4)
-            for name in dict.fromkeys(labels)}
+    labels = np.asarray(labels)
+    return {name: round(float(scores[labels == name].mean()), 4) for name in dict.fromkeys(labels.tolist())}
 
 
 def silhouette_samples(points: np.ndarray, labels: Sequence[str]) -> np.ndarray:
-    """The silhouette coefficient of every point (see :func:`silhouette`)."""
-    x = np.asarray(points, dtype=np.float64)
-    names = sorted(set(labels))
-    if len(names) < 2:
+    """The silhouette coefficient of every point (scikit-learn's, Euclidean)."""
+    from sklearn.metrics import silhouette_samples as sk_silhouette_samples
+
+    if len(set(labels)) < 2:
         raise ValueError("the silhouette needs at least two clusters")
-    lab = np.array([names.index(label) for label in labels])
-    dist = np.sqrt(np.maximum(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1), 0.0))
-    scores = np.zeros(len(x))
-    for i in range(len(x)):
-        same = lab == lab[i]
-        if same.sum() <= 1:
-            continue
-        a = dist[i, same].sum() / (same.sum() - 1)
-        b = min(dist[i, lab == c].mean() for c in range(len(names)) if c != lab[i] and (lab == c).any())
-        scores[i] = (b - a) / max(a, b) if max(a, b) > 0 else 0.0
-    return scores
+    return sk_silhouette_samples(np.asarray(points, dtype=np.float64), np.asarray(labels), metric="euclidean")
 
 
 # ----- features ----------------------------------------------------------------------------------

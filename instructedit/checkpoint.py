@@ -7,11 +7,8 @@ message that names both sides.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .backbone import Backbone
+from .io_utils import atomic_file, atomic_write_text, sha256_file
 from .mend import EditorConfig, MendNetwork
 
 log = logging.getLogger(__name__)
@@ -39,36 +37,6 @@ def backbone_signature(backbone: Backbone) -> dict:
     return {"model_id": backbone.model_id, "family": backbone.family,
             "model_type": info["model_type"], "hidden_size": info["hidden_size"],
             "num_layers": info["num_layers"], "vocab_size": info["vocab_size"]}
-
-
-def _write_temp(folder: Path, write) -> str:
-    """A finished temporary file in ``folder`` written by ``write(path)`` (removed if it fails)."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = _write_temp(path.parent, write)
-    try:
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_editor_checkpoint(path, network: MendNetwork, backbone: Backbone, *, name: str,
@@ -94,15 +62,11 @@ def save_editor_checkpoint(path, network: MendNetwork, backbone: Backbone, *, na
     # Everything that can fail on the data is done before the first file is replaced; the config,
     # written last, records the weights' checksum, so a folder whose two files come from two
     # different saves (a crash between the renames) is refused on load instead of trusted.
-    weights_tmp = _write_temp(folder, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    try:
-        config["weights_sha256"] = _sha256(weights_tmp)
+    with atomic_file(folder / WEIGHTS_FILE) as weights_tmp:
+        save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
+        config["weights_sha256"] = sha256_file(weights_tmp)
         text = json.dumps(config, indent=2) + "\n"
-        os.replace(weights_tmp, folder / WEIGHTS_FILE)
-    finally:
-        if os.path.exists(weights_tmp):
-            os.unlink(weights_tmp)
-    _atomic_write_bytes(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(folder / CONFIG_FILE, text)
     size = (folder / WEIGHTS_FILE).stat().st_size
     if size > MAX_CHECKPOINT_BYTES:
         log.warning("checkpoint %s is %.1f MiB, above the 16 MiB budget", folder, size / 2**20)
@@ -185,7 +149,7 @@ def load_editor_checkpoint(path, backbone: Backbone, *, strict: bool = True) -> 
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise CheckpointError(f"{weights_file}: tensor {key} holds NaN or inf values")
     recorded = config.get("weights_sha256")
-    if recorded is not None and recorded != _sha256(weights_file):
+    if recorded is not None and recorded != sha256_file(weights_file):
         raise CheckpointError(f"{weights_file} does not match {CONFIG_FILE} (its checksum differs): "
                               "the files come from different saves or were changed; save it again")
     network.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})

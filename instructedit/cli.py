@@ -1,4 +1,4 @@
-"""The command line: ``python -m instructedit <command> [--help]``.
+"""The command line: ``python -m instructedit <command> [--help]`` (``instructedit`` once installed).
 
 Subcommands are added by registration functions ``register(subparsers)`` (see
 :data:`REGISTRARS` and :data:`OPTIONAL_REGISTRARS`). A registration adds one or more parsers with
@@ -23,9 +23,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .logs import setup_logging
+
 log = logging.getLogger(__name__)
 
 PROG = "python -m instructedit"
+SCRIPT = "instructedit"  # the console script of the installed package (pyproject.toml)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EDITOR = Path("checkpoints/smollm2-135m/instructedit")
 DEFAULT_STEP_SIZE = 0.03
@@ -385,6 +388,7 @@ OPTIONAL_REGISTRARS: list[tuple[str, str]] = [
     ("instructedit.evaluate.cli", "register"),
     ("instructedit.bench", "register"),
     ("instructedit.analysis", "register"),
+    ("instructedit.tracing_cli", "register"),
 ]
 """(module, function) registrations used when the module can be imported."""
 
@@ -407,7 +411,8 @@ def optional_registrars() -> list[Registrar]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineArgumentParser(prog=PROG, description="InstructEdit Studio: instruction-based "
+    prog = SCRIPT if Path(sys.argv[0]).name == SCRIPT else PROG
+    parser = OneLineArgumentParser(prog=prog, description="InstructEdit Studio: instruction-based "
                                    "knowledge editing of language models.")
     _add_verbose(parser, default=0)
     subparsers = parser.add_subparsers(dest="command", metavar="<command>", required=True)
@@ -416,19 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if verbose < 1:  # third-party retries and notes; errors still surface as exceptions
-        for name in ("transformers", "huggingface_hub", "bitsandbytes", "accelerate"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (2 for user errors, printed as one line)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(getattr(args, "verbose", 0) or 0)
+    setup_logging(getattr(args, "verbose", 0) or 0)
     if getattr(args, "func", None) is None:
         parser.error(f"command {args.command!r} has no handler")
     try:

@@ -17,6 +17,7 @@ import torch
 
 from .backbone import Backbone
 from .instructions import build_edit_input
+from .keying import KEY_ON_SUBJECT, key_mask
 from .mend import EditorConfig, MendNetwork
 from .patch_rank import DEFAULT_PATCH_RANK
 from .patches import LayerPatch, Patch, PatchEngine
@@ -37,7 +38,8 @@ class EditRequest:
     """What to edit: a prompt, the new target, and how to instruct the editor.
 
     ``instruction``: an index into the task's instructions, ``"heldout"``, custom text, or
-    ``None`` for no instruction. ``topic``/``label`` fill ConvSent placeholders.
+    ``None`` for no instruction. ``topic``/``label`` fill ConvSent placeholders. ``subject``:
+    what the fact is about (editors keyed on the subject need it; see :mod:`instructedit.keying`).
     """
 
     prompt: str
@@ -48,6 +50,7 @@ class EditRequest:
     label: str | None = None
     rephrases: tuple[str, ...] = ()
     probes: tuple[str, ...] = ()
+    subject: str | None = None
 
     def edit_input(self, use_instructions: bool = True) -> str:
         """The text the editor sees (wrapped with the instruction when one is chosen)."""
@@ -104,14 +107,16 @@ HiddenFn = Callable[[AnswerBatch], torch.Tensor]
 
 def compute_batched_patch(network: MendNetwork, module_names: Sequence[str], batch: AnswerBatch,
                           final_hidden: HiddenFn, head_model, edit_rows: int | None = None,
-                          ) -> tuple[Patch, torch.Tensor]:
+                          key_mask: torch.Tensor | None = None) -> tuple[Patch, torch.Tensor]:
     """One patch per row of ``batch`` (factors with a leading batch dimension).
 
     ``final_hidden(batch)`` runs the model (all of it, or only its top from cached states) and
     returns final hidden states; the edited modules must be hooked by a :class:`PatchEngine`.
     The loss is the mean NLL of each row's answer tokens, summed over the first ``edit_rows``
     rows (all by default; rows are independent, so each row's gradients are its own; other rows
-    get all-zero factors). Also returns the detached answer logits of the unpatched pass.
+    get all-zero factors). ``key_mask`` (B, T) keeps only those positions' (u, d) in the update
+    (see :mod:`instructedit.keying`; default: every real token). Also returns the detached answer
+    logits of the unpatched pass.
     """
     with torch.enable_grad(), PatchEngine.capture(module_names) as capture:
         hidden = final_hidden(batch)
@@ -120,6 +125,8 @@ def compute_batched_patch(network: MendNetwork, module_names: Sequence[str], bat
         loss = nll.sum() if edit_rows is None else nll[:edit_rows].sum()
         grads = capture.output_gradients(loss)
     mask = batch.attention_mask.bool()
+    if key_mask is not None:
+        mask = mask & key_mask.to(mask.device)
     layers = {}
     for name in module_names:
         u = capture.inputs[name].float()
@@ -211,6 +218,17 @@ class Editor:
                                use_instructions=self.use_instructions, provenance=provenance)
 
     # ----- editing --------------------------------------------------------------------------
+    @property
+    def keyed_on_subject(self) -> bool:
+        return self.network.config.key_on == KEY_ON_SUBJECT
+
+    def key_mask(self, batch: AnswerBatch, inputs: Sequence[str],
+                 subjects: Sequence[str | None]) -> torch.Tensor | None:
+        """The positions each row's update is keyed on (None: every token)."""
+        if not self.keyed_on_subject:
+            return None
+        return key_mask(self.backbone.tokenizer, batch, inputs, subjects)
+
     def full_hidden(self, batch: AnswerBatch) -> torch.Tensor:
         model = self.backbone.model
         batch = batch.to(self.backbone.device)
@@ -229,9 +247,10 @@ class Editor:
         wrapped = request.edit_input(self.use_instructions)
         batch = tokenize_answers(self.backbone.tokenizer, [wrapped], [request.target],
                                  max_answer_tokens=MAX_TARGET_TOKENS).to(self.backbone.device)
+        keys = self.key_mask(batch, [wrapped], [request.subject or request.topic])
         with PatchEngine.activate([e.patch for e in active]):
             batched, _ = compute_batched_patch(self.network, self.module_names, batch,
-                                               self.full_hidden, self.backbone.model)
+                                               self.full_hidden, self.backbone.model, key_mask=keys)
         patch = unbatch_patch(batched, 0)
         patch.check_finite()
         patch = patch.truncated(self.patch_rank)

@@ -27,6 +27,9 @@ class EditorConfig:
         init_lr: initial step size of every edited module.
         normalize: normalise (u, d) by running statistics (off = raw gradient factors).
         norm_eps: floor added to running standard deviations.
+        key_on: which tokens of the edit input build the update: ``"all"`` (classic MEND) or
+            ``"subject"`` (the subject's tokens, where the request names a subject; see
+            :mod:`instructedit.keying`).
     """
 
     rank: int = 256
@@ -34,6 +37,11 @@ class EditorConfig:
     init_lr: float = 1e-3
     normalize: bool = True
     norm_eps: float = 1e-6
+    key_on: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.key_on not in ("all", "subject"):
+            raise ValueError(f"key_on must be 'all' or 'subject', got {self.key_on!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

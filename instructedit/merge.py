@@ -12,9 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +21,7 @@ import torch
 from torch import nn
 
 from .backbone import Backbone, BackboneError
+from .io_utils import atomic_folder
 from .patches import Patch
 
 log = logging.getLogger(__name__)
@@ -136,22 +134,9 @@ def merge_patches(backbone: Backbone, patches: Sequence[Any], out_dir, *, overwr
         "edits": [_edit_record(p) for p in patches],
         **(metadata or {}),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.merge-", dir=out.parent))
-    try:
-        work.chmod(0o755)  # mkdtemp makes a private (0700) folder; the result is a normal folder
+    with atomic_folder(out) as work:
         model.save_pretrained(work)
         backbone.tokenizer.save_pretrained(work)
         (work / MODEL_MARKER).write_text(json.dumps(marker, indent=2, default=str) + "\n")
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(work, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
     log.info("merged %d edit(s) into %d module(s): %s", len(patches), len(deltas), out)
     return out

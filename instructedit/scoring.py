@@ -56,6 +56,26 @@ def concat_batches(*batches: AnswerBatch, pad_id: int = 0) -> AnswerBatch:
                        torch.cat(tokens), lengths)
 
 
+def every_position(batch: AnswerBatch) -> tuple[AnswerBatch, torch.Tensor]:
+    """The same sequences scored at every next-token position (not only the answer's).
+
+    Returns the widened batch and a bool mask over its entries marking the original answer
+    positions (so answer-only metrics can still be read off the widened logits).
+    """
+    rows, positions = [], []
+    lengths = batch.attention_mask.sum(1).tolist()
+    for row, n in enumerate(lengths):
+        rows.extend([row] * (n - 1))
+        positions.extend(range(n - 1))
+    rows_t = torch.tensor(rows, dtype=torch.long, device=batch.input_ids.device)
+    pos_t = torch.tensor(positions, dtype=torch.long, device=batch.input_ids.device)
+    tokens = batch.input_ids[rows_t, pos_t + 1]
+    prompt_len = torch.tensor(batch.prompt_lengths, device=batch.input_ids.device)[rows_t]
+    is_answer = pos_t >= prompt_len - 1
+    return AnswerBatch(batch.input_ids, batch.attention_mask, rows_t, pos_t, tokens,
+                       batch.prompt_lengths), is_answer
+
+
 def answer_text(answer: str) -> str:
     """The answer as it is appended to its prompt (one leading space)."""
     return " " + answer.strip()

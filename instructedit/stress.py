@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .logs import setup_logging
+
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
@@ -656,10 +658,7 @@ def _real_service(args, limits):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for name in ("httpx", "gradio", "gradio_client", "uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    setup_logging(int(args.verbose), timestamps=True)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import torch
     from transformers.utils import logging as hf_logging

@@ -70,6 +70,20 @@ def test_pca_finds_the_main_directions():
     assert abs(np.corrcoef(coords[:, 0], x[:, 2])[0, 1]) > 0.99
 
 
+def test_pca_equals_the_svd_projection_up_to_the_sign_of_each_component():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((40, 6)) * np.array([5.0, 3.0, 1.0, 0.5, 0.2, 0.1])
+    centred = x - x.mean(axis=0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    coords, ratio = pca_2d(x)
+    expected = centred @ vt[:2].T
+    signs = np.sign((coords * expected).sum(axis=0))
+    np.testing.assert_allclose(coords * signs, expected, atol=1e-10)
+    np.testing.assert_allclose(ratio, (s**2)[:2] / (s**2).sum(), atol=1e-12)
+    # degenerate inputs: one row, or no spread at all
+    assert pca_2d(x[:1])[0].shape == (1, 2) and not pca_2d(np.ones((5, 3)))[1].any()
+
+
 def test_analyze_features_of_separated_clusters_and_figure(tmp_path):
     points, labels = clusters(0.2)
     result = analyze_features(GradientFeatures(points, labels, "m"), "ed", True, tmp_path / "f.png")

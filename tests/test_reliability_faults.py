@@ -18,6 +18,7 @@ import torch
 
 import instructedit.backbone as backbone_module
 import instructedit.checkpoint as checkpoint_module
+import instructedit.io_utils as io_utils_module
 import instructedit.ui.history as history_module
 import instructedit.ui.service as service_module
 from instructedit.backbone import BackboneError, convert_embedded_model, load_backbone
@@ -284,7 +285,7 @@ def test_checkpoint_write_failure_keeps_the_old_checkpoint(saved, backbone, monk
 
 
 def test_crash_between_the_two_files_is_refused_not_trusted(saved, backbone, monkeypatch):
-    real_replace = checkpoint_module.os.replace
+    real_replace = io_utils_module.os.replace  # the checkpoint writes through instructedit.io_utils
     calls = []
 
     def replace_then_die(src, dst):
@@ -293,7 +294,7 @@ def test_crash_between_the_two_files_is_refused_not_trusted(saved, backbone, mon
             raise KeyboardInterrupt
         return real_replace(src, dst)
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", replace_then_die)
+    monkeypatch.setattr(io_utils_module.os, "replace", replace_then_die)
     with pytest.raises(KeyboardInterrupt):
         Editor.untrained(backbone, step_size=0.7).save_pretrained(saved)
     monkeypatch.undo()

@@ -1,4 +1,5 @@
-"""The ``data`` command group: ``data stats --data DIR [--tokenizer-model M] [--json]``.
+"""The ``data`` command group: ``data stats --data DIR [--tokenizer-model M] [--json]`` and
+``data fetch --out DIR [--tasks ...] [--force]`` (download the benchmark files from the hub).
 
 The main CLI calls :func:`add_data_cli` with its subparsers; each leaf parser sets
 ``func`` to a handler ``(args) -> exit code``. ``python -m instructedit.data.cli data stats``
@@ -14,8 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from instructedit.data.fetch import DEFAULT_REVISION
 from instructedit.data.records import RecordError
 from instructedit.data.tasks import DEFAULT_DATA_DIR, TASKS, SplitError
+from instructedit.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +68,32 @@ def run_stats(args: argparse.Namespace) -> int:
     return 1 if stats.leak else 0
 
 
+def run_fetch(args: argparse.Namespace) -> int:
+    """Handler of ``data fetch``: 0 when every file is in place and readable, 2 otherwise."""
+    from instructedit.data.fetch import FetchError, fetch_data, format_results
+
+    if not getattr(args, "verbose", 0):  # no progress bars, and no retry notes before the error line
+        from huggingface_hub.utils import disable_progress_bars
+        from huggingface_hub.utils import logging as hub_logging
+
+        disable_progress_bars()
+        hub_logging.set_verbosity_error()
+    try:
+        results = fetch_data(args.out, tasks=args.tasks, revision=args.revision, force=args.force)
+    except (FetchError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=1))
+    else:
+        print(format_results(results, args.out))
+    return 0
+
+
 def add_data_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``data`` command (with its ``stats`` subcommand) to an argparse subparsers object."""
-    data = subparsers.add_parser("data", help="inspect the editing datasets",
-                                 description="Inspect the editing datasets.")
+    """Add the ``data`` command (``stats`` and ``fetch``) to an argparse subparsers object."""
+    data = subparsers.add_parser("data", help="get and inspect the editing datasets",
+                                 description="Get and inspect the editing datasets.")
     commands = data.add_subparsers(dest="data_command", metavar="COMMAND")
     commands.required = True
     stats = commands.add_parser(
@@ -87,6 +112,24 @@ def add_data_cli(subparsers: Any) -> argparse.ArgumentParser:
     stats.add_argument("--include-knowedit", action="store_true",
                        help="add counterfact/knowedit-train_cf.json to CounterFact training")
     stats.set_defaults(func=run_stats)
+    fetch = commands.add_parser(
+        "fetch", help="download the benchmark files from the Hugging Face hub",
+        description="Download the benchmark files (KnowEdit and the EasyEdit CounterFact splits) "
+                    "from the Hugging Face hub, check that each parses with this project's loaders "
+                    "and lay them out as docs/data.md describes. Honours HF_ENDPOINT (a mirror). "
+                    "Exit code 2 when a file cannot be downloaded or read.")
+    fetch.add_argument("--out", default=DEFAULT_DATA_DIR,
+                       help="data folder to fill (default: %(default)s)")
+    fetch.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS),
+                       help="tasks whose files to fetch (default: all)")
+    fetch.add_argument("--revision", default=DEFAULT_REVISION,
+                       help="hub revision (branch, tag or commit) of every source (default: %(default)s)")
+    fetch.add_argument("--force", action="store_true",
+                       help="download again files that are already present and readable")
+    fetch.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    fetch.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                       help="log more, with progress bars and the hub library's retries")
+    fetch.set_defaults(func=run_fetch)
     return data
 
 
@@ -95,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="instructedit")
     add_data_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     return args.func(args)
 
 

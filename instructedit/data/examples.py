@@ -1,9 +1,9 @@
-"""The shipped example edits (``assets/examples.json``): a few test-split records per task.
+"""The shipped example edits (``instructedit/assets/examples.json``): a few test-split records per task.
 
 The file is a JSON list of canonical records, so ``load_records`` reads it too. Rebuild it
 from a data folder with::
 
-    python -m instructedit.data.examples --data data --out assets/examples.json
+    python -m instructedit.data.examples --data data --out instructedit/assets/examples.json
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from instructedit.data.formats import load_records
 from instructedit.data.records import EditRecord
 
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "assets" / "examples.json"
+DEFAULT_PATH = Path(__file__).resolve().parents[1] / "assets" / "examples.json"
 
 # Test-split records chosen for well-known subjects (CounterFact, ConvSent) or short answers.
 EXAMPLE_IDS: dict[str, tuple[str, ...]] = {
@@ -88,7 +88,7 @@ def load_examples(task: str | None = None, path: str | Path | None = None) -> li
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Rebuild assets/examples.json from test splits.")
+    parser = argparse.ArgumentParser(description="Rebuild instructedit/assets/examples.json from test splits.")
     parser.add_argument("--data", default="data", help="data folder (default: %(default)s)")
     parser.add_argument("--out", default=str(DEFAULT_PATH), help="output file")
     args = parser.parse_args(argv)

@@ -4,11 +4,11 @@ A bag-of-words (unigrams + bigrams, binary) logistic regression trained with num
 positive/negative responses of the ConvSent *training* split (topics of
 ``convsent/blender_val.json`` outside the validation topics). Only the ``top_n`` features with
 the largest weights are kept, so the weights ship as a small JSON file
-(``assets/sentiment_lexicon.json``). Scoring is pure Python.
+(``instructedit/assets/sentiment_lexicon.json``). Scoring is pure Python.
 
 Rebuild::
 
-    python -m instructedit.data.sentiment --data data --out assets/sentiment_lexicon.json
+    python -m instructedit.data.sentiment --data data --out instructedit/assets/sentiment_lexicon.json
 """
 from __future__ import annotations
 
@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from instructedit.logs import setup_logging
+
 log = logging.getLogger(__name__)
 
 FORMAT = "instructedit-sentiment-v1"
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "assets" / "sentiment_lexicon.json"
+DEFAULT_PATH = Path(__file__).resolve().parents[1] / "assets" / "sentiment_lexicon.json"
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[!?]")
 _NEGATED = re.compile(r"n't\b")
 
@@ -88,7 +90,7 @@ class SentimentScorer:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> SentimentScorer:
-        """Load saved weights (default: the shipped ``assets/sentiment_lexicon.json``)."""
+        """Load saved weights (default: the shipped ``instructedit/assets/sentiment_lexicon.json``)."""
         path = Path(path) if path is not None else DEFAULT_PATH
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no sentiment weights; rebuild them with "
@@ -199,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--top-n", type=int, default=6000, help="features kept")
     parser.add_argument("--l2", type=float, default=3e-5, help="L2 penalty")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     scorer, acc = build(args.data, args.out, seed=args.seed, top_n=args.top_n, l2=args.l2)
     size = Path(args.out).stat().st_size
     print(f"wrote {args.out} ({len(scorer.weights)} features, {size / 1024:.0f} KiB)")

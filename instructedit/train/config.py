@@ -25,6 +25,14 @@ class TrainConfig:
         patience: validations without improvement before early stopping.
         max_answer_tokens: answers are cut to this many tokens (ConvSent responses are long).
         threads: torch CPU threads (None: torch's default).
+        layers: edited blocks (None: the last ``last_n_layers``); matrices: edited MLP matrices
+            (None: all of the family's MLP matrices).
+        key_on: ``"all"`` tokens or the ``"subject"``'s tokens build the update (see keying.py).
+        plain_loss: the outer loss also scores the plain (unwrapped) prompt or rephrase.
+        plain_rephrase_share: how often that plain input is a rephrase rather than the prompt.
+        neighbour_locality: a same-template neighbour (another subject in the edit's sentence,
+            from the training pool) is held still besides the dataset's locality probe.
+        kl_all_positions: the locality KL covers every position of the locality texts.
     """
 
     model: str = "smollm2-135m"
@@ -54,11 +62,21 @@ class TrainConfig:
     threads: int | None = None
     cached: bool = True
     name: str = "instructedit"
+    layers: tuple[int, ...] | None = None
+    matrices: tuple[str, ...] | None = None
+    key_on: str = "all"
+    plain_loss: bool = False
+    plain_rephrase_share: float = 0.5
+    neighbour_locality: bool = False
+    kl_all_positions: bool = False
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["tasks"] = list(self.tasks)
+        for key in ("layers", "matrices"):
+            if data[key] is not None:
+                data[key] = list(data[key])
         return data
 
     @classmethod
@@ -70,6 +88,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
         data.update({k: v for k, v in overrides.items() if v is not None})
-        if "tasks" in data:
-            data["tasks"] = tuple(data["tasks"])
+        for key in ("tasks", "layers", "matrices"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
         return cls(**data)

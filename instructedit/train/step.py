@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..editor import compute_batched_patch
+from ..keying import key_mask
 from ..mend import MendNetwork
 from ..patches import PatchEngine
 from ..scoring import (
@@ -19,6 +20,7 @@ from ..scoring import (
     agreement,
     answer_logits_from_hidden,
     concat_batches,
+    every_position,
     kl_per_row,
     score_answers,
     tokenize_answers,
@@ -30,10 +32,18 @@ HiddenFn = Callable[[AnswerBatch], torch.Tensor]
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Outer-loss weights: ``c_edit * NLL(edit+outer) + c_loc * KL(locality)``."""
+    """Outer-loss weights: ``c_edit * NLL(edit, outer, plain) + c_loc * KL(locality, neighbour)``.
+
+    ``plain``: also score the edit on the plain (unwrapped) prompt or rephrase.
+    ``neighbour``: also hold a same-template neighbour still (hard negative).
+    ``all_positions``: the KL covers every position of the locality texts, not only the answer.
+    """
 
     c_edit: float = 1.0
     c_loc: float = 1.0
+    plain: bool = False
+    neighbour: bool = False
+    all_positions: bool = False
 
 
 @dataclass
@@ -47,44 +57,85 @@ class StepResult:
     generalization: torch.Tensor   # (B,) token accuracy on the outer input
     locality: torch.Tensor         # (B,) pre/post argmax agreement on locality answers
     tasks: list[str]
+    plain: torch.Tensor | None = None      # (B,) token accuracy on the plain input
+    neighbour: torch.Tensor | None = None  # (B,) pre/post agreement on the neighbour's answer
+
+
+@dataclass
+class ExampleBatches:
+    """The tokenized texts of a batch of examples (``plain``/``neighbour`` only when used)."""
+
+    edit: AnswerBatch
+    outer: AnswerBatch
+    locality: AnswerBatch
+    plain: AnswerBatch | None = None
+    neighbour: AnswerBatch | None = None
+    key_mask: torch.Tensor | None = None
+
+    def to(self, device) -> ExampleBatches:
+        def move(b):
+            return None if b is None else b.to(device)
+        return ExampleBatches(self.edit.to(device), self.outer.to(device), self.locality.to(device),
+                              move(self.plain), move(self.neighbour), move(self.key_mask))
 
 
 def tokenize_examples(tokenizer, examples: Sequence[TrainingExample], max_answer_tokens: int = 32,
-                      ) -> tuple[AnswerBatch, AnswerBatch, AnswerBatch]:
-    """(edit, outer, locality) answer batches of ``examples``."""
-    edit = tokenize_answers(tokenizer, [e.edit_prompt for e in examples], [e.target for e in examples],
-                            max_answer_tokens)
-    outer = tokenize_answers(tokenizer, [e.outer_prompt for e in examples],
-                             [e.outer_target for e in examples], max_answer_tokens)
-    loc = tokenize_answers(tokenizer, [e.locality_prompt for e in examples],
-                           [e.locality_answer for e in examples], max_answer_tokens)
-    return edit, outer, loc
+                      weights: LossWeights | None = None, key_on_subject: bool = False,
+                      ) -> ExampleBatches:
+    """The answer batches of ``examples`` (and the subject key mask when keyed on subjects)."""
+    weights = weights or LossWeights()
+
+    def tok(prompts, answers):
+        return tokenize_answers(tokenizer, prompts, answers, max_answer_tokens)
+
+    edit = tok([e.edit_prompt for e in examples], [e.target for e in examples])
+    outer = tok([e.outer_prompt for e in examples], [e.outer_target for e in examples])
+    loc = tok([e.locality_prompt for e in examples], [e.locality_answer for e in examples])
+    plain = neighbour = mask = None
+    if weights.plain:
+        plain = tok([e.plain_prompt or e.edit_prompt for e in examples],
+                    [e.target if e.task != "convsent" else e.outer_target for e in examples])
+    if weights.neighbour:
+        neighbour = tok([e.neighbour_prompt or e.locality_prompt for e in examples],
+                        [e.neighbour_answer or e.locality_answer for e in examples])
+    if key_on_subject:
+        mask = key_mask(tokenizer, edit, [e.edit_prompt for e in examples],
+                        [e.subject for e in examples])
+    return ExampleBatches(edit, outer, loc, plain, neighbour, mask)
 
 
 def meta_step(network: MendNetwork, module_names: Sequence[str], head_model, final_hidden: HiddenFn,
               examples: Sequence[TrainingExample], tokenizer, weights: LossWeights,
-              pad_id: int = 0, batches: tuple[AnswerBatch, AnswerBatch, AnswerBatch] | None = None,
+              pad_id: int = 0, batches: ExampleBatches | None = None,
               ) -> StepResult:
     """Edit every example independently and compute the outer loss and metrics."""
     n = len(examples)
     device = next(head_model.parameters()).device
-    edit, outer, loc = (b.to(device) for b in (batches or tokenize_examples(tokenizer, examples)))
-    patch, _ = compute_batched_patch(network, module_names, edit, final_hidden, head_model)
-    with torch.no_grad():
-        pre_loc_logits = answer_logits_from_hidden(head_model, final_hidden(loc), loc)
+    batches = (batches or tokenize_examples(tokenizer, examples, weights=weights)).to(device)
+    patch, _ = compute_batched_patch(network, module_names, batches.edit, final_hidden, head_model,
+                                     key_mask=batches.key_mask)
     # Locality rows are short and unwrapped: run them apart from the long wrapped rows (no padding waste).
-    pair = concat_batches(edit, outer, pad_id=pad_id)
+    loc_parts = [batches.locality] + ([batches.neighbour] if batches.neighbour is not None else [])
+    loc = concat_batches(*loc_parts, pad_id=pad_id)
+    scored_loc, is_answer = every_position(loc) if weights.all_positions else (loc, None)
+    with torch.no_grad():
+        pre_loc_logits = answer_logits_from_hidden(head_model, final_hidden(scored_loc), scored_loc)
+    edit_parts = [batches.edit, batches.outer] + ([batches.plain] if batches.plain is not None else [])
+    pair = concat_batches(*edit_parts, pad_id=pad_id)
     rows = torch.arange(n, device=device)
-    with PatchEngine.activate(patch.select_rows(torch.cat([rows, rows]))):
+    with PatchEngine.activate(patch.select_rows(torch.cat([rows] * len(edit_parts)))):
         pair_logits = answer_logits_from_hidden(head_model, final_hidden(pair), pair)
-    with PatchEngine.activate(patch):
-        loc_post_logits = answer_logits_from_hidden(head_model, final_hidden(loc), loc)
+    with PatchEngine.activate(patch.select_rows(torch.cat([rows] * len(loc_parts)))):
+        loc_post_logits = answer_logits_from_hidden(head_model, final_hidden(scored_loc), scored_loc)
     scores = score_answers(pair_logits, pair)
-    kl = kl_per_row(pre_loc_logits, loc_post_logits, loc)
+    kl = kl_per_row(pre_loc_logits, loc_post_logits, scored_loc)
     nll = scores.mean_nll
     loss = weights.c_edit * nll.mean() + weights.c_loc * kl.mean()
-    locality = agreement(pre_loc_logits.argmax(-1), loc_post_logits.argmax(-1), loc)
+    if is_answer is not None:
+        pre_loc_logits, loc_post_logits = pre_loc_logits[is_answer], loc_post_logits[is_answer]
+    agree = agreement(pre_loc_logits.argmax(-1), loc_post_logits.argmax(-1), loc).detach()
+    accuracy = scores.token_accuracy.detach()
     return StepResult(loss, float(nll.detach().mean()), float(kl.detach().mean()),
-                      scores.token_accuracy[:n].detach(),
-                      scores.token_accuracy[n: 2 * n].detach(), locality.detach(),
-                      [e.task for e in examples])
+                      accuracy[:n], accuracy[n: 2 * n], agree[:n], [e.task for e in examples],
+                      plain=accuracy[2 * n: 3 * n] if batches.plain is not None else None,
+                      neighbour=agree[n: 2 * n] if batches.neighbour is not None else None)

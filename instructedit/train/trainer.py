@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..backbone import Backbone, load_backbone
 from ..checkpoint import save_editor_checkpoint
 from ..data.mixing import iter_mixed
+from ..data.neighbours import NeighbourIndex
 from ..data.records import EditRecord
 from ..data.tasks import load_split
 from ..editor import Editor
@@ -54,12 +55,14 @@ def _fallback_locality(records: Sequence[EditRecord]) -> list[tuple[str, str]]:
 
 
 def render_records(records: Sequence[EditRecord], seed: int, use_instructions: bool, salt: str,
-                   fallback: Sequence[tuple[str, str]]) -> list[TrainingExample]:
+                   fallback: Sequence[tuple[str, str]], neighbours: NeighbourIndex | None = None,
+                   plain_rephrase_share: float = 0.5) -> list[TrainingExample]:
     """Render records with their fixed instruction and a seeded choice of rephrase/probe."""
     out = []
     for r in records:
         rng = random.Random(f"{salt}:{seed}:{r.task}:{r.id}")
-        out.append(render_example(r, _instruction_for(r, seed, use_instructions), rng, fallback))
+        out.append(render_example(r, _instruction_for(r, seed, use_instructions), rng, fallback,
+                                  neighbours, plain_rephrase_share))
     return out
 
 
@@ -70,6 +73,7 @@ class TrainingData:
     pools: dict[str, list[EditRecord]]
     validation: dict[str, list[TrainingExample]]
     fallback_locality: list[tuple[str, str]]
+    neighbours: NeighbourIndex | None = None
 
 
 def load_training_data(config: TrainConfig) -> TrainingData:
@@ -78,17 +82,24 @@ def load_training_data(config: TrainConfig) -> TrainingData:
         raise ValueError("zsre is the held-out task: it is never trained on")
     pools, validation = {}, {}
     fallback: list[tuple[str, str]] = []
+    train_records: list[EditRecord] = []
     for task in config.tasks:
         train = load_split(config.data, task, "train", config.seed)
+        train_records += train
         rng = random.Random(f"pool:{config.seed}:{task}")
         pools[task] = rng.sample(train, min(config.pool_per_task, len(train)))
         fallback += _fallback_locality(pools[task])
+    # Neighbours come from the whole train split (the pool's own subjects are too few per template);
+    # validation neighbours from the val split, so no validation text is ever trained on.
+    neighbours = NeighbourIndex(train_records) if config.neighbour_locality else None
     for task in config.tasks:
         val = load_split(config.data, task, "val", config.seed)
         rng = random.Random(f"val:{config.seed}:{task}")
         chosen = rng.sample(val, min(config.val_per_task, len(val)))
-        validation[task] = render_records(chosen, config.seed, config.use_instructions, "val", fallback)
-    return TrainingData(pools, validation, fallback)
+        val_neighbours = NeighbourIndex(val) if config.neighbour_locality else None
+        validation[task] = render_records(chosen, config.seed, config.use_instructions, "val", fallback,
+                                          val_neighbours, config.plain_rephrase_share)
+    return TrainingData(pools, validation, fallback, neighbours)
 
 
 def _save_state(path: Path, state: dict) -> None:
@@ -99,6 +110,19 @@ def _save_state(path: Path, state: dict) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _success_and_specificity(per_task: dict[str, dict]) -> tuple[float, float]:
+    """Mean over tasks of edit success (wrapped and, where measured, plain reliability) and of
+    specificity (locality and, where measured, the neighbour's agreement)."""
+    def mean_of(m: dict, keys: tuple[str, ...]) -> float:
+        values = [m[k] for k in keys if k in m]
+        return sum(values) / len(values)
+
+    tasks = list(per_task.values())
+    success = sum(mean_of(m, ("reliability", "plain")) for m in tasks) / len(tasks)
+    specificity = sum(mean_of(m, ("locality", "neighbour")) for m in tasks) / len(tasks)
+    return success, specificity
 
 
 class Trainer:
@@ -115,10 +139,15 @@ class Trainer:
         self.distributed = DistributedContext.create()
         self.backbone = backbone or load_backbone(config.model, config.quant,
                                                   device=self.distributed.device())
-        names = self.backbone.edited_module_names(config.last_n_layers)
+        names = self.backbone.edited_module_names(config.last_n_layers, layers=config.layers,
+                                                  matrices=config.matrices)
         self.module_names = names
         torch.manual_seed(config.seed)
-        editor_config = EditorConfig(rank=config.rank, n_blocks=config.n_blocks, init_lr=config.init_lr)
+        editor_config = EditorConfig(rank=config.rank, n_blocks=config.n_blocks, init_lr=config.init_lr,
+                                     key_on=config.key_on)
+        self.weights = LossWeights(config.c_edit, config.c_loc, plain=config.plain_loss,
+                                   neighbour=config.neighbour_locality,
+                                   all_positions=config.kl_all_positions)
         self.network = MendNetwork(Editor.module_shapes(self.backbone, names), editor_config)
         self.network.to(self.backbone.device)
         PatchEngine.for_model(self.backbone.model, names)
@@ -177,7 +206,8 @@ class Trainer:
             record = item.record
             rng = random.Random(f"train:{self.config.seed}:{step}:{i}")
             instruction = _instruction_for(record, self.config.seed, self.config.use_instructions)
-            out.append(render_example(record, instruction, rng, self.data.fallback_locality))
+            out.append(render_example(record, instruction, rng, self.data.fallback_locality,
+                                      self.data.neighbours, self.config.plain_rephrase_share))
         return out
 
     def _stream(self):
@@ -189,10 +219,10 @@ class Trainer:
     # ----- steps ---------------------------------------------------------------------------
     def run_step(self, examples: Sequence[TrainingExample]):
         tok = self.backbone.tokenizer
-        batches = tokenize_examples(tok, examples, self.config.max_answer_tokens)
+        batches = tokenize_examples(tok, examples, self.config.max_answer_tokens, self.weights,
+                                    key_on_subject=self.config.key_on == "subject")
         return meta_step(self.network, self.module_names, self.backbone.model, self.forward, examples,
-                         tok, LossWeights(self.config.c_edit, self.config.c_loc),
-                         pad_id=tok.pad_token_id or 0, batches=batches)
+                         tok, self.weights, pad_id=tok.pad_token_id or 0, batches=batches)
 
     def validate(self) -> dict:
         """Metrics per task on the fixed validation examples (network frozen)."""
@@ -200,21 +230,19 @@ class Trainer:
         metrics: dict = {}
         try:
             for task, examples in self.data.validation.items():
-                rel, gen, loc = [], [], []
+                parts: dict[str, list[torch.Tensor]] = {}
                 for i in range(0, len(examples), 8):
                     with torch.no_grad():
                         result = self.run_step(examples[i: i + 8])
-                    rel.append(result.reliability)
-                    gen.append(result.generalization)
-                    loc.append(result.locality)
-                metrics[task] = {"reliability": float(torch.cat(rel).mean()),
-                                 "generalization": float(torch.cat(gen).mean()),
-                                 "locality": float(torch.cat(loc).mean()), "n": len(examples)}
+                    for key in ("reliability", "generalization", "locality", "plain", "neighbour"):
+                        value = getattr(result, key)
+                        if value is not None:
+                            parts.setdefault(key, []).append(value)
+                metrics[task] = {k: float(torch.cat(v).mean()) for k, v in parts.items()}
+                metrics[task]["n"] = len(examples)
         finally:
             self.network.train()
-        mean_rel = sum(m["reliability"] for m in metrics.values()) / len(metrics)
-        mean_loc = sum(m["locality"] for m in metrics.values()) / len(metrics)
-        metrics["score"] = validation_score(mean_rel, mean_loc)
+        metrics["score"] = validation_score(*_success_and_specificity(metrics))
         return metrics
 
     def _log(self, record: dict) -> None:
