@@ -45,7 +45,7 @@ def test_results_writes_all_sections(capsys, setup, tiny_llama_dir):
                          "--no-progress")
     assert code == 0, captured.err
     text = out.read_text()
-    for heading in ("## 1. Multi-task and hold-out editing", "## 2. Seen vs unseen instructions",
+    for heading in ("## What a user sees (plain protocol)", "## 1. Multi-task and hold-out editing", "## 2. Seen vs unseen instructions",
                     "## 3. Quantized backbones", "## 3b. How edits are stored",
                     "## 4. Transformed gradients", "## 5. Task scaling"):
         assert heading in text
@@ -60,6 +60,25 @@ def test_results_writes_all_sections(capsys, setup, tiny_llama_dir):
     assert "](figures/pca_instructedit.png)" in text
     assert "Chosen:" in text                               # the step-size sweep ran
     assert re.search(r"limit 2 records per task", text)
+
+
+def test_results_sections_pick_what_runs(capsys, setup, tiny_llama_dir):
+    root, data = setup
+    out = root / "user.md"
+    code, captured = run(capsys, "results", "--data", str(data), "--out", str(out),
+                         "--model", str(tiny_llama_dir), "--instructedit", str(root / "ck" / "instructedit"),
+                         "--baseline", str(root / "ck" / "mend-multitask"), "--sections", "user",
+                         "--user-quant", "none", "--user-limit", "2", "--step-size", "0.5",
+                         "--no-progress")
+    assert code == 0, captured.err
+    text = out.read_text()
+    assert "## What a user sees (plain protocol)" in text and "## 1. Multi-task" not in text
+    assert "| NS |" in text or " NS |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| InstructEdit | CounterFact |")]
+    assert len(rows) == 1 and "n/a" not in rows[0]
+    code, captured = run(capsys, "results", "--data", str(data), "--out", str(out),
+                         "--sections", "user,bogus", "--no-progress")
+    assert code != 0 and "bogus" in captured.err
 
 
 def test_results_with_missing_checkpoints_still_writes(capsys, setup, tiny_llama_dir):

@@ -87,7 +87,8 @@ def test_summarize_averages_present_values_per_record():
     assert s.target_prob_lift == pytest.approx(math.log(4))  # post/pre probability ratio 4
     assert s.target_prob_pre == pytest.approx(0.1) and s.target_prob_post == pytest.approx(0.4)
     assert s.edit_latency_ms == pytest.approx(20.0)
-    assert s.counts == {"generalization": 1, "locality": 2, "portability": 0, "sentiment_success": 0}
+    assert s.counts == {"generalization": 1, "locality": 2, "portability": 0, "sentiment_success": 0,
+                        "neighbourhood_score": 0}
     assert s.sentiment_success is None and s.kl_drawdown is None
 
 

@@ -11,6 +11,9 @@ log = logging.getLogger(__name__)
 SUMMARY_ROWS = ("n", "task", "reliability", "reliability_pre", "generalization", "locality",
                 "locality_kl", "portability", "target_prob_pre", "target_prob_post",
                 "target_prob_lift", "sentiment_success", "kl_drawdown", "fluency",
+                "plain_reliability", "plain_generalization", "generation_success",
+                "neighbourhood_score", "neighbour_unchanged", "neighbour_bleed", "unrelated_bleed",
+                "plain_fluency_pre", "plain_fluency", "fluency_ratio",
                 "edit_latency_ms", "seconds")
 
 
@@ -58,6 +61,9 @@ def register_eval(subparsers) -> None:
     p.add_argument("--generation-tokens", type=int, default=20,
                    help="greedy tokens for ConvSent sentiment success (default: %(default)s)")
     p.add_argument("--no-sentiment", action="store_true", help="skip ConvSent generations")
+    p.add_argument("--no-plain", action="store_true",
+                   help="skip the plain protocol (what a user sees: plain prompts, neighbours, "
+                        "continuations; needs generation: slower)")
     add_eval_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", default=None, help="also write the JSON object to this file")
@@ -93,8 +99,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
-        records = limit_records(load_eval_records(args.data, args.task, args.split, args.seed),
-                                args.limit, args.seed)
+        pool = load_eval_records(args.data, args.task, args.split, args.seed)
+        records = limit_records(pool, args.limit, args.seed)
     except (SelectionError, SplitError, RecordError, OSError) as exc:
         raise CliError(str(exc)) from exc
     if not records:
@@ -110,8 +116,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     instruction = parse_instruction(args.instruction)
     config = EvalConfig(instruction=instruction, batch_size=args.batch_size, seed=args.seed,
                         max_probes=args.max_probes, generation_tokens=args.generation_tokens,
-                        sentiment=not args.no_sentiment, progress=not args.no_progress)
-    result = Evaluator(backbone, editor, config).run(records)
+                        sentiment=not args.no_sentiment, progress=not args.no_progress,
+                        plain=not args.no_plain)
+    # same-template neighbours come from the whole split, not only the sampled records
+    result = Evaluator(backbone, editor, config, neighbour_pool=pool).run(records)
     out = {**result.summary.to_dict(), "model_id": backbone.model_id,
            "quantization": backbone.config.quant, "editor": editor_label(editor),
            "use_instructions": True if editor is None else editor.use_instructions,

@@ -14,15 +14,18 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
+from .plain import PlainResult, PlainSummary
+
 
 @dataclass
-class RecordResult:
+class RecordResult(PlainResult):
     """The measurements of one edit.
 
     ``reliability``/``reliability_pre``: token accuracy of the target on the edit input after /
     before the edit. ``target_logprob_*``: mean per-token log-probability of the target on the
     edit input. ``locality``: argmax agreement on locality answers; ``locality_kl``: mean
     KL(pre || post) there. ``sentiment_success``/``fluency``/``generation``: ConvSent only.
+    The plain protocol's fields come from :class:`~instructedit.evaluate.plain.PlainResult`.
     """
 
     id: str
@@ -69,7 +72,7 @@ def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float
 
 
 @dataclass
-class EvalSummary:
+class EvalSummary(PlainSummary):
     """Means over records of :class:`RecordResult` (what ``eval --json`` prints).
 
     ``target_prob_lift`` is the mean gain in per-token target log-probability on the edit input
@@ -125,6 +128,8 @@ def summarize(results: Sequence[RecordResult], seconds: float) -> EvalSummary:
         counts={name: sum(getattr(r, name) is not None for r in results)
                 for name in ("generalization", "locality", "portability", "sentiment_success")},
     )
+    summary.fill(m)
+    summary.counts["neighbourhood_score"] = sum(r.neighbourhood_score is not None for r in results)
     if convsent:
         summary.sentiment_success = mean_or_none(r.sentiment_success for r in convsent)
         summary.kl_drawdown = mean_or_none(r.locality_kl for r in convsent)

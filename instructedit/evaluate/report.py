@@ -11,7 +11,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .inputs import SEEN
-from .results import EVAL_TASKS, FRESH_INSTRUCTIONS, METHODS, Outcome, ResultsData, _mean, harmonic
+from .results import (
+    EVAL_TASKS,
+    FRESH_INSTRUCTIONS,
+    METHODS,
+    USER_TASKS,
+    Outcome,
+    ResultsData,
+    _mean,
+    harmonic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +123,7 @@ def method_row_note(data: ResultsData, method: str) -> str:
     if method == "Unedited":
         return "no edit: the floor (locality is 100 by definition)"
     if method == "Gradient step":
-        return f"one plain gradient step, size {data.step_size:g}"
+        return f"one plain gradient step, size {data.step_size or 0:g}"
     card = data.editors.get(method)
     if not card:
         return "checkpoint missing"
@@ -504,6 +513,111 @@ def section_scaling(data: ResultsData) -> str:
                               table(["Training tasks", "ZsRE Rel.", "ZsRE Gen.", "ZsRE Loc."], rows), ""])
 
 
+# ----- what a user sees (plain protocol) -------------------------------------------------------------
+USER_METRICS = (("plain_reliability", "Plain rel."), ("plain_generalization", "Plain gen."),
+                ("generation_success", "Gen. success"), ("neighbourhood_score", "NS"),
+                ("neighbour_unchanged", "Nbr. unchanged"), ("neighbour_bleed", "Nbr. bleed"),
+                ("unrelated_bleed", "Unrel. bleed"), ("fluency_ratio", "Fluency"))
+LOWER_IS_BETTER = {"neighbour_bleed", "unrelated_bleed"}
+USER_GOALS = (("plain_reliability", ">=", 0.95), ("generation_success", ">=", 0.90),
+              ("plain_generalization", ">=", 0.70), ("neighbour_bleed", "<=", 0.10),
+              ("unrelated_bleed", "<=", 0.02), ("fluency_ratio", ">=", 0.97))
+"""The shipped InstructEdit editor's goals on CounterFact (NS: within 0.05 of the unedited model)."""
+NS_MARGIN = 0.05
+
+
+def _user_cell(key: str, value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if key == "fluency_ratio" else pct(value)
+
+
+def goal_checks(data: ResultsData, method: str = "InstructEdit", task: str = "counterfact") -> list[tuple[str, bool]]:
+    """(sentence, met) for each goal of the shipped editor, from this run's numbers."""
+    outcome = data.user.get(method, {}).get(task)
+    if outcome is None or not outcome.ok:
+        return []
+    checks = []
+    for key, op, bound in USER_GOALS:
+        value = outcome.get(key)
+        if value is None:
+            continue
+        met = value >= bound if op == ">=" else value <= bound
+        label = dict(USER_METRICS)[key]
+        shown = _user_cell(key, value)
+        goal = f"{bound:.2f}" if key == "fluency_ratio" else pct(bound)
+        checks.append((f"{label} {shown} (goal {op} {goal})", met))
+    ceiling = data.user.get("Unedited", {}).get(task)
+    ns = outcome.get("neighbourhood_score")
+    if ceiling is not None and ceiling.ok and ns is not None and ceiling.get("neighbourhood_score") is not None:
+        top = ceiling.get("neighbourhood_score")
+        checks.append((f"NS {pct(ns)} vs {pct(top)} unedited (goal: within {pct(NS_MARGIN)} points)",
+                       ns >= top - NS_MARGIN))
+    return checks
+
+
+def findings_user(data: ResultsData) -> list[str]:
+    lines = []
+    checks = goal_checks(data)
+    if checks:
+        met = [c for c, ok in checks if ok]
+        missed = [c for c, ok in checks if not ok]
+        lines.append(f"InstructEdit on CounterFact meets {len(met)} of {len(checks)} goals"
+                     + (f": {'; '.join(met)}" if met else "") + "."
+                     + (f" Missed: {'; '.join(missed)}." if missed else ""))
+    ie, base = data.user.get("InstructEdit", {}), data.user.get("MEND multi-task", {})
+    paper_ie, paper_base = data.table3.get("InstructEdit", {}), data.table3.get("MEND multi-task", {})
+    for task in USER_TASKS:
+        a, b = ie.get(task), base.get(task)
+        if not (a and b and a.ok and b.ok):
+            continue
+        gap = points(a.get("plain_reliability"), b.get("plain_reliability"))
+        pa, pb = paper_ie.get(task), paper_base.get(task)
+        paper_gap = points(pa.get("reliability"), pb.get("reliability")) if pa and pb and pa.ok and pb.ok else None
+        verdict = ("holds under both protocols" if gap is not None and paper_gap is not None and gap > 0 and paper_gap > 0
+                   else "does not hold under both protocols")
+        lines.append(f"{SHORT_NAMES[task]}: InstructEdit minus MEND multi-task reliability is {signed(paper_gap)} "
+                     f"points under the paper's protocol and {signed(gap)} under the plain one: the "
+                     f"instruction editor's advantage {verdict}.")
+    return lines
+
+
+def section_user(data: ResultsData) -> str:
+    cfg = data.config
+    header = ["Method", "Task"] + [label for _, label in USER_METRICS]
+    rows = []
+    for method in METHODS:
+        for task in USER_TASKS:
+            outcome = data.user.get(method, {}).get(task)
+            if outcome is None:
+                continue
+            if not outcome.ok:
+                rows.append([method, SHORT_NAMES[task]] + ["n/a"] * len(USER_METRICS))
+                continue
+            rows.append([method, SHORT_NAMES[task]] + [_user_cell(k, outcome.get(k)) for k, _ in USER_METRICS])
+    parts = ["## What a user sees (plain protocol)", "",
+             settings(data, quant=QUANT_NAMES.get(cfg.user_quant, cfg.user_quant), limit=cfg.user_limit), "",
+             "Edits are made as each editor makes them (InstructEdit with a seen instruction); everything "
+             "is then measured on text as a person types it (`instructedit/evaluate/plain.py`). Plain rel. / "
+             "gen. = teacher-forced token accuracy (%) of the target on the plain prompt / plain rephrases; "
+             f"Gen. success = the greedy {cfg_tokens()}-token continuation of the plain prompt contains the "
+             "target; NS = ROME's neighbourhood score: share of neighbours (the data's locality prompts and "
+             "up to four other subjects in the edit prompt's own sentence, with their true answers) where the "
+             "true answer is more likely than the new target (the unedited row is the ceiling); Nbr. "
+             "unchanged = share of the neighbours' true-answer argmax tokens that did not move; Nbr. / Unrel. "
+             "bleed = share of neighbours' / six fixed unrelated prompts' continuations that newly contain "
+             "the target (lower is better); Fluency = generation entropy (2/3 bigram + 4/3 trigram) of the "
+             "continuations of the plain prompt and the neighbours, after / before.", "",
+             table(header, rows), "", "**Findings.**", "", *[f"- {line}" for line in findings_user(data)]]
+    return "\n".join(parts)
+
+
+def cfg_tokens() -> int:
+    from .runner import EvalConfig
+
+    return EvalConfig().generation_tokens
+
+
 # ----- whole report ------------------------------------------------------------------------------------
 def section_setup(data: ResultsData) -> str:
     cfg = data.config
@@ -536,7 +650,8 @@ def section_setup(data: ResultsData) -> str:
         f"{_patch_rank_sentence()}",
         f"- Machine: {machine(data)}.",
         f"- Started {data.started}, finished {data.finished}: {data.seconds / 60:.1f} minutes in all.",
-        f"- Plain gradient step size {data.step_size:g}: {data.step_chosen_by}.", "",
+        (f"- Plain gradient step size {data.step_size:g}: {data.step_chosen_by}." if data.step_size
+         else "- Plain gradient step: not used by the sections of this run."), "",
         table(["Method", "Checkpoint", "Instructions", "Training steps", "Training time", "Val. score"], rows)
         + sweep])
 
@@ -564,9 +679,12 @@ def render_report(data: ResultsData) -> str:
              "(`instructedit/evaluate/report.py`); nothing is typed by hand. Metrics follow the field's "
              "standard as in the InstructEdit paper (arXiv 2402.16123) and come from "
              "`instructedit/scoring.py`, the scoring code shared with the app and training.")
-    sections = [intro, section_setup(data), section_table3(data), section_instructions(data),
-                section_quantization(data), section_patch_ranks(data), section_analysis(data),
-                section_scaling(data), section_runs(data)]
+    chosen = set(data.config.sections)
+    parts = (("user", section_user), ("table3", section_table3), ("instructions", section_instructions),
+             ("quant", section_quantization), ("ranks", section_patch_ranks),
+             ("analysis", section_analysis), ("scaling", section_scaling))
+    sections = [intro, section_setup(data)] + [render(data) for name, render in parts if name in chosen]
+    sections.append(section_runs(data))
     return "\n\n".join(s.rstrip() for s in sections if s) + "\n"
 
 

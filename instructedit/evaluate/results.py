@@ -24,7 +24,7 @@ from .inputs import SEEN, InstructionChoice, describe_instruction
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 EVAL_TASKS: tuple[str, ...] = TASKS  # counterfact, recent, convsent, zsre (held out)
 QUANTS: tuple[str, ...] = ("none", "8bit", "4bit")
 STEP_CANDIDATES: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
@@ -40,6 +40,10 @@ FRESH_INSTRUCTIONS: dict[str, str] = {
 """Instructions written for this report only: never seen in training and not among the ten."""
 
 METHODS: tuple[str, ...] = ("Unedited", "Gradient step", "MEND multi-task", "InstructEdit")
+USER_TASKS: tuple[str, ...] = ("counterfact", "recent", "zsre")
+"""Tasks of the plain protocol (short answers a continuation can contain; ConvSent has none)."""
+SECTIONS: tuple[str, ...] = ("user", "table3", "instructions", "analysis", "scaling", "ranks", "quant")
+"""Sections of the report, in run order (``--sections`` picks some)."""
 
 
 @dataclass
@@ -67,6 +71,10 @@ class ResultsConfig:
     threads: int | None = None
     cache_dir: str | None = None
     progress: bool = True
+    user_quant: str = "4bit"
+    """Backbone of the "what a user sees" section (as the app runs it by default)."""
+    user_limit: int = 100
+    sections: tuple[str, ...] = SECTIONS
 
     @property
     def quant_records(self) -> int:
@@ -87,6 +95,7 @@ class RunSpec:
     step_size: float | None = None
     sentiment: bool = True
     patch_rank: int | None | str = "default"   # 'default': the editor's DEFAULT_PATCH_RANK
+    plain: bool = False                        # also measure the plain protocol (slower)
 
     def label(self) -> str:
         return (f"{self.method} / {self.task} / {self.quant} / "
@@ -132,6 +141,7 @@ class ResultsData:
     analyses: list = field(default_factory=list)         # AnalysisResult dicts
     analysis_note: str = ""
     scaling: dict = field(default_factory=dict)          # label -> Outcome
+    user: dict = field(default_factory=dict)             # method -> task -> Outcome (plain protocol)
     scaling_note: str = ""
     runs: list = field(default_factory=list)             # Outcome, in run order
 
@@ -201,13 +211,16 @@ class ResultsRunner:
             del self._editors[key]
         gc.collect()
 
-    def records(self, task: str, split: str, limit: int):
+    def records(self, task: str, split: str, limit: int | None = None):
+        """A seeded sample of ``limit`` records of a split (all of it when ``limit`` is None)."""
         from .selection import limit_records, load_eval_records
 
         key = (task, split, limit)
         if key not in self._records:
-            self._records[key] = limit_records(
-                load_eval_records(self.config.data, task, split, self.config.seed), limit, self.config.seed)
+            if limit is None:
+                self._records[key] = load_eval_records(self.config.data, task, split, self.config.seed)
+            else:
+                self._records[key] = limit_records(self.records(task, split), limit, self.config.seed)
         return self._records[key]
 
     def editor(self, spec: RunSpec):
@@ -265,9 +278,10 @@ class ResultsRunner:
             return outcome
         config = EvalConfig(instruction=spec.instruction, batch_size=self.config.batch_size,
                             seed=self.config.seed, sentiment=spec.sentiment,
-                            progress=self.config.progress)
+                            progress=self.config.progress, plain=spec.plain)
         records = self.records(spec.task, spec.split, spec.limit)
-        result = Evaluator(self.backbone(spec.quant), editor, config).run(
+        pool = self.records(spec.task, spec.split) if spec.plain else None
+        result = Evaluator(self.backbone(spec.quant), editor, config, neighbour_pool=pool).run(
             records, desc=f"{spec.method[:16]} {spec.task} {spec.quant}")
         summary = result.summary.to_dict()
         summary.update(model_id=self.backbone(spec.quant).model_id,
@@ -317,16 +331,30 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def run_table3(runner: ResultsRunner, data: ResultsData) -> None:
+def _method_grid(runner: ResultsRunner, data: ResultsData, tasks: Sequence[str], **spec) -> dict:
+    """Every method of :data:`METHODS` on every task of ``tasks`` (method -> task -> Outcome)."""
     cfg = runner.config
     editors = {"Unedited": "none", "Gradient step": "gradient", "MEND multi-task": cfg.baseline,
                "InstructEdit": cfg.instructedit}
+    grid: dict = {}
     for method in METHODS:
-        data.table3[method] = {}
-        for task in EVAL_TASKS:
-            step = data.step_size if method == "Gradient step" else None
-            data.table3[method][task] = runner.run(RunSpec(method, task, editors[method], split=cfg.split,
-                                                           limit=cfg.limit, step_size=step))
+        step = data.step_size if method == "Gradient step" else None
+        grid[method] = {task: runner.run(RunSpec(method, task, editors[method], split=cfg.split,
+                                                 step_size=step, **spec)) for task in tasks}
+    return grid
+
+
+def run_table3(runner: ResultsRunner, data: ResultsData) -> None:
+    data.table3 = _method_grid(runner, data, EVAL_TASKS, limit=runner.config.limit)
+
+
+def run_user(runner: ResultsRunner, data: ResultsData) -> None:
+    """The plain protocol (what a user sees) for every method, on the app's backbone."""
+    cfg = runner.config
+    data.user = _method_grid(runner, data, USER_TASKS, quant=cfg.user_quant, limit=cfg.user_limit,
+                             sentiment=False, plain=True)
+    if cfg.user_quant != "none":
+        runner.release(cfg.user_quant)
 
 
 def run_instructions(runner: ResultsRunner, data: ResultsData) -> None:
@@ -456,14 +484,15 @@ def run_all(config: ResultsConfig) -> ResultsData:
     for method, path in (("MEND multi-task", config.baseline), ("InstructEdit", config.instructedit)):
         data.editors[method] = checkpoint_card(path)
     runner = ResultsRunner(config)
-    data.step_size = choose_step_size(runner, data)
-    run_table3(runner, data)
+    if {"user", "table3"} & set(config.sections):
+        data.step_size = choose_step_size(runner, data)
+    steps = {"user": run_user, "table3": run_table3, "instructions": run_instructions,
+             "analysis": run_analysis, "scaling": run_scaling, "ranks": run_patch_ranks,
+             "quant": run_quantization}
+    for section in SECTIONS:
+        if section in config.sections:
+            steps[section](runner, data)
     data.environment["model_parameters"] = runner.backbone("none").parameter_count()
-    run_instructions(runner, data)
-    run_analysis(runner, data)
-    run_scaling(runner, data)
-    run_patch_ranks(runner, data)
-    run_quantization(runner, data)
     data.runs = runner.runs
     data.seconds = time.perf_counter() - started
     data.finished = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -504,6 +533,12 @@ def register_results(subparsers) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="seed (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="records per pass (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--user-quant", default=d.user_quant, choices=QUANTS,
+                   help="backbone of the 'what a user sees' section (default: %(default)s, as the app)")
+    p.add_argument("--user-limit", type=int, default=d.user_limit,
+                   help="records per task of the 'what a user sees' section (default: %(default)s)")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help="sections to run, comma-separated (default: all: %(default)s)")
     p.add_argument("--cache-dir", default=None,
                    help="cache each evaluation's summary here and reuse it (resume an interrupted run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -524,13 +559,18 @@ def cmd_results(args: argparse.Namespace) -> int:
             raise CliError(f"--{name.replace('_', '-')} is too small: {getattr(args, name)}")
     if not Path(args.data).is_dir():
         raise CliError(f"--data {args.data} is not a data folder")
+    sections = tuple(x.strip() for x in args.sections.split(",") if x.strip())
+    unknown = [x for x in sections if x not in SECTIONS]
+    if unknown or not sections:
+        raise CliError(f"unknown --sections {unknown}; choose from {', '.join(SECTIONS)}")
     config = ResultsConfig(
         data=args.data, out=args.out, figures=args.figures, model=args.model,
         instructedit=args.instructedit, baseline=args.baseline, step_size=args.step_size,
         limit=args.limit, quant_limit=args.quant_limit, pca_limit=args.pca_limit,
         sweep_limit=args.sweep_limit, split=args.split, seed=args.seed, batch_size=args.batch_size,
         quants=quants, device=args.device, threads=args.threads, cache_dir=args.cache_dir,
-        progress=not args.no_progress)
+        progress=not args.no_progress, user_quant=args.user_quant, user_limit=args.user_limit,
+        sections=sections)
     data = run_all(config)
     path = write_report(data)
     print(f"wrote {path} ({data.seconds / 60:.1f} min)")

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ..backbone import Backbone
+from ..data.neighbours import NeighbourIndex
 from ..data.records import EditRecord
 from ..editor import MAX_TARGET_TOKENS, Editor, compute_batched_patch
 from ..generation import GenerationConfig, generate
@@ -32,6 +33,7 @@ from ..scoring import (
 from ..train.forward import CachedTopForward
 from .inputs import SEEN, InstructionChoice, RenderedRecord, render
 from .metrics import EvalSummary, RecordResult, mean_or_none, ngram_entropy, summarize
+from .plain import PlainProbes, PlainResult, bleed, contains_answer, plain_probes
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ class EvalConfig:
         generation_tokens: greedy tokens generated for ConvSent sentiment success.
         sentiment: measure ConvSent sentiment success (needs generation: slower).
         progress: show a tqdm bar over records.
+        plain: also measure the plain protocol (what a user sees; see :mod:`.plain`).
+        unrelated: the fixed unrelated prompts of the plain protocol (None: the shipped panel).
     """
 
     instruction: InstructionChoice = SEEN
@@ -59,6 +63,8 @@ class EvalConfig:
     generation_tokens: int = 20
     sentiment: bool = True
     progress: bool = True
+    plain: bool = True
+    unrelated: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -102,7 +108,7 @@ class Evaluator:
     """Evaluates an editor (or, with ``editor=None``, the unedited model) on edit records."""
 
     def __init__(self, backbone: Backbone, editor: Editor | None, config: EvalConfig | None = None,
-                 scorer=None) -> None:
+                 scorer=None, neighbour_pool: Sequence[EditRecord] | None = None) -> None:
         if editor is not None and editor.backbone is not backbone:
             raise ValueError("the editor is bound to another backbone")
         self.backbone = backbone
@@ -111,6 +117,8 @@ class Evaluator:
         self.forward = make_forward(backbone, editor)
         self.use_instructions = True if editor is None else editor.use_instructions
         self._scorer = scorer
+        self.neighbour_index = NeighbourIndex(neighbour_pool) if neighbour_pool else None
+        self._before_texts: dict[str, str] = {}  # unedited continuations, per prompt
 
     @property
     def scorer(self):
@@ -137,14 +145,17 @@ class Evaluator:
         if self.backbone.device.type == "cuda":
             torch.cuda.synchronize(self.backbone.device)
 
-    def _edit(self, batch: AnswerBatch) -> tuple[Patch | None, torch.Tensor, float | None]:
+    def _edit(self, batch: AnswerBatch, items: Sequence[RenderedRecord],
+              ) -> tuple[Patch | None, torch.Tensor, float | None]:
         """(batched patch, pre-edit answer logits, editing ms per record)."""
         if self.editor is None:
             return None, self._logits(batch, None), None
         self._sync()
         start = time.perf_counter()
+        keys = self.editor.key_mask(batch, [it.edit_input for it in items],
+                                    [it.record.subject or it.record.topic for it in items])
         patch, logits = compute_batched_patch(self.editor.network, self.editor.module_names, batch,
-                                              self.forward, self.backbone.model)
+                                              self.forward, self.backbone.model, key_mask=keys)
         patch = patch.detach().truncated(self.editor.patch_rank)
         self._sync()
         latency = (time.perf_counter() - start) * 1000 / batch.size
@@ -159,7 +170,7 @@ class Evaluator:
         if isinstance(self.forward, CachedTopForward):  # (tests may swap in a FullForward)
             self.forward.cache.clear()  # states are reused within a batch only
         edit = self._batch([(it.edit_input, it.record.target_new) for it in items])
-        patch, pre_logits, latency = self._edit(edit)
+        patch, pre_logits, latency = self._edit(edit, items)
         pre = score_answers(pre_logits, edit)
 
         wrapped = _Rows()
@@ -186,6 +197,7 @@ class Evaluator:
         generalization, portability = by_kind("rephrase"), by_kind("portability")
         locality, locality_kl = self._locality(items, patch)
         sentiment, fluency, texts = self._sentiment(items, patch)
+        plain = self._plain(items, patch) if self.config.plain else [PlainResult() for _ in items]
         results = []
         for i, it in enumerate(items):
             results.append(RecordResult(
@@ -195,7 +207,7 @@ class Evaluator:
                 target_logprob_pre=float(-pre.mean_nll[i]), target_logprob_post=float(post_logprob[i]),
                 generalization=generalization[i], locality=locality[i], locality_kl=locality_kl[i],
                 portability=portability[i], latency_ms=latency, sentiment_success=sentiment[i],
-                fluency=fluency[i], generation=texts[i]))
+                fluency=fluency[i], generation=texts[i], **vars(plain[i])))
         return results
 
     def _locality(self, items: Sequence[RenderedRecord], patch: Patch | None):
@@ -212,6 +224,92 @@ class Evaluator:
         agree = agreement(before.argmax(-1), after.argmax(-1), batch)
         kl = kl_per_row(before, after, batch)
         return _per_owner(agree, rows.owners, n), _per_owner(kl, rows.owners, n)
+
+    def _generate(self, prompts: Sequence[str], patch: Patch | None, owners: Sequence[int],
+                  ) -> tuple[list[str], list[str]]:
+        """(before, after) greedy continuations of plain ``prompts``; ``owners[j]`` is the patch row
+        of prompt ``j``. Unedited continuations are computed once per prompt and kept."""
+        config = GenerationConfig(max_new_tokens=self.config.generation_tokens)
+        missing = sorted({p for p in prompts if p not in self._before_texts})
+        if missing:
+            self._before_texts.update(zip(missing, generate(self.backbone, missing, config), strict=True))
+        before = [self._before_texts[p] for p in prompts]
+        if patch is None:
+            return before, list(before)
+        with PatchEngine.activate(self._rows(patch, owners)):
+            after = generate(self.backbone, list(prompts), config)
+        return before, after
+
+    def _plain(self, items: Sequence[RenderedRecord], patch: Patch | None) -> list[PlainResult]:
+        """The plain protocol (what a user sees) of every item; see :mod:`.plain`."""
+        n = len(items)
+        probes = [plain_probes(it.record, self.neighbour_index, self.config.max_probes,
+                               self.config.seed, self.config.unrelated) for it in items]
+        results = [PlainResult() for _ in items]
+        # teacher-forced: target on plain prompt / rephrases; true answer vs target on neighbours
+        rows, kinds = _Rows(), []
+        for i, (it, pr) in enumerate(zip(items, probes, strict=True)):
+            for kind, text in [("prompt", pr.prompt)] + [("rephrase", r) for r in pr.rephrases]:
+                rows.add(i, text, it.record.target_new)
+                kinds.append(kind)
+            for nb in pr.neighbours:
+                rows.add(i, nb.prompt, nb.answer)
+                kinds.append("true")
+                rows.add(i, nb.prompt, it.record.target_new)
+                kinds.append("new")
+        batch = self._batch(rows.pairs)
+        after_logits = self._logits(batch, self._rows(patch, rows.owners))
+        after = score_answers(after_logits, batch)
+        before_logits = self._logits(batch, None) if patch is not None else after_logits
+        unchanged = agreement(before_logits.argmax(-1), after_logits.argmax(-1), batch)
+        accuracy, nll, agree = after.token_accuracy.tolist(), after.mean_nll.tolist(), unchanged.tolist()
+        per: list[dict[str, list[float]]] = [{} for _ in range(n)]
+        for j, (owner, kind) in enumerate(zip(rows.owners, kinds, strict=True)):
+            group = per[owner]
+            if kind in ("prompt", "rephrase"):
+                group.setdefault(kind, []).append(accuracy[j])
+            elif kind == "true":
+                group.setdefault("ns", []).append(float(nll[j] < nll[j + 1]))
+                group.setdefault("unchanged", []).append(agree[j])
+        for i, group in enumerate(per):
+            results[i].plain_reliability = mean_or_none(group.get("prompt", []))
+            results[i].plain_generalization = mean_or_none(group.get("rephrase", []))
+            results[i].neighbourhood_score = mean_or_none(group.get("ns", []))
+            results[i].neighbour_unchanged = mean_or_none(group.get("unchanged", []))
+        self._plain_continuations(items, probes, patch, results)
+        return results
+
+    def _plain_continuations(self, items: Sequence[RenderedRecord], probes: Sequence[PlainProbes],
+                             patch: Patch | None, results: list[PlainResult]) -> None:
+        prompts, owners, spans = [], [], []
+        for i, pr in enumerate(probes):
+            if not pr.continuations:
+                spans.append(None)
+                continue
+            texts = [pr.prompt] + [nb.prompt for nb in pr.neighbours] + list(pr.unrelated)
+            spans.append((len(prompts), len(pr.neighbours), len(pr.unrelated)))
+            prompts += texts
+            owners += [i] * len(texts)
+        if not prompts:
+            return
+        before, after = self._generate(prompts, patch, owners)
+        for i, span in enumerate(spans):
+            if span is None:
+                continue
+            start, n_nb, n_un = span
+            target = items[i].record.target_new
+            nb = slice(start + 1, start + 1 + n_nb)
+            un = slice(start + 1 + n_nb, start + 1 + n_nb + n_un)
+            result = results[i]
+            result.plain_generation_pre, result.plain_generation = before[start], after[start]
+            result.generation_success = float(contains_answer(after[start], target))
+            result.neighbour_bleed = bleed(before[nb], after[nb], target)
+            result.unrelated_bleed = bleed(before[un], after[un], target)
+            result.plain_fluency_pre = mean_or_none(ngram_entropy(t) for t in before[start: nb.stop])
+            result.plain_fluency = mean_or_none(ngram_entropy(t) for t in after[start: nb.stop])
+            result.neighbour_generations = [
+                (p.prompt, b, a) for p, b, a in zip(probes[i].neighbours, before[nb], after[nb],
+                                                    strict=True)]
 
     def _sentiment(self, items: Sequence[RenderedRecord], patch: Patch | None):
         """ConvSent: greedy generations after the edit and whether their sentiment is the label."""
@@ -258,6 +356,9 @@ class Evaluator:
 
 
 def evaluate(backbone: Backbone, editor: Editor | None, records: Sequence[EditRecord],
-             config: EvalConfig | None = None, desc: str = "eval") -> EvalResult:
-    """Evaluate ``editor`` (``None``: the unedited model) on ``records``."""
-    return Evaluator(backbone, editor, config).run(records, desc)
+             config: EvalConfig | None = None, desc: str = "eval",
+             neighbour_pool: Sequence[EditRecord] | None = None) -> EvalResult:
+    """Evaluate ``editor`` (``None``: the unedited model) on ``records``; same-template neighbours
+    of the plain protocol come from ``neighbour_pool`` (default: ``records`` themselves)."""
+    pool = neighbour_pool if neighbour_pool is not None else records
+    return Evaluator(backbone, editor, config, neighbour_pool=pool).run(records, desc)
