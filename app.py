@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
+from instructedit.defaults import QUANT_MODES
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from instructedit.cli import add_patch_rank_argument, trained_patch_rank  # noqa: E402
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=defaults.model,
                    help="model alias (smollm2-135m: the embedded SmolLM2-135M-Instruct), local model "
                         "folder or Hugging Face hub id (default: %(default)s)")
-    g.add_argument("--quant", choices=("none", "8bit", "4bit"), default=None,
+    g.add_argument("--quant", choices=QUANT_MODES, default=None,
                    help="bitsandbytes quantization of the model (default: 4bit on CPU, none on a GPU)")
     g.add_argument("--device", default=defaults.device, help="cpu, cuda or auto (default: %(default)s)")
     g.add_argument("--editor", default=defaults.editor,

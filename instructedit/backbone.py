@@ -19,13 +19,12 @@ import torch
 from torch import nn
 
 from .adapters import ArchitectureAdapter, adapter_for
+from .defaults import DEFAULT_MODEL, QUANT_MODES
 from .io_utils import atomic_folder, sha256_file
 
 log = logging.getLogger(__name__)
 
 Quantization = Literal["none", "8bit", "4bit"]
-QUANT_MODES: tuple[str, ...] = ("none", "8bit", "4bit")
-DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _COMPLETE_MARKER = "instructedit-complete.json"

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .defaults import DEFAULT_STEP_SIZE, SHIPPED_EDITOR
 from .logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,7 @@ log = logging.getLogger(__name__)
 PROG = "python -m instructedit"
 SCRIPT = "instructedit"  # the console script of the installed package (pyproject.toml)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_EDITOR = Path("checkpoints/smollm2-135m/instructedit")
-DEFAULT_STEP_SIZE = 0.03
+DEFAULT_EDITOR = Path(SHIPPED_EDITOR)
 EXIT_USER_ERROR = 2
 
 Registrar = Callable[[Any], None]
@@ -128,7 +128,7 @@ def parse_patch_rank(text: str) -> int | None:
 
 def add_patch_rank_argument(parser) -> None:
     """``--patch-rank``: how each trained edit's update is stored (read by the editor loaders)."""
-    from .patch_rank import DEFAULT_PATCH_RANK
+    from .defaults import DEFAULT_PATCH_RANK
 
     default = "full" if DEFAULT_PATCH_RANK is None else str(DEFAULT_PATCH_RANK)
     parser.add_argument("--patch-rank", type=parse_patch_rank, default=argparse.SUPPRESS,
@@ -155,7 +155,7 @@ def editor_from_args(args: argparse.Namespace, backbone):
 
 def trained_patch_rank(args: argparse.Namespace) -> int | None:
     """``--patch-rank`` for a trained editor: the given value, else ``DEFAULT_PATCH_RANK``."""
-    from .patch_rank import DEFAULT_PATCH_RANK
+    from .defaults import DEFAULT_PATCH_RANK
 
     return getattr(args, "patch_rank", DEFAULT_PATCH_RANK)
 

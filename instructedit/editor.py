@@ -16,10 +16,10 @@ from datetime import datetime, timezone
 import torch
 
 from .backbone import Backbone
+from .defaults import DEFAULT_PATCH_RANK
 from .instructions import build_edit_input
 from .keying import KEY_ON_SUBJECT, key_mask
 from .mend import EditorConfig, MendNetwork
-from .patch_rank import DEFAULT_PATCH_RANK
 from .patches import LayerPatch, Patch, PatchEngine
 from .scoring import AnswerBatch, answer_logits_from_hidden, score_answers, tokenize_answers
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["LayerPatch", "Patch", "Capture", "PatchEngine", "NonFiniteEditError", "active_patches"]
+__all__ = ["LayerPatch", "Patch", "Capture", "PatchEngine", "NonFiniteEditError", "active_patches",
+           "combine_patches", "stack_patches"]
 
 
 class NonFiniteEditError(ValueError):
@@ -171,6 +172,36 @@ def combine_patches(patches: Sequence[Patch]) -> tuple[Patch, ...]:
         d = torch.cat([layer.d * layer.scale.to(layer.d.dtype) for layer in layers])
         combined[name] = LayerPatch(u, d, torch.ones((), dtype=torch.float32, device=u.device))
     return (Patch(combined), *batched)
+
+
+def stack_patches(patches: Sequence[Patch]) -> Patch:
+    """One batched patch whose row ``i`` is the unbatched ``patches[i]``.
+
+    Factors are zero-padded to the largest rank per module (a zero row adds nothing) and each
+    patch's scale is folded into its ``D``; a patch without a module gets all-zero factors there.
+    Editors that make one edit at a time (ROME) are evaluated in batches this way.
+    """
+    if not patches:
+        raise ValueError("no patches to stack")
+    shapes: dict[str, tuple[int, int, int, torch.device]] = {}
+    for patch in patches:
+        for name, layer in patch.layers.items():
+            if layer.batched:
+                raise ValueError("stack_patches takes unbatched patches")
+            rank = max(layer.u.shape[0], shapes.get(name, (0,))[0])
+            shapes[name] = (rank, layer.u.shape[1], layer.d.shape[1], layer.u.device)
+    layers = {}
+    for name, (rank, n_in, n_out, device) in shapes.items():
+        u = torch.zeros((len(patches), rank, n_in), device=device)
+        d = torch.zeros((len(patches), rank, n_out), device=device)
+        for row, patch in enumerate(patches):
+            layer = patch.layers.get(name)
+            if layer is not None:
+                r = layer.u.shape[0]
+                u[row, :r] = layer.u.float()
+                d[row, :r] = layer.d.float() * layer.scale.float()
+        layers[name] = LayerPatch(u, d, torch.ones((), device=device))
+    return Patch(layers)
 
 
 def active_patches() -> tuple[Patch, ...]:

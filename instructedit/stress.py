@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from instructedit.defaults import DEFAULT_MODEL, QUANT_MODES
+
 from .logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -594,8 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "isolation, fresh-session outputs and memory; report throughput and latency.")
     p.add_argument("--tiny", action="store_true",
                    help="use the test suite's tiny random model and plain gradient-step editors (fast)")
-    p.add_argument("--model", default="smollm2-135m", help="model alias, folder or hub id (default: %(default)s)")
-    p.add_argument("--quant", choices=("none", "8bit", "4bit"), default="4bit",
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model alias, folder or hub id (default: %(default)s)")
+    p.add_argument("--quant", choices=QUANT_MODES, default="4bit",
                    help="quantization (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
     p.add_argument("--editor", default=None, help="editor checkpoint folder or 'none' (default: the app's)")

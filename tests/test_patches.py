@@ -270,3 +270,23 @@ def test_editor_stores_edits_at_its_patch_rank(tiny_llama_dir):
     assert _target_prob(backbone, request.prompt, "Rome", [cut.patch]) > base
     with pytest.raises(ValueError, match="patch_rank"):
         full_editor.with_patch_rank(0)
+
+
+def test_stack_patches_gives_each_row_its_own_unbatched_output():
+    import torch
+
+    from instructedit.patches import LayerPatch, Patch, stack_patches
+
+    torch.manual_seed(0)
+    a = Patch({"m": LayerPatch(torch.randn(1, 5), torch.randn(1, 3), torch.tensor(2.0))})
+    b = Patch({"m": LayerPatch(torch.randn(3, 5), torch.randn(3, 3), torch.tensor(-0.5)),
+               "n": LayerPatch(torch.randn(2, 4), torch.randn(2, 2), torch.tensor(1.0))})
+    stacked = stack_patches([a, b])
+    x = torch.randn(2, 7, 5)
+    out = stacked.layers["m"].output_delta(x)
+    torch.testing.assert_close(out[0], a.layers["m"].output_delta(x[0]))
+    torch.testing.assert_close(out[1], b.layers["m"].output_delta(x[1]))
+    # row 0 has no patch of "n": it adds nothing there
+    y = torch.randn(2, 7, 4)
+    assert stacked.layers["n"].output_delta(y)[0].abs().max() == 0
+    torch.testing.assert_close(stacked.layers["n"].output_delta(y)[1], b.layers["n"].output_delta(y[1]))

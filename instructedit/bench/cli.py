@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from ..defaults import DEFAULT_MODEL
 from .config import QUANT_CHOICES, BenchConfig
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ def register(subparsers) -> None:
                     "speed with 0/1/10/50 active edits, memory (backbone, per edit, per session, "
                     "compression), the editor against constrained fine-tuning, cached vs full "
                     "training steps and evaluation throughput. Each figure is a median with min/max.")
-    p.add_argument("--model", default="smollm2-135m", help="backbone alias, folder or hub id (default: %(default)s)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="backbone alias, folder or hub id (default: %(default)s)")
     p.add_argument("--quant", default="all", choices=(*QUANT_CHOICES, "all"),
                    help="quantization mode(s) to measure (default: %(default)s)")
     add_editor_arguments(p)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-QUANT_CHOICES: tuple[str, ...] = ("none", "8bit", "4bit")
+from ..defaults import DEFAULT_MODEL, QUANT_MODES
+
+QUANT_CHOICES: tuple[str, ...] = QUANT_MODES
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class BenchConfig:
         profile_top: rows of each torch.profiler table (where a goal is missed).
     """
 
-    model: str = "smollm2-135m"
+    model: str = DEFAULT_MODEL
     quants: tuple[str, ...] = QUANT_CHOICES
     editor: str | None = None
     step_size: float | None = None

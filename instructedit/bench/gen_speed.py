@@ -3,7 +3,7 @@
 Each timed run generates exactly ``new_tokens`` tokens (end-of-sequence suppressed) from one
 prompt at batch size 1, under the active patches. Counts are interleaved within each repeat.
 Measured for the edits as the editor stores them (rank-truncated, see
-:data:`~instructedit.patch_rank.DEFAULT_PATCH_RANK`) and at full rank: a full-rank edit has ~30
+:data:`~instructedit.defaults.DEFAULT_PATCH_RANK`) and at full rank: a full-rank edit has ~30
 factor rows per matrix, so 50 of them are a rank-1,500 update, wider than the model.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ this replaces keeps a weight copy per session (an original and an edited model).
 weights cannot take a float delta in place, so such a copy is a float model (fp32 here).
 Compression: factors stored in bf16, and each layer's update ``scale * D^T U`` truncated by SVD
 to rank ``k`` (:meth:`~instructedit.patches.Patch.truncated`), scored with the same functions as
-everything else; the editor stores edits at :data:`~instructedit.patch_rank.DEFAULT_PATCH_RANK`.
+everything else; the editor stores edits at :data:`~instructedit.defaults.DEFAULT_PATCH_RANK`.
 """
 from __future__ import annotations
 

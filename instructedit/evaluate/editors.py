@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from ..backbone import Backbone
+from ..defaults import DEFAULT_STEP_SIZE
 from ..editor import Editor
 
 NO_EDIT = "none"
 GRADIENT = "gradient"
-DEFAULT_GRADIENT_STEP = 0.03
+DEFAULT_GRADIENT_STEP = DEFAULT_STEP_SIZE
 
 
 def load_eval_editor(spec: str, backbone: Backbone, step_size: float | None = None,
@@ -15,7 +16,7 @@ def load_eval_editor(spec: str, backbone: Backbone, step_size: float | None = No
     of ``step_size`` on the (instruction-wrapped) edit input; otherwise a checkpoint folder.
 
     ``patch_rank``: rank each edit is kept at; ``"default"`` means full rank for the gradient step
-    and :data:`~instructedit.patch_rank.DEFAULT_PATCH_RANK` for a checkpoint."""
+    and :data:`~instructedit.defaults.DEFAULT_PATCH_RANK` for a checkpoint."""
     key = spec.strip()
     if key.lower() == NO_EDIT:
         return None

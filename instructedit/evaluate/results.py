@@ -20,13 +20,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..data.tasks import TASKS, TRAINING_TASKS
+from ..defaults import DEFAULT_MODEL, QUANT_MODES, SHIPPED_BASELINE, SHIPPED_EDITOR
 from .inputs import SEEN, InstructionChoice, describe_instruction
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
 EVAL_TASKS: tuple[str, ...] = TASKS  # counterfact, recent, convsent, zsre (held out)
-QUANTS: tuple[str, ...] = ("none", "8bit", "4bit")
+QUANTS: tuple[str, ...] = QUANT_MODES
 STEP_CANDIDATES: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
 """Plain gradient step sizes tried on the val splits; the best harmonic mean of reliability and
 locality wins (the criterion the trained editors were validated with)."""
@@ -53,9 +54,9 @@ class ResultsConfig:
     data: str = "data"
     out: str = "docs/results.md"
     figures: str = "docs/figures"
-    model: str = "smollm2-135m"
-    instructedit: str = "checkpoints/smollm2-135m/instructedit"
-    baseline: str = "checkpoints/smollm2-135m/mend-multitask"
+    model: str = DEFAULT_MODEL
+    instructedit: str = str(SHIPPED_EDITOR)
+    baseline: str = str(SHIPPED_BASELINE)
     step_size: float | None = None
     limit: int = 100
     quant_limit: int | None = 50

@@ -9,6 +9,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from ..defaults import QUANT_MODES
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ def register(subparsers) -> None:
                     "MEND baseline with --no-instructions). Keeps the best checkpoint by "
                     "validation score, stops early, resumes from the run folder.")
     p.add_argument("--model", default=None, help="backbone alias, folder or hub id (default: smollm2-135m)")
-    p.add_argument("--quant", choices=("none", "8bit", "4bit"), default=None,
+    p.add_argument("--quant", choices=QUANT_MODES, default=None,
                    help="train on a quantized backbone (default: none)")
     p.add_argument("--data", default=None, help="data folder (default: data)")
     p.add_argument("--tasks", default=None,

@@ -5,6 +5,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..defaults import DEFAULT_MODEL
+
 
 @dataclass
 class TrainConfig:
@@ -35,7 +37,7 @@ class TrainConfig:
         kl_all_positions: the locality KL covers every position of the locality texts.
     """
 
-    model: str = "smollm2-135m"
+    model: str = DEFAULT_MODEL
     quant: str = "none"
     data: str = "data"
     tasks: tuple[str, ...] = ("counterfact", "recent", "convsent")

@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..patch_rank import DEFAULT_PATCH_RANK
+from ..defaults import DEFAULT_PATCH_RANK
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_EDITOR = PROJECT_ROOT / "checkpoints" / "smollm2-135m" / "instructedit"
