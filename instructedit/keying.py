@@ -21,31 +21,28 @@ KEY_ON_SUBJECT = "subject"
 KEY_CHOICES = (KEY_ON_ALL, KEY_ON_SUBJECT)
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+def find_subject(text: str, subject: str) -> int:
+    """Character index of the last occurrence of ``subject`` in ``text`` (case-insensitive
+    fallback), or -1."""
+    at = text.rfind(subject)
+    return at if at >= 0 else text.lower().rfind(subject.lower())
 
 
-def subject_token_span(tokenizer, prompt: str, subject: str | None) -> tuple[int, int] | None:
-    """Token positions ``[start, end)`` of the last occurrence of ``subject`` in ``prompt``
-    (tokenized as :func:`~instructedit.scoring.tokenize_answers` tokenizes prompts), or None."""
+def subject_token_span(tokenizer, prompt: str, subject: str | None,
+                       char_start: int | None = None) -> tuple[int, int] | None:
+    """Token positions ``[start, end)`` of ``subject`` in ``tokenizer(prompt)["input_ids"]`` (its
+    last occurrence unless ``char_start`` says where it starts), or None when it is not there."""
     subject = (subject or "").strip()
     if not subject:
         return None
-    at = prompt.rfind(subject)
-    if at < 0:
+    if char_start is None:
+        char_start = find_subject(prompt, subject)
+    if char_start < 0:
         return None
-    full = tokenizer(prompt)["input_ids"]
-    # A prefix tokenizes like the start of the whole text up to a word boundary; the common prefix
-    # guards against a merge across the boundary.
-    start = _common_prefix(tokenizer(prompt[:at])["input_ids"], full) if at else 0
-    before_end = tokenizer(prompt[: at + len(subject)])["input_ids"]
-    end = max(_common_prefix(before_end, full), start + 1)
-    return start, min(end, len(full))
+    char_end = char_start + len(subject)
+    offsets = tokenizer(prompt, return_offsets_mapping=True)["offset_mapping"]
+    tokens = [i for i, (s, e) in enumerate(offsets) if s < char_end and e > char_start]
+    return (tokens[0], tokens[-1] + 1) if tokens else None
 
 
 def key_mask(tokenizer, batch: AnswerBatch, prompts: Sequence[str],

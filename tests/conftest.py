@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from instructedit.backbone import load_backbone
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -38,3 +40,20 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "cuda" in item.keywords:
                 item.add_marker(skip)
+
+
+# Tiny backbones loaded from the folders above (module-scoped: each test file loads its own).
+@pytest.fixture(scope="module")
+def llama(tiny_llama_dir):
+    return load_backbone(str(tiny_llama_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def gpt2(tiny_gpt2_dir):
+    return load_backbone(str(tiny_gpt2_dir), device="cpu")
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def backbone(request):
+    """Each tiny family in turn."""
+    return request.getfixturevalue(request.param)

@@ -18,16 +18,6 @@ from instructedit.scoring import full_model_answer_logits, score_answers, tokeni
 PROMPTS = ["The Eiffel Tower is located in", "The mother tongue of Danielle Darrieux is", "Rome is in"]
 
 
-@pytest.fixture(scope="module")
-def llama(tiny_llama_dir):
-    return load_backbone(str(tiny_llama_dir), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def gpt2(tiny_gpt2_dir):
-    return load_backbone(str(tiny_gpt2_dir), device="cpu")
-
-
 def _logits(backbone, texts=PROMPTS) -> torch.Tensor:
     backbone.tokenizer.padding_side = "right"
     enc = backbone.tokenizer(list(texts), return_tensors="pt", padding=True)

@@ -21,7 +21,7 @@ from ..data.neighbours import NeighbourIndex
 from ..data.records import EditRecord
 from ..editor import MAX_TARGET_TOKENS, Editor, compute_batched_patch
 from ..generation import GenerationConfig, generate
-from ..patches import Patch, PatchEngine
+from ..patches import Patch, PatchEngine, stack_patches
 from ..scoring import (
     AnswerBatch,
     agreement,
@@ -150,6 +150,8 @@ class Evaluator:
         """(batched patch, pre-edit answer logits, editing ms per record)."""
         if self.editor is None:
             return None, self._logits(batch, None), None
+        if not isinstance(self.editor, Editor):
+            return self._edit_one_by_one(batch, items)
         self._sync()
         start = time.perf_counter()
         keys = self.editor.key_mask(batch, [it.edit_input for it in items],
@@ -162,6 +164,28 @@ class Evaluator:
         if not all(layer.is_finite() for layer in patch.layers.values()):
             log.warning("an edit of this batch produced non-finite values; its scores are meaningless")
         return patch, logits, latency
+
+    def _edit_one_by_one(self, batch: AnswerBatch, items: Sequence[RenderedRecord],
+                         ) -> tuple[Patch, torch.Tensor, float]:
+        """Editors that optimise each edit on its own (ROME): one patch per record, stacked.
+
+        A record whose subject is not in its prompt gets no edit (an empty patch row)."""
+        pre_logits = self._logits(batch, None)
+        self._sync()
+        start = time.perf_counter()
+        wanted = [(i, it) for i, it in enumerate(items)
+                  if it.record.subject and it.record.subject.strip() in it.record.prompt]
+        patches = self.editor.patches([(it.record.prompt.strip(), it.record.subject.strip(),
+                                        it.record.target_new.strip()) for _, it in wanted])
+        rows = [Patch({}) for _ in items]
+        for (i, _), patch in zip(wanted, patches, strict=True):
+            rows[i] = patch
+        if len(wanted) < len(items):
+            log.warning("%d record(s) have no subject in their prompt: %s makes no edit for them",
+                        len(items) - len(wanted), self.editor.name)
+        self._sync()
+        latency = (time.perf_counter() - start) * 1000 / batch.size
+        return stack_patches(rows), pre_logits, latency
 
     # ----- one batch ---------------------------------------------------------------------------
     def evaluate_batch(self, items: Sequence[RenderedRecord]) -> list[RecordResult]:
