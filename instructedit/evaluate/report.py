@@ -124,6 +124,9 @@ def method_row_note(data: ResultsData, method: str) -> str:
         return "no edit: the floor (locality is 100 by definition)"
     if method == "Gradient step":
         return f"one plain gradient step, size {data.step_size or 0:g}"
+    if method == "ROME":
+        return ("rank-one locate-and-edit (Meng et al. 2022; `instructedit/rome.py`): no training; one "
+                "optimisation per edit on the plain prompt; needs the subject; n/a on ConvSent")
     card = data.editors.get(method)
     if not card:
         return "checkpoint missing"
@@ -624,6 +627,10 @@ def section_setup(data: ResultsData) -> str:
     rows = []
     for method in METHODS:
         card = data.editors.get(method)
+        if method == "ROME":
+            if cfg.rome:
+                rows.append([method, method_row_note(data, method), "no", "–", "–", "–"])
+            continue
         if method in ("Unedited", "Gradient step"):
             rows.append([method, method_row_note(data, method), "yes" if method == "Gradient step" else "–",
                          "–", "–", "–"])

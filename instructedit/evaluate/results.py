@@ -40,7 +40,9 @@ FRESH_INSTRUCTIONS: dict[str, str] = {
 }
 """Instructions written for this report only: never seen in training and not among the ten."""
 
-METHODS: tuple[str, ...] = ("Unedited", "Gradient step", "MEND multi-task", "InstructEdit")
+METHODS: tuple[str, ...] = ("Unedited", "Gradient step", "MEND multi-task", "InstructEdit", "ROME")
+ROME_TASKS: tuple[str, ...] = ("counterfact", "recent", "zsre")
+"""ROME rewrites a subject's fact; ConvSent's opinion edits have no fact to locate (n/a there)."""
 USER_TASKS: tuple[str, ...] = ("counterfact", "recent", "zsre")
 """Tasks of the plain protocol (short answers a continuation can contain; ConvSent has none)."""
 SECTIONS: tuple[str, ...] = ("user", "table3", "instructions", "analysis", "scaling", "ranks", "quant")
@@ -76,6 +78,8 @@ class ResultsConfig:
     """Backbone of the "what a user sees" section (as the app runs it by default)."""
     user_limit: int = 100
     sections: tuple[str, ...] = SECTIONS
+    rome: bool = True
+    """Run ROME beside the trained editors (sections 'user' and 'table3')."""
 
     @property
     def quant_records(self) -> int:
@@ -259,7 +263,7 @@ class ResultsRunner:
         from .editors import editor_label
         from .runner import EvalConfig, Evaluator
 
-        if spec.editor not in ("none", "gradient") and checkpoint_card(spec.editor) is None:
+        if spec.editor not in ("none", "gradient", "rome") and checkpoint_card(spec.editor) is None:
             outcome = Outcome(spec, reason=f"no editor checkpoint at {spec.editor}")
             self.runs.append(outcome)
             return outcome
@@ -336,12 +340,19 @@ def _method_grid(runner: ResultsRunner, data: ResultsData, tasks: Sequence[str],
     """Every method of :data:`METHODS` on every task of ``tasks`` (method -> task -> Outcome)."""
     cfg = runner.config
     editors = {"Unedited": "none", "Gradient step": "gradient", "MEND multi-task": cfg.baseline,
-               "InstructEdit": cfg.instructedit}
+               "InstructEdit": cfg.instructedit, "ROME": "rome"}
     grid: dict = {}
     for method in METHODS:
+        if method == "ROME" and not cfg.rome:
+            continue
         step = data.step_size if method == "Gradient step" else None
-        grid[method] = {task: runner.run(RunSpec(method, task, editors[method], split=cfg.split,
-                                                 step_size=step, **spec)) for task in tasks}
+        grid[method] = {}
+        for task in tasks:
+            if method == "ROME" and task not in ROME_TASKS:
+                grid[method][task] = Outcome(RunSpec(method, task, "rome"), reason="n/a: no subject fact")
+                continue
+            grid[method][task] = runner.run(RunSpec(method, task, editors[method], split=cfg.split,
+                                                    step_size=step, **spec))
     return grid
 
 
@@ -540,6 +551,7 @@ def register_results(subparsers) -> None:
                    help="records per task of the 'what a user sees' section (default: %(default)s)")
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help="sections to run, comma-separated (default: all: %(default)s)")
+    p.add_argument("--no-rome", action="store_true", help="leave ROME out of the comparisons")
     p.add_argument("--cache-dir", default=None,
                    help="cache each evaluation's summary here and reuse it (resume an interrupted run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -571,7 +583,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         sweep_limit=args.sweep_limit, split=args.split, seed=args.seed, batch_size=args.batch_size,
         quants=quants, device=args.device, threads=args.threads, cache_dir=args.cache_dir,
         progress=not args.no_progress, user_quant=args.user_quant, user_limit=args.user_limit,
-        sections=sections)
+        sections=sections, rome=not args.no_rome)
     data = run_all(config)
     path = write_report(data)
     print(f"wrote {path} ({data.seconds / 60:.1f} min)")
