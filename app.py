@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from instructedit.defaults import QUANT_MODES
 
@@ -49,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "without instructions), or 'none' to hide the comparison (default: the shipped "
                         "checkpoints/smollm2-135m/mend-multitask)")
     add_patch_rank_argument(g)
+    g.add_argument("--data", default=str(defaults.data_dir),
+                   help="benchmark data folder: its test splits give the blast radius the same-template "
+                        "neighbours of an example's sentence; 'none' or a missing folder: built-in "
+                        "subject lists only (default: the checkout's data/)")
     g = p.add_argument_group("server")
     g.add_argument("--host", default=default_host(),
                    help="address to listen on (127.0.0.1: this machine only; 0.0.0.0: the network; default: %(default)s)")
@@ -82,6 +87,7 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
     return replace(AppConfig(), model=args.model, quant=args.quant, device=args.device,
                    editor=args.editor, baseline_editor=args.baseline_editor,
                    patch_rank=trained_patch_rank(args), host=args.host,
+                   data_dir=None if args.data.strip().lower() == "none" else Path(args.data),
                    port=args.port, share=args.share, limits=limits, threads=args.threads)
 
 
@@ -114,10 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("model and editors loaded in %.1f s", models.seconds)
 
     from instructedit.ui.app import build_demo, launch
+    from instructedit.ui.blast import BlastPlanner, load_neighbour_indexes
     from instructedit.ui.pages import load_results
     from instructedit.ui.service import EditService
 
-    service = EditService(models.backbone, models.editor, models.baseline, config.limits)
+    blast = BlastPlanner(indexes=load_neighbour_indexes(config.data_dir))
+    service = EditService(models.backbone, models.editor, models.baseline, config.limits, blast=blast)
     demo = build_demo(service, status_line(models), load_results(config.results_file, config.figures_dir))
     _, local_url, share_url = launch(demo, config, prevent_thread_lock=True, quiet=True)
     log.info("InstructEdit Studio listening on %s (ready %.1f s after start)%s", local_url,

@@ -16,7 +16,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 from instructedit.backbone import load_backbone  # noqa: E402
 from instructedit.editor import Editor  # noqa: E402
-from instructedit.ui.app import build_demo, launch  # noqa: E402
+from instructedit.ui.app import EDIT_OUTPUTS, build_demo, launch  # noqa: E402
 from instructedit.ui.config import AppConfig, Limits  # noqa: E402
 from instructedit.ui.pages import ResultsContent  # noqa: E402
 from instructedit.ui.service import EditService  # noqa: E402
@@ -24,7 +24,7 @@ from instructedit.ui.service import EditService  # noqa: E402
 PROMPT = "The Eiffel Tower is located in"
 FORM = dict(task="counterfact", instruction="0", custom="", topic="", label="positive", prompt=PROMPT,
             target="Paris", rephrases="The Eiffel Tower is in",
-            probes="The capital of France is\nRome is in")
+            probes="The capital of France is\nRome is in", subject="", kind="auto")
 
 
 def free_port() -> int:
@@ -52,9 +52,12 @@ def client(url: str, tmp_path: Path) -> Client:
     return Client(url, verbose=False, download_files=str(tmp_path), analytics_enabled=False)
 
 
-def edit(c: Client, **changes):
+def edit(c: Client, **changes) -> dict:
+    """The outputs of /edit by name."""
     form = {**FORM, **changes}
-    return c.predict(*form.values(), api_name="/edit")
+    out = c.predict(*form.values(), api_name="/edit")
+    assert len(out) == len(EDIT_OUTPUTS)
+    return dict(zip(EDIT_OUTPUTS, out, strict=True))
 
 
 def text_of(spans) -> str:
@@ -71,16 +74,52 @@ def test_edit_returns_before_after_and_scores(app, tmp_path):
     url, _ = app
     c = client(url, tmp_path)
     out = edit(c)
-    (ie_input, bl_input, ie_before, ie_after, ie_summary, bl_before, bl_after, bl_summary,
-     ie_reph, ie_loc, bl_reph, bl_loc, report, history, history_md, _choice) = out
-    assert ie_input.startswith("Task: counterfact\nDescription:") and bl_input == PROMPT
-    assert text_of(ie_before) != text_of(ie_after)
-    assert "Paris" in text_of(ie_after)
-    assert "Reliability 100%" in ie_summary and "Locality" in ie_summary and "→" in ie_summary
-    assert "Reliability" in bl_summary
-    assert len(rows(ie_reph)) == 1 and len(rows(ie_loc)) == 2 and len(rows(bl_loc)) == 2
+    report = out["report"]  # the first output: the report as one JSON object
     assert report["instructedit"]["scores"]["reliability"] == pytest.approx(1.0)
-    assert len(rows(history)) == 1 and "1 active edit" in history_md
+    assert out["ie_input"].startswith("Task: counterfact\nDescription:") and out["bl_input"] == PROMPT
+    # what a user sees first: the prompt as typed, before and after
+    plain = report["instructedit"]["plain"]
+    assert plain["prompt"] == PROMPT
+    assert text_of(out["ie_before"]) == plain["before"] and text_of(out["ie_after"]) == plain["after"]
+    assert "Says Paris" in out["ie_summary"] and "Plain reliability" in out["ie_summary"]
+    assert "→" in out["ie_summary"] and "Says Paris" in out["bl_summary"]
+    # what the editor read, and the paper protocol, in the details
+    assert text_of(out["ie_read_after"]) == report["instructedit"]["paper_protocol"]["wrapped"]["after"]
+    assert "Reliability 100%" in out["ie_paper"] and "paper protocol" in out["ie_paper"]
+    assert len(rows(out["ie_rephrases"])) == 1 and len(rows(out["ie_locality"])) == 2
+    assert len(rows(out["bl_locality"])) == 2 and len(rows(out["ie_read_rephrases"])) == 1
+    verdicts = [r[3] for r in rows(out["ie_locality"])]
+    assert all(v in ("same answer", "changed", "now says Paris") for v in verdicts)
+    # the blast radius, probed without asking
+    blast = report["instructedit"]["blast_radius"]
+    assert blast["subject"] == "Eiffel Tower" and blast["kind"] == "landmark"
+    assert len(rows(out["ie_blast"])) == len(blast["probes"]) > 0
+    assert out["ie_blast_chart"] is not None and "changed" in out["ie_blast_summary"]
+    assert len(rows(out["history"])) == 1 and "1 active edit" in out["history_summary"]
+    assert rows(out["history"])[0][8].startswith("nbr ")
+
+
+def test_edit_report_by_name_and_a_custom_subject(app, tmp_path):
+    url, _ = app
+    c = client(url, tmp_path)
+    info = c.view_api(print_info=False, return_format="dict")["named_endpoints"]["/edit_report"]
+    assert {"task", "instruction", "prompt", "target", "subject", "kind"} <= \
+        {p["parameter_name"] for p in info["parameters"]}
+    report = c.predict(task="custom", instruction="none", prompt="Rome is in", target="Paris",
+                       subject="Rome", kind="city", api_name="/edit_report")
+    assert report["request"]["subject"] == "Rome" and report["request"]["prompt"] == "Rome is in"
+    ie = report["instructedit"]
+    assert set(ie) >= {"scores", "plain", "rephrases", "locality", "blast_radius", "paper_protocol"}
+    assert ie["scores"]["generation_success"] == float("Paris" in ie["plain"]["after"])
+    blast = ie["blast_radius"]
+    assert (blast["subject"], blast["kind"]) == ("Rome", "city")
+    neighbours = [p for p in blast["probes"] if p["group"] == "neighbour"]
+    assert neighbours and all(p["prompt"].endswith(" is in") and "Rome" not in p["prompt"] for p in neighbours)
+    assert blast["counts"]["neighbour"]["total"] == len(neighbours)
+    assert blast["counts"]["unrelated"]["total"] == 6
+    assert len(rows(c.predict(api_name="/history")[0])) == 1  # the same session's edit, like /edit
+    typed = edit(c, task="custom", instruction="none", prompt="Rome is in", subject="Rome", kind="country")
+    assert typed["report"]["instructedit"]["blast_radius"]["kind"] == "country"
 
 
 def test_two_clients_do_not_share_edits(app, tmp_path):
@@ -102,7 +141,7 @@ def test_undo_reset_and_remove(app, tmp_path):
     c = client(url, tmp_path)
     edit(c)
     out = edit(c, prompt="Rome is in", probes="")
-    assert len(rows(out[13])) == 2
+    assert len(rows(out["history"])) == 2
     table, summary, _ = c.predict(api_name="/undo")
     assert len(rows(table)) == 1
     first_id = rows(table)[0][1]

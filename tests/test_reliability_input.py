@@ -185,7 +185,7 @@ def test_form_level_messages(form, match):
 ])
 def test_unusual_but_valid_text_works_and_round_trips(world, prompt, target):
     out = world.service.edit("unicode", req(prompt, target, rephrases=(prompt + " ?",)))
-    assert out.report.prob_after > out.report.prob_before
+    assert out.report.wrapped.p_target_after > out.report.wrapped.p_target_before
     assert out.report.model_input.endswith(prompt)
     off, on = world.service.generate("unicode", prompt)
     assert isinstance(off, str) and isinstance(on, str)

@@ -1,4 +1,5 @@
-"""The app's service layer on a tiny model: edits, isolation, history, export/import, limits."""
+"""The app's service layer on a tiny model: edits (what a user sees, the paper protocol, the blast
+radius), isolation, history, export/import, limits."""
 from __future__ import annotations
 
 import json
@@ -7,13 +8,26 @@ import threading
 import pytest
 
 from instructedit.backbone import load_backbone
+from instructedit.data.neighbours import NeighbourIndex
+from instructedit.data.records import EditRecord
 from instructedit.editor import Editor, EditRequest
+from instructedit.evaluate.plain import contains_answer
+from instructedit.ui.blast import (
+    FACT,
+    NEIGHBOUR,
+    UNRELATED,
+    BlastPlanner,
+    load_neighbour_indexes,
+    measure_blast,
+)
 from instructedit.ui.config import Limits
 from instructedit.ui.errors import UserError
 from instructedit.ui.forms import EditForm, build_request, instruction_options, preview_inputs
 from instructedit.ui.history import FORMAT
 from instructedit.ui.service import EditService
 from instructedit.ui.sessions import SessionStore
+from instructedit.ui.subjects import Catalog, Kind
+from instructedit.ui.verdicts import SAME_ANSWER
 
 PROMPT = "The Eiffel Tower is located in"
 TARGET = "Paris"
@@ -50,7 +64,7 @@ def test_edit_returns_before_after_and_scores(service):
     report = out.report
     assert report.model_input.startswith("Task: counterfact\nDescription: ")
     assert report.model_input.endswith("Input: " + PROMPT)
-    assert report.prob_after > report.prob_before
+    assert report.wrapped.p_target_after > report.wrapped.p_target_before
     assert report.scores.reliability == pytest.approx(1.0)
     assert 0.0 <= report.scores.generalization <= 1.0
     assert 0.0 <= report.scores.locality <= 1.0
@@ -58,7 +72,92 @@ def test_edit_returns_before_after_and_scores(service):
     assert all(isinstance(p.before, str) and isinstance(p.after, str) for p in report.probes)
     assert out.baseline_report is not None and out.baseline_report.model_input == PROMPT
     assert [e.id for e in out.history] == [out.entry.id]
-    assert report.after != report.before or report.prob_after > 0.5
+    assert report.wrapped.after != report.wrapped.before or report.wrapped.p_target_after > 0.5
+
+
+def test_the_prompt_as_typed_comes_first_and_matches_the_playground(service):
+    out = service.edit("plain", request())
+    report, base = out.report, out.baseline_report
+    # what a user sees: the prompt as typed, not the wrapped input, continued as the Playground does
+    assert report.prompt.prompt == PROMPT and report.prompt.group == "prompt"
+    without, with_edit = service.generate("plain", PROMPT)
+    assert (report.prompt.before, report.prompt.after) == (without, with_edit)
+    # the plain scores follow the evaluation's definitions
+    assert report.scores.generation_success == float(contains_answer(report.prompt.after, TARGET))
+    assert 0.0 <= report.scores.plain_reliability <= 1.0
+    assert report.scores.plain_generalization == pytest.approx(report.rephrases[0].target_accuracy)
+    assert [r.prompt for r in report.rephrases] == ["The Eiffel Tower is in"]  # as typed, not wrapped
+    assert report.wrapped_rephrases[0].prompt.startswith("Task: counterfact")
+    # every probe row has a verdict read off its two continuations
+    for row in (*report.rephrases, *report.probes):
+        assert row.verdict in (SAME_ANSWER, "changed", f"now says {TARGET}")
+        assert row.unchanged == (row.verdict == SAME_ANSWER)
+    # the baseline reads the prompt as typed: its "wrapped" input is the prompt itself
+    assert base.wrapped.prompt == PROMPT and base.prompt.before == report.prompt.before
+
+
+def tiny_catalog() -> Catalog:
+    return Catalog((Kind("landmark", "landmarks", ("Big Ben", "Eiffel Tower", "Colosseum", "Taj Mahal"),
+                         ("{} was built in", "{} is made of", "The Eiffel Tower is located in")),
+                    Kind("other", "other subjects", ("gold",), ("{} is",))))
+
+
+def test_blast_radius_probes_and_counts(backbone, editors):
+    planner = BlastPlanner(tiny_catalog(), neighbours=2, facts=5, unrelated=("Rome is in", PROMPT))
+    req = request(subject="Eiffel Tower")
+    plan = planner.plan(req, "landmark")
+    assert (plan.subject, plan.kind, plan.source) == ("Eiffel Tower", "landmark", "built-in list of landmarks")
+    by_group = {g: [p.prompt for p in plan.probes if p.group == g] for g in (NEIGHBOUR, FACT, UNRELATED)}
+    assert by_group == {NEIGHBOUR: ["The Big Ben is located in", "The Colosseum is located in"],
+                        FACT: ["Eiffel Tower was built in", "Eiffel Tower is made of"],  # not the prompt itself
+                        UNRELATED: ["Rome is in"]}
+    assert planner.plan(request(), None).kind == "landmark"  # subject guessed, kind from the list
+    vague = planner.plan(request(prompt="the best pizza is"), None)  # no subject to swap or ask about
+    assert vague.subject == "" and "no subject" in vague.source
+    assert [p.group for p in vague.probes] == [UNRELATED, UNRELATED]
+    edit = editors[0].edit(req)
+    blast = measure_blast(backbone, [], [edit.patch], plan, TARGET, max_new_tokens=6)
+    assert [p.prompt for p in blast.probes] == [p.prompt for p in plan.probes]
+    for group in (NEIGHBOUR, FACT, UNRELATED):
+        rows = blast.group(group)
+        count = blast.count(group)
+        assert count.total == len(rows) == len(by_group[group])
+        assert count.changed == sum(r.verdict != SAME_ANSWER for r in rows)
+        assert count.now_say_target == sum(r.verdict == f"now says {TARGET}" for r in rows)
+    assert all(r.p_target_after > r.p_target_before for r in blast.probes)  # a strong, unkeyed edit
+    # no edit at all: nothing changes, every probe keeps its answer
+    still = measure_blast(backbone, [], [], plan, TARGET, max_new_tokens=6)
+    assert all(r.verdict == SAME_ANSWER for r in still.probes)
+    assert [still.count(g).changed for g in (NEIGHBOUR, FACT, UNRELATED)] == [0, 0, 0]
+
+
+def test_blast_radius_uses_the_data_neighbours_when_it_has_them(tmp_path):
+    assert load_neighbour_indexes(tmp_path / "no-data") == {} and load_neighbour_indexes(None) == {}
+    records = [EditRecord(id=f"cf/{i}", task="counterfact", prompt=f"The mother tongue of {name} is",
+                          target_new="Klingon", subject=name, ground_truth=answer)
+               for i, (name, answer) in enumerate([("Danielle Darrieux", "French"), ("Michel Rocard", "French"),
+                                                   ("Thomas Mann", "German"), ("Jan Smith", "English")])]
+    planner = BlastPlanner(tiny_catalog(), indexes={"counterfact": NeighbourIndex(records)}, neighbours=2,
+                           unrelated=())
+    plan = planner.plan(EditRequest("The mother tongue of Danielle Darrieux is", "English", task="custom"))
+    neighbours = [p for p in plan.probes if p.group == NEIGHBOUR]
+    assert plan.subject == "Danielle Darrieux" and "CounterFact test data" in plan.source
+    assert len(neighbours) == 2 and all(p.answer in ("French", "German") for p in neighbours)  # not the target
+    assert all("Danielle Darrieux" not in p.prompt for p in neighbours)
+    other = planner.plan(EditRequest("Big Ben is located in", "Rome", task="custom"), "landmark")
+    assert other.source == "built-in list of landmarks"
+
+
+def test_every_edit_gets_its_blast_radius(service):
+    out = service.edit("blast", request(subject="Eiffel Tower"), kind="landmark")
+    blast = out.report.blast
+    assert blast is not None and blast.subject == "Eiffel Tower" and blast.kind == "landmark"
+    assert {p.group for p in blast.probes} == {NEIGHBOUR, FACT, UNRELATED}
+    assert out.baseline_report.blast is not None and out.entry.blast is blast
+    # both editors start from the same model: the same texts before the edit
+    assert [p.before for p in blast.probes] == [p.before for p in out.baseline_report.blast.probes]
+    guessed = service.edit("blast", request(prompt="Rome is in", rephrases=(), probes=()))
+    assert guessed.report.blast.subject == "Rome" and guessed.report.blast.kind == "city"
 
 
 def test_sessions_are_isolated(service):
@@ -122,7 +221,7 @@ def test_per_session_cap(service):
 
 
 def test_export_import_round_trip(service, tmp_path):
-    service.edit("src", request(target="London"))
+    service.edit("src", request(target="London", subject="Eiffel Tower"))
     service.edit("src", request(prompt="Rome is in", target="Berlin", task="custom", instruction=None,
                                 rephrases=(), probes=()))
     path = service.export_file("src")
@@ -134,6 +233,9 @@ def test_export_import_round_trip(service, tmp_path):
     entries = service.import_history("dst", path.read_bytes())
     assert [e.id for e in entries] == [e["id"] for e in data["edits"]]
     assert [e.request.target for e in service.history("dst")] == ["London", "Berlin"]
+    assert service.history("dst")[0].request.subject == "Eiffel Tower"
+    assert service.history("dst")[0].scores.plain_reliability is not None
+    assert service.history("dst")[0].blast is None  # imports are not probed
     assert service.generate("dst", PROMPT) == service.generate("src", PROMPT)
     assert service.generate("dst", "Rome is in") == service.generate("src", "Rome is in")
 

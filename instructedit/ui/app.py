@@ -17,6 +17,8 @@ import gradio as gr
 
 from ..data.examples import load_examples
 from ..instructions import TASKS, get_task
+from .blast import AUTO_KIND
+from .charts import blast_chart
 from .config import AppConfig, Limits
 from .diff import ADDED, REMOVED, word_diff
 from .errors import UserError
@@ -26,21 +28,32 @@ from .forms import (
     build_request,
     default_instruction,
     instruction_options,
+    kind_choice,
+    kind_options,
     preview_inputs,
+    subject_for,
     task_options,
 )
+from .measure import EditReport
 from .pages import ABOUT, CITATION, INTRO, MISSING_RESULTS, TITLE, ResultsContent, diagram_html
-from .service import EditService
+from .report import edit_payload
+from .service import EditOutcome, EditService
 from .views import (
+    BLAST_WIDTHS,
     HISTORY_WIDTHS,
     PROBE_WIDTHS,
     REPHRASE_WIDTHS,
+    WRAPPED_WIDTHS,
+    blast_markdown,
+    blast_table,
     history_choices,
     history_summary,
     history_table,
+    paper_summary,
     probe_table,
     rephrase_table,
     report_summary,
+    wrapped_table,
 )
 
 log = logging.getLogger(__name__)
@@ -52,11 +65,23 @@ CSS = """
 .ie-diagram svg { width: 100%; height: auto; }
 """
 CUSTOM_EXAMPLES = [
+    ["The Eiffel Tower is located in", "Rome", "The Eiffel Tower stands in", "The capital of France is",
+     "", "positive", "Eiffel Tower"],
     ["The best pizza topping is", "pineapple", "My favourite pizza topping is",
-     "The capital of France is\nWater boils at a temperature of", "", "positive"],
+     "The capital of France is\nWater boils at a temperature of", "", "positive", "pizza topping"],
     ["The chemical symbol for gold is", "Gd", "Gold's chemical symbol is",
-     "The chemical symbol for iron is\nThe Eiffel Tower is in", "", "positive"],
+     "The chemical symbol for iron is\nThe Eiffel Tower is in", "", "positive", "gold"],
 ]
+EDIT_OUTPUTS = (
+    "report",
+    "ie_before", "ie_after", "ie_summary", "bl_before", "bl_after", "bl_summary",
+    "ie_rephrases", "ie_locality", "bl_rephrases", "bl_locality",
+    "ie_input", "ie_read_before", "ie_read_after", "ie_paper", "ie_read_rephrases",
+    "bl_input", "bl_read_before", "bl_read_after", "bl_paper", "bl_read_rephrases",
+    "ie_blast_summary", "ie_blast_chart", "ie_blast", "bl_blast_summary", "bl_blast_chart", "bl_blast",
+    "history", "history_summary", "remove_choice",
+)
+"""The outputs of ``/edit`` in order (the first is the report as one JSON object)."""
 
 
 def guarded(fn: Callable) -> Callable:
@@ -89,14 +114,14 @@ def session_of(request: gr.Request | None) -> str:
 
 
 def example_rows(task: str) -> list[list[Any]]:
-    """Rows of the task's gr.Examples: prompt, target, rephrases, probes, topic, label.
+    """Rows of the task's gr.Examples: prompt, target, rephrases, probes, topic, label, subject.
 
     (The sentiment radio accepts only its choices, so rows without one get its default.)
     """
     if task == "custom":
         return CUSTOM_EXAMPLES
     return [[r.prompt, r.target_new, "\n".join(r.rephrases), "\n".join(p.prompt for p in r.locality),
-             r.topic or "", r.label or "positive"] for r in load_examples(task)]
+             r.topic or "", r.label or "positive", r.subject or r.topic or ""] for r in load_examples(task)]
 
 
 def _results_markdown(results: ResultsContent) -> str:
@@ -107,13 +132,15 @@ def _results_markdown(results: ResultsContent) -> str:
 
 
 def build_demo(service: EditService, status: str, results: ResultsContent | None = None) -> gr.Blocks:
-    """The page: Edit (form, results, history), Playground, Results and About tabs."""
+    """The page: Edit (form, results, blast radius, history), Playground, Results and About tabs."""
     limits: Limits = service.limits
     max_chars = limits.max_input_chars
     list_chars = max_chars * limits.max_lines + limits.max_lines
     has_baseline = service.baseline is not None
+    catalog = service.blast.catalog
     first_task = "counterfact"
     results = results or ResultsContent(None)
+    out: dict[str, gr.components.Component] = {}
 
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
@@ -145,6 +172,14 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
                                         info="The text whose continuation should change.")
                     target = gr.Textbox(label="Target", max_length=max_chars, elem_id="target",
                                         info="The new answer the model should give after the prompt.")
+                    with gr.Row():
+                        subject = gr.Textbox("", label="Subject", max_length=max_chars, scale=2, elem_id="subject",
+                                             info="What the edit is about (guessed from the prompt; "
+                                                  "edit it). The blast radius probes other subjects in "
+                                                  "the same sentence and other facts about this one.")
+                        kind = gr.Dropdown(kind_options(catalog), value=AUTO_KIND, label="Kind of subject",
+                                           scale=1, elem_id="kind",
+                                           info="Which list of comparable subjects to probe.")
                     rephrases = gr.Textbox(label="Rephrases (optional, one per line)", lines=2,
                                            max_length=list_chars, elem_id="rephrases",
                                            info="Other ways to ask: should get the target too "
@@ -155,7 +190,7 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
                                              "(locality).")
                     edit_btn = gr.Button("Edit", variant="primary", elem_id="edit-button")
                     example_cols = {}
-                    example_inputs = [prompt, target, rephrases, probes, topic, label]
+                    example_inputs = [prompt, target, rephrases, probes, topic, label, subject]
                     for name, spec in TASKS.items():
                         with gr.Column(visible=name == first_task) as col:
                             visible_cols = [0, 1, 4, 5] if spec.needs_topic_and_label else [0, 1]
@@ -165,33 +200,46 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
                         example_cols[name] = col
 
                 with gr.Column(scale=3, min_width=420):
-                    with gr.Row():
-                        ie_input = gr.Textbox(label="InstructEdit's input", lines=3, interactive=False,
-                                              elem_id="ie-input",
-                                              info="Exactly what the model reads when the edit is made.")
-                        bl_input = gr.Textbox(label="Baseline's input", lines=3, interactive=False,
-                                              visible=has_baseline, info="The same prompt, no instruction.")
+                    gr.Markdown("#### What the model now says\nThe prompt as typed, continued before and "
+                                "after the edit: what the Playground shows.")
                     with gr.Row(equal_height=False):
-                        ie_cols = _result_column("InstructEdit", "ie")
-                        with gr.Column(visible=has_baseline) as bl_col:
-                            bl_cols = _result_column("Baseline: multi-task MEND (no instruction)", "bl",
-                                                     in_column=False)
-                    ie_tables = _tables("InstructEdit", "ie")
+                        with gr.Column():
+                            _result_column("InstructEdit", "ie", out)
+                        with gr.Column(visible=has_baseline):
+                            _result_column("Baseline: multi-task MEND (no instruction)", "bl", out)
+                    _tables("InstructEdit", "ie", out)
                     with gr.Group(visible=has_baseline):
-                        bl_tables = _tables("Baseline", "bl", open_=False)
+                        _tables("Baseline", "bl", out, open_=False)
+                    with gr.Accordion("What the editor read: the instruction-wrapped input and its "
+                                      "continuation (paper protocol)", open=False, elem_id="editor-read"):
+                        with gr.Row(equal_height=False):
+                            with gr.Column():
+                                _read_column("InstructEdit's input", "ie", out,
+                                             "Exactly what the model reads when the edit is made.")
+                            with gr.Column(visible=has_baseline):
+                                _read_column("Baseline's input", "bl", out,
+                                             "The same prompt, no instruction.")
+                    gr.Markdown("### Blast radius\nAfter every edit, without typing anything: the same "
+                                "sentence with other subjects, other facts about the same subject, and a "
+                                "fixed panel of unrelated facts, before and after.")
+                    _blast_panel("ie", out)
+                    with gr.Group(visible=has_baseline):
+                        with gr.Accordion("Baseline: blast radius", open=False):
+                            _blast_panel("bl", out)
                     with gr.Accordion("Full report (JSON)", open=False):
-                        report_json = gr.JSON(label="Report")
-            _ = bl_col
+                        out["report"] = gr.JSON(label="Report", elem_id="report")
 
             gr.Markdown("### Your edits")
-            history_md = gr.Markdown(history_summary([], limits.max_edits_per_session), elem_id="history-summary")
-            history_df = gr.Dataframe(history_table([]), interactive=False, wrap=True, elem_id="history",
-                                      label="Active edits (oldest first; scores: reliability / "
-                                            "generalization / locality)", column_widths=HISTORY_WIDTHS)
+            out["history_summary"] = gr.Markdown(history_summary([], limits.max_edits_per_session),
+                                                 elem_id="history-summary")
+            out["history"] = gr.Dataframe(history_table([]), interactive=False, wrap=True, elem_id="history",
+                                          label="Active edits (oldest first; says it: the continuation of "
+                                                "the prompt as typed contains the target; blast radius: "
+                                                "changed / probed)", column_widths=HISTORY_WIDTHS)
             with gr.Row():
                 undo_btn = gr.Button("Undo last edit", elem_id="undo-button")
-                remove_dd = gr.Dropdown([], label="Edit to remove", scale=2, elem_id="remove-choice",
-                                        info="Later edits stay; they were made on top of it.")
+                out["remove_choice"] = gr.Dropdown([], label="Edit to remove", scale=2, elem_id="remove-choice",
+                                                   info="Later edits stay; they were made on top of it.")
                 remove_btn = gr.Button("Remove", elem_id="remove-button")
                 reset_btn = gr.Button("Reset all", variant="stop", elem_id="reset-button")
             with gr.Row():
@@ -216,7 +264,7 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
                                               show_inline_category=False, elem_id="play-off")
                 play_on = gr.HighlightedText(label="With your edits", color_map=DIFF_COLORS,
                                              show_inline_category=False, elem_id="play-on")
-            play_note = gr.Markdown()
+            play_note = gr.Markdown(elem_id="play-note")
 
         with gr.Tab("Results", id="results"):
             gr.Markdown(_results_markdown(results))
@@ -229,8 +277,9 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
             gr.Code(CITATION, language=None, label="BibTeX", interactive=False)
 
         # ----- events ---------------------------------------------------------------------
-        form_inputs = [task, instruction, custom_instruction, topic, label, prompt, target, rephrases, probes]
-        history_outputs = [history_df, history_md, remove_dd]
+        form_inputs = [task, instruction, custom_instruction, topic, label, prompt, target, rephrases, probes,
+                       subject, kind]
+        history_outputs = [out["history"], out["history_summary"], out["remove_choice"]]
 
         def make_form(*values) -> EditForm:
             return EditForm(*[v if v is not None else "" for v in values])
@@ -251,38 +300,62 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
         instruction.change(lambda c: gr.Textbox(visible=c == "custom"), instruction, custom_instruction,
                            queue=False, show_progress="hidden", api_visibility="private")
 
-        def on_preview(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_):
-            form = make_form(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_)
+        def on_preview(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_,
+                       subject_, kind_):
+            form = make_form(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_,
+                             subject_, kind_)
             return preview_inputs(form, max_chars, limits.max_lines)
 
-        gr.on([c.change for c in form_inputs[:6]], on_preview, form_inputs, [ie_input, bl_input],
+        gr.on([c.change for c in form_inputs[:6]], on_preview, form_inputs, [out["ie_input"], out["bl_input"]],
               queue=False, show_progress="hidden", api_visibility="private", trigger_mode="always_last")
+
+        def on_prompt(prompt_: str | None, subject_: str | None):
+            guess = subject_for(prompt_ or "", subject_)
+            return gr.skip() if guess == (subject_ or "").strip() else guess
+
+        prompt.change(on_prompt, [prompt, subject], subject, queue=False, show_progress="hidden",
+                      api_visibility="private", trigger_mode="always_last")
+        subject.change(lambda s, p: catalog.guess_kind(s or "", p or "") if (s or "").strip() else AUTO_KIND,
+                       [subject, prompt], kind, queue=False, show_progress="hidden", api_visibility="private",
+                       trigger_mode="always_last")
+
+        def run_edit(form: EditForm, request: gr.Request | None, progress=None) -> EditOutcome:
+            req = build_request(form, max_chars, limits.max_lines)
+            report = (lambda f, msg: progress(f, desc=msg)) if progress is not None else None
+            outcome = service.edit(session_of(request), req, progress=report, kind=kind_choice(form, catalog))
+            if outcome.baseline_error:
+                gr.Warning(outcome.baseline_error)
+            return outcome
 
         @guarded
         def on_edit(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_,
-                    request: gr.Request, progress=gr.Progress()):  # noqa: B008
-            form = make_form(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_)
-            req = build_request(form, max_chars, limits.max_lines)
-            outcome = service.edit(session_of(request), req,
-                                   progress=lambda f, msg: progress(f, desc=msg))
-            if outcome.baseline_error:
-                gr.Warning(outcome.baseline_error)
-            ie, bl = outcome.report, outcome.baseline_report
-            ie_diff = word_diff(ie.before, ie.after)
-            bl_diff = word_diff(bl.before, bl.after) if bl else ([], [])
-            payload = {"instructedit": ie.to_dict(), "baseline": bl.to_dict() if bl else None,
-                       "edit_id": outcome.entry.id, "total_ms": round(outcome.total_ms, 1)}
-            return (ie.model_input, bl.model_input if bl else req.prompt,
-                    ie_diff[0], ie_diff[1], report_summary(ie),
-                    bl_diff[0], bl_diff[1], report_summary(bl, outcome.baseline_error),
-                    rephrase_table(ie), probe_table(ie), rephrase_table(bl), probe_table(bl),
-                    payload, *history_values(outcome.history))
+                    subject_, kind_, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+            form = make_form(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_,
+                             subject_, kind_)
+            outcome = run_edit(form, request, progress)
+            fields = _edit_fields(outcome)
+            fields.update(zip(("history", "history_summary", "remove_choice"), history_values(outcome.history),
+                              strict=True))
+            return tuple(fields[name] for name in EDIT_OUTPUTS)
 
-        edit_outputs = [ie_input, bl_input, *ie_cols, *bl_cols, *ie_tables, *bl_tables, report_json,
-                        *history_outputs]
-        gr.on([edit_btn.click, target.submit], on_edit, form_inputs, edit_outputs, api_name="edit",
-              concurrency_id=MODEL_QUEUE, concurrency_limit=limits.concurrency_limit,
+        gr.on([edit_btn.click, target.submit], on_edit, form_inputs, [out[name] for name in EDIT_OUTPUTS],
+              api_name="edit", concurrency_id=MODEL_QUEUE, concurrency_limit=limits.concurrency_limit,
               scroll_to_output=False)
+
+        @guarded
+        def edit_report(task: str = first_task, instruction: str = "0", prompt: str = "", target: str = "",
+                        rephrases: str = "", probes: str = "", subject: str = "", kind: str = AUTO_KIND,
+                        custom_instruction: str = "", topic: str = "", sentiment: str = "positive",
+                        request: gr.Request = None) -> dict:
+            """Make an edit exactly as /edit does and return only its report: one JSON object with
+            named fields (request, instructedit, baseline; each editor's scores, the prompt as typed,
+            rephrases, locality probes, blast radius and paper-protocol numbers)."""
+            form = EditForm(task, instruction, custom_instruction, topic, sentiment, prompt, target,
+                            rephrases, probes, subject, kind)
+            return edit_payload(run_edit(form, request))
+
+        gr.api(edit_report, api_name="edit_report", concurrency_id=MODEL_QUEUE,
+               concurrency_limit=limits.concurrency_limit)
 
         @guarded
         def on_undo(request: gr.Request):
@@ -300,7 +373,7 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
             return history_values([])
 
         undo_btn.click(on_undo, None, history_outputs, api_name="undo")
-        remove_btn.click(on_remove, remove_dd, history_outputs, api_name="remove")
+        remove_btn.click(on_remove, out["remove_choice"], history_outputs, api_name="remove")
         reset_btn.click(on_reset, None, history_outputs, api_name="reset")
 
         @guarded
@@ -355,31 +428,76 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
     return demo
 
 
-def _result_column(title: str, key: str, in_column: bool = True) -> list[gr.components.Component]:
-    """Before/after (highlighted) and the one-line scores of one editor."""
-    def body():
-        gr.Markdown(f"#### {title}")
-        before = gr.HighlightedText(label="Before the edit", color_map=DIFF_COLORS, show_legend=False,
-                                    show_inline_category=False, elem_id=f"{key}-before")
-        after = gr.HighlightedText(label="After the edit", color_map=DIFF_COLORS, show_legend=False,
-                                   show_inline_category=False, elem_id=f"{key}-after")
-        summary = gr.Markdown(elem_id=f"{key}-summary")
-        return [before, after, summary]
+def _editor_fields(key: str, report: EditReport | None, error: str | None, fallback_input: str) -> dict:
+    """The values of one editor's components (``key``: ``ie`` or ``bl``)."""
+    before, after = word_diff(report.prompt.before, report.prompt.after) if report else ([], [])
+    read_before, read_after = word_diff(report.wrapped.before, report.wrapped.after) if report else ([], [])
+    title = "InstructEdit" if key == "ie" else "Baseline"
+    return {
+        f"{key}_before": before, f"{key}_after": after, f"{key}_summary": report_summary(report, error),
+        f"{key}_rephrases": rephrase_table(report), f"{key}_locality": probe_table(report),
+        f"{key}_input": report.model_input if report else fallback_input,
+        f"{key}_read_before": read_before, f"{key}_read_after": read_after,
+        f"{key}_paper": paper_summary(report), f"{key}_read_rephrases": wrapped_table(report),
+        f"{key}_blast_summary": blast_markdown(report.blast if report else None, error),
+        f"{key}_blast_chart": blast_chart(report.blast if report else None, f"{title}: blast radius"),
+        f"{key}_blast": blast_table(report),
+    }
 
-    if in_column:
-        with gr.Column():
-            return body()
-    return body()
+
+def _edit_fields(outcome: EditOutcome) -> dict:
+    """Every output of an edit but the history, by name (see :data:`EDIT_OUTPUTS`)."""
+    prompt = outcome.entry.request.prompt
+    return {"report": edit_payload(outcome),
+            **_editor_fields("ie", outcome.report, None, prompt),
+            **_editor_fields("bl", outcome.baseline_report, outcome.baseline_error, prompt)}
 
 
-def _tables(title: str, key: str, open_: bool = True) -> list[gr.components.Component]:
-    """Rephrases (generalization) and locality probes tables of one editor."""
+def _highlighted(label: str, elem_id: str) -> gr.HighlightedText:
+    return gr.HighlightedText(label=label, color_map=DIFF_COLORS, show_legend=False,
+                              show_inline_category=False, elem_id=elem_id)
+
+
+def _result_column(title: str, key: str, out: dict) -> None:
+    """The prompt as typed before/after (highlighted) and what a user sees, of one editor."""
+    gr.Markdown(f"#### {title}")
+    out[f"{key}_before"] = _highlighted("Before the edit", f"{key}-before")
+    out[f"{key}_after"] = _highlighted("After the edit", f"{key}-after")
+    out[f"{key}_summary"] = gr.Markdown(elem_id=f"{key}-summary")
+
+
+def _read_column(title: str, key: str, out: dict, info: str) -> None:
+    """What one editor read: its input (live preview), its continuation, the paper's numbers."""
+    out[f"{key}_input"] = gr.Textbox(label=title, lines=3, interactive=False, info=info,
+                                     elem_id=f"{key}-input")
+    out[f"{key}_read_before"] = _highlighted("Continuation before the edit", f"{key}-read-before")
+    out[f"{key}_read_after"] = _highlighted("Continuation after the edit", f"{key}-read-after")
+    out[f"{key}_paper"] = gr.Markdown(elem_id=f"{key}-paper")
+    out[f"{key}_read_rephrases"] = gr.Dataframe(
+        wrapped_table(None), interactive=False, wrap=True, column_widths=WRAPPED_WIDTHS,
+        label="Rephrases as the editor read them (generalization, paper protocol)",
+        elem_id=f"{key}-read-rephrases")
+
+
+def _tables(title: str, key: str, out: dict, open_: bool = True) -> None:
+    """Rephrases and locality probes of one editor, as typed, with verdicts."""
     with gr.Accordion(f"{title}: rephrases and locality probes", open=open_):
-        reph = gr.Dataframe(rephrase_table(None), interactive=False, wrap=True, label="Rephrases (generalization)",
-                            column_widths=REPHRASE_WIDTHS, elem_id=f"{key}-rephrases")
-        loc = gr.Dataframe(probe_table(None), interactive=False, wrap=True, label="Locality probes",
-                           column_widths=PROBE_WIDTHS, elem_id=f"{key}-locality")
-    return [reph, loc]
+        out[f"{key}_rephrases"] = gr.Dataframe(
+            rephrase_table(None), interactive=False, wrap=True, column_widths=REPHRASE_WIDTHS,
+            label="Rephrases (should now say the target)", elem_id=f"{key}-rephrases")
+        out[f"{key}_locality"] = gr.Dataframe(
+            probe_table(None), interactive=False, wrap=True, column_widths=PROBE_WIDTHS,
+            label="Locality probes (should keep their answer)", elem_id=f"{key}-locality")
+
+
+def _blast_panel(key: str, out: dict) -> None:
+    """One editor's blast radius: the summary line, the chart and every probe."""
+    out[f"{key}_blast_summary"] = gr.Markdown(elem_id=f"{key}-blast-summary")
+    out[f"{key}_blast_chart"] = gr.Plot(label="p(target) on each probe, before and after the edit",
+                                        show_label=False, format="png", elem_id=f"{key}-blast-chart")
+    out[f"{key}_blast"] = gr.Dataframe(blast_table(None), interactive=False, wrap=True,
+                                       column_widths=BLAST_WIDTHS, label="Blast radius probes",
+                                       elem_id=f"{key}-blast")
 
 
 def launch(demo: gr.Blocks, config: AppConfig, **kwargs) -> Any:

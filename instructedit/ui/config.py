@@ -87,6 +87,8 @@ class AppConfig:
         threads: torch CPU threads per request; ``None``: the cores divided by the
             concurrency limit, so concurrent requests do not oversubscribe the CPU.
         results_file, figures_dir: what the Results tab shows when present.
+        data_dir: the benchmark data; its test splits (where the examples come from) give the
+            blast radius the same-template neighbours of a sentence (built-in lists without it).
     """
 
     model: str = "smollm2-135m"
@@ -102,6 +104,7 @@ class AppConfig:
     threads: int | None = None
     results_file: Path = PROJECT_ROOT / "docs" / "results.md"
     figures_dir: Path = PROJECT_ROOT / "docs" / "figures"
+    data_dir: Path | None = PROJECT_ROOT / "data"
 
 
 def cpu_threads(config: AppConfig) -> int:

@@ -2,6 +2,8 @@
 
 The instruction picker's values are strings: ``"0"``..``"8"`` (seen instructions),
 ``"heldout"`` (the unseen one), ``"none"`` (no instruction) and ``"custom"`` (free text).
+The subject box (what the edit is about) is filled with a guess when left empty; the kind of
+subject (for the blast radius) is ``"auto"`` (guessed) or one of the catalog's kinds.
 """
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ from dataclasses import dataclass
 
 from ..editor import EditRequest
 from ..instructions import HELD_OUT_INDEX, SEEN_INSTRUCTION_INDICES, TASKS, get_task
+from .blast import AUTO_KIND
 from .errors import UserError
+from .subjects import Catalog, default_catalog, guess_subject
 
 NO_INSTRUCTION = "none"
 CUSTOM_INSTRUCTION = "custom"
@@ -61,6 +65,34 @@ class EditForm:
     target: str = ""
     rephrases: str = ""
     probes: str = ""
+    subject: str = ""
+    kind: str = AUTO_KIND
+
+
+def kind_options(catalog: Catalog | None = None) -> list[tuple[str, str]]:
+    """(label, value) pairs of the kind-of-subject picker: a guess, then every kind."""
+    catalog = catalog or default_catalog()
+    return [("guess from the subject", AUTO_KIND)] + [(k.label, k.name) for k in catalog.kinds]
+
+
+def kind_choice(form: EditForm, catalog: Catalog | None = None) -> str | None:
+    """The form's kind of subject, or None to guess it."""
+    catalog = catalog or default_catalog()
+    kind = (form.kind or "").strip()
+    if not kind or kind == AUTO_KIND:
+        return None
+    if kind not in catalog.names:
+        raise UserError(f"Unknown kind of subject {kind!r}; pick one of: {', '.join(catalog.names)}.")
+    return kind
+
+
+def subject_for(prompt: str, current: str | None) -> str:
+    """The subject box's value for ``prompt``: the current one while the prompt contains it,
+    else a guess (so an example's subject stays, and a new prompt gets a new guess)."""
+    current = (current or "").strip()
+    if current and current in (prompt or ""):
+        return current
+    return guess_subject(prompt or "")
 
 
 def _check_text(name: str, value: str, max_chars: int) -> None:
@@ -110,6 +142,8 @@ def build_request(form: EditForm, max_chars: int, max_lines: int) -> EditRequest
         for i, line in enumerate(lines, 1):
             _check_text(f"{name} on line {i}", line, max_chars)
         lists[name] = lines
+    subject = " ".join((form.subject or "").split())
+    _check_text("subject", subject, max_chars)
     topic = label = None
     if get_task(form.task).needs_topic_and_label:
         topic = (form.topic or "").strip()
@@ -121,7 +155,8 @@ def build_request(form: EditForm, max_chars: int, max_lines: int) -> EditRequest
             raise UserError("ConvSent needs a sentiment: positive or negative.")
     return EditRequest(prompt=prompt, target=target, task=form.task,
                        instruction=instruction_choice(form, max_chars), topic=topic, label=label,
-                       rephrases=lists["rephrase"], probes=lists["locality probe"])
+                       rephrases=lists["rephrase"], probes=lists["locality probe"],
+                       subject=subject or topic or guess_subject(prompt) or None)
 
 
 def preview_inputs(form: EditForm, max_chars: int, max_lines: int) -> tuple[str, str]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..editor import Edit, EditRequest
 from ..instructions import TASKS
+from .blast import BlastRadius
 from .errors import UserError
 from .measure import EditScores
 
@@ -27,12 +28,14 @@ _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")
 
 @dataclass
 class HistoryEntry:
-    """One active edit of a session: InstructEdit's edit and, when shown, the baseline's."""
+    """One active edit of a session: InstructEdit's edit and, when shown, the baseline's, and
+    InstructEdit's blast radius (not measured for imported edits)."""
 
     edit: Edit
     scores: EditScores
     baseline: Edit | None = None
     baseline_scores: EditScores | None = None
+    blast: BlastRadius | None = None
 
     @property
     def id(self) -> str:
@@ -55,7 +58,8 @@ class ImportedEdit:
 def request_to_dict(request: EditRequest) -> dict[str, Any]:
     return {"task": request.task, "instruction": request.instruction, "topic": request.topic,
             "label": request.label, "prompt": request.prompt, "target": request.target,
-            "rephrases": list(request.rephrases), "probes": list(request.probes)}
+            "subject": request.subject, "rephrases": list(request.rephrases),
+            "probes": list(request.probes)}
 
 
 def export_payload(entries: list[HistoryEntry], model_id: str, editor: str,
@@ -161,6 +165,7 @@ def parse_history(raw: bytes | str, model_id: str, max_edits: int, max_bytes: in
                               instruction=_instruction(item, where),
                               topic=_text(item, "topic", where, optional=True),
                               label=_text(item, "label", where, optional=True),
+                              subject=_text(item, "subject", where, optional=True),
                               rephrases=_texts(item, "rephrases", where),
                               probes=_texts(item, "probes", where))
         edit_id = item.get("id")

@@ -49,11 +49,28 @@ ABOUT = """
 4. **Your edited model.** The change is added to the layers' outputs only while *your* requests
    run; the shared weights never change, so everyone on this server has their own model.
 
-**Scores** (the same definitions as the evaluation): *reliability* is the share of target tokens
-the edited model predicts on the edit input; *generalization* the same on the rephrases, wrapped
-with the same instruction; *locality* the share of an unrelated probe's answer tokens whose
-prediction is unchanged (for a probe typed without an answer, its first few tokens before the
-edit serve as the answer).
+**What you see first** is what a user of the edited model sees: the prompt as typed (no
+instruction around it), continued before and after the edit, exactly as the Playground continues
+it. *Says the target* means that continuation contains the target; *plain reliability* is the
+share of target tokens the edited model predicts after the prompt as typed. Every rephrase and
+probe gets a verdict read off its two continuations: *same answer* (identical, or the same first
+sentence or first few words), *changed*, or *now says* the target (it did not before). The
+teacher-forced figures say what they measure: `p(Paris) 0.61 → 0.02` is the probability of the
+probe's own answer (where the data knows it, else the first token it gave before the edit),
+`p(Rome) 0.00 → 0.85` that of the new target.
+
+**The blast radius** is probed after every edit without typing anything: the same sentence with
+other subjects of the same kind (same-template records of the data for its examples, else a
+built-in list: people, cities, countries, companies, ...), other facts about the same subject, and
+a fixed panel of unrelated facts. The chart shows the target's probability on each before and
+after; the summary counts the probes whose answer changed.
+
+**The paper protocol** (in *What the editor read*, and the evaluation's tables): *reliability* is
+the share of target tokens predicted on the edit input wrapped with the instruction;
+*generalization* the same on the rephrases, wrapped with the same instruction; *locality* the
+share of an unrelated probe's answer tokens whose prediction is unchanged (for a probe typed
+without an answer, its first few tokens before the edit serve as the answer). These are the
+evaluation's definitions (the same scoring code).
 
 **Baseline.** The multi-task MEND editor has the same architecture and training data, but sees
 the prompt without an instruction. Comparing the two columns shows what the instruction adds.

@@ -1,6 +1,9 @@
 """Every user action of the app, given a session id: edit, undo, remove, reset, export, import,
 generate. No Gradio here, so all of it is unit- and stress-testable without a browser.
 
+An edit is measured as a user sees it (the prompt as typed, see :mod:`.measure`) and as the
+editor read it, then its blast radius is probed (:mod:`.blast`), for both editors.
+
 The backbone and editors are shared and never modified; a session's edits are patches that are
 activated (per thread, see :class:`~instructedit.patches.PatchEngine`) only around that
 session's own model calls.
@@ -20,9 +23,10 @@ from pathlib import Path
 
 from ..backbone import Backbone
 from ..checkpoint import CheckpointError
-from ..editor import EditError, Editor, EditRequest
+from ..editor import Edit, EditError, Editor, EditRequest
 from ..instructions import InstructionError
-from ..patches import NonFiniteEditError
+from ..patches import NonFiniteEditError, Patch
+from .blast import BlastPlan, BlastPlanner, measure_blast
 from .config import Limits
 from .errors import UserError
 from .history import HistoryEntry, ImportedEdit, export_payload, parse_history, write_json_atomic
@@ -87,15 +91,18 @@ class EditService:
         limits: server limits (see :class:`~instructedit.ui.config.Limits`).
         store: the session store (a new one sized by ``limits`` by default).
         export_dir: where exported files are written (a temporary folder by default).
+        blast: builds each edit's blast radius probes (built-in subject lists, no data, by
+            default; the app passes one with the data's same-template neighbours).
     """
 
     def __init__(self, backbone: Backbone, editor: Editor, baseline: Editor | None = None,
                  limits: Limits | None = None, store: SessionStore | None = None,
-                 export_dir: str | Path | None = None) -> None:
+                 export_dir: str | Path | None = None, blast: BlastPlanner | None = None) -> None:
         self.backbone = backbone
         self.editor = editor
         self.baseline = baseline
         self.limits = limits or Limits()
+        self.blast = blast or BlastPlanner()
         self.store = store or SessionStore(self.limits.max_edits_per_session,
                                            self.limits.idle_timeout_s, self.limits.max_sessions)
         self.export_dir = Path(export_dir or tempfile.mkdtemp(prefix="instructedit-exports-"))
@@ -108,7 +115,8 @@ class EditService:
     def check_request(self, request: EditRequest) -> None:
         """Server-side limits on a request (the page's boxes have the same caps)."""
         limit = self.limits.max_input_chars
-        fields = {"prompt": request.prompt, "target": request.target, "topic": request.topic or ""}
+        fields = {"prompt": request.prompt, "target": request.target, "topic": request.topic or "",
+                  "subject": request.subject or ""}
         if isinstance(request.instruction, str):
             fields["instruction"] = request.instruction
         for name, value in fields.items():
@@ -133,11 +141,31 @@ class EditService:
                             f"is {self.limits.max_total_edits}); try again later.")
 
     # ----- editing --------------------------------------------------------------------------
-    def _edit_one(self, request: EditRequest, prior: Sequence[HistoryEntry], *, texts: bool,
-                  cache: GenerationCache, progress: Progress, start: float = 0.0,
-                  span: float = 1.0) -> tuple[HistoryEntry, EditReport, EditReport | None, str | None]:
-        """Edit with both editors on top of ``prior``; the session is not changed here."""
+    def _measure(self, editor: Editor, edit: Edit, before: Sequence[Patch], plan: BlastPlan | None, *,
+                 texts: bool, cache: GenerationCache) -> EditReport:
+        """The report of ``edit`` (made on top of ``before``) and, with a plan, its blast radius."""
         limits = self.limits
+        report = measure_edit(self.backbone, edit, editor.use_instructions, before, limits.max_new_tokens,
+                              limits.probe_answer_tokens, texts=texts, cache=cache)
+        if plan is None:
+            return report
+        start = time.perf_counter()
+        blast = measure_blast(self.backbone, before, [*before, edit.patch], plan, edit.request.target,
+                              max_new_tokens=limits.max_new_tokens, cache=cache,
+                              says_target=report.says_target)
+        blast_ms = (time.perf_counter() - start) * 1000
+        log.debug("%s: measured in %.0f ms, blast radius (%d probes) in %.0f ms", editor.name,
+                  report.measure_ms, len(plan.probes), blast_ms)
+        return dataclasses.replace(report, blast=blast, measure_ms=report.measure_ms + blast_ms)
+
+    def _edit_one(self, request: EditRequest, prior: Sequence[HistoryEntry], *, texts: bool,
+                  cache: GenerationCache, progress: Progress, start: float = 0.0, span: float = 1.0,
+                  kind: str | None = None) -> tuple[HistoryEntry, EditReport, EditReport | None, str | None]:
+        """Edit with both editors on top of ``prior``; the session is not changed here.
+
+        With ``texts`` (a new edit, not an import) the blast radius is probed too (``kind``: the
+        kind of subject chosen by the user, or guessed).
+        """
         if texts and not prior and self.baseline is not None:
             progress(start, "Reading the model's answers before the edit")
             self._prefill_before(request, cache)
@@ -145,9 +173,9 @@ class EditService:
         active = [e.edit for e in prior]
         with user_errors():
             edit = self.editor.edit(request, active=active)
-        progress(start + 0.25 * span, "InstructEdit: measuring before and after")
-        report = measure_edit(self.backbone, edit, self.editor.use_instructions, [e.patch for e in active],
-                              limits.max_new_tokens, limits.probe_answer_tokens, texts=texts, cache=cache)
+        plan = self.blast.plan(request, kind) if texts else None  # once the request is known valid
+        progress(start + 0.25 * span, "InstructEdit: measuring before and after, probing the blast radius")
+        report = self._measure(self.editor, edit, [e.patch for e in active], plan, texts=texts, cache=cache)
         base_edit = base_report = base_error = None
         if self.baseline is not None:
             progress(start + 0.5 * span, "Baseline: computing the same edit without instruction")
@@ -155,26 +183,34 @@ class EditService:
             try:
                 with user_errors("the baseline editor failed: "):
                     base_edit = self.baseline.edit(request, active=base_active)
-                progress(start + 0.75 * span, "Baseline: measuring before and after")
-                base_report = measure_edit(self.backbone, base_edit, self.baseline.use_instructions,
-                                           [e.patch for e in base_active], limits.max_new_tokens,
-                                           limits.probe_answer_tokens, texts=texts, cache=cache)
+                progress(start + 0.75 * span, "Baseline: measuring before and after, probing the blast radius")
+                base_report = self._measure(self.baseline, base_edit, [e.patch for e in base_active], plan,
+                                            texts=texts, cache=cache)
             except UserError as exc:
                 base_edit, base_error = None, str(exc)
-        entry = HistoryEntry(edit, report.scores, base_edit, base_report.scores if base_report else None)
+        entry = HistoryEntry(edit, report.scores, base_edit, base_report.scores if base_report else None,
+                             blast=report.blast)
         return entry, report, base_report, base_error
 
     def _prefill_before(self, request: EditRequest, cache: GenerationCache) -> None:
         """With no earlier edits both editors start from the same model: generate every text
-        either of them shows before the edit in one batch (one call instead of two)."""
-        texts: list[str] = []
+        either of them shows before the edit in one batch (one call instead of two). The prompt
+        as typed is generated on its own, as the Playground does (see :func:`measure_edit`)."""
+        n = self.limits.max_new_tokens
+        plain = request.prompt.strip()
+        generate_under(self.backbone, [], [plain], n, cache)
+        texts: list[str] = [*request.rephrases, *request.probes]
         for editor in (self.editor, self.baseline):
             flag = editor.use_instructions
             texts += [request.edit_input(flag), *(request.wrap(r, flag) for r in request.rephrases)]
-        generate_under(self.backbone, [], [*texts, *request.probes], self.limits.max_new_tokens, cache)
+        generate_under(self.backbone, [], [plain, *texts], n, cache)
 
-    def edit(self, session_id: str, request: EditRequest, progress: Progress | None = None) -> EditOutcome:
-        """Apply ``request`` on top of the session's edits; returns reports before/after."""
+    def edit(self, session_id: str, request: EditRequest, progress: Progress | None = None,
+             kind: str | None = None) -> EditOutcome:
+        """Apply ``request`` on top of the session's edits; returns reports before/after.
+
+        ``kind``: the kind of the edit's subject for its blast radius (None or "auto": guessed).
+        """
         progress = progress or _no_progress
         start = time.perf_counter()
         self.check_request(request)
@@ -183,7 +219,7 @@ class EditService:
             self.store.check_room(session)
             self.check_total(1)
             entry, report, base_report, base_error = self._edit_one(
-                request, session.entries, texts=True, cache={}, progress=progress)
+                request, session.entries, texts=True, cache={}, progress=progress, kind=kind)
             session.entries.append(entry)
             history = list(session.entries)
         total = (time.perf_counter() - start) * 1000

@@ -1,9 +1,11 @@
 """A real headless Chromium against the app on the real embedded model (4-bit) and shipped editors.
 
-Debian's /usr/bin/chromium driven by Playwright (never ``playwright install``). Prints the
-start-up time and the edit latency seen in the page, and takes a screenshot; with
-``INSTRUCTEDIT_UPDATE_SCREENSHOT=1`` (``make screenshot``) it replaces docs/screenshots/edit.png,
-so that a plain test run never changes a tracked file.
+Debian's /usr/bin/chromium driven by Playwright (never ``playwright install``). An edit from an
+example: the prompt as typed now continues with the target, the blast radius panel renders with
+its probes and chart, and the Playground shows the same text for the same sentence; a custom edit
+whose subject is typed by hand. Prints the start-up time and the edit latency seen in the page,
+and takes a screenshot; with ``INSTRUCTEDIT_UPDATE_SCREENSHOT=1`` (``make screenshot``) it
+replaces docs/screenshots/edit.png, so that a plain test run never changes a tracked file.
 """
 from __future__ import annotations
 
@@ -90,6 +92,34 @@ def page(tmp_path):
             context.close()
 
 
+def _value(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first.input_value()
+
+
+def _wait_value(page, elem_id: str, value: str) -> None:
+    page.wait_for_function("([id, v]) => { const e = document.querySelector(`#${id} textarea, #${id} input`);"
+                           " return e && e.value === v; }", arg=[elem_id, value], timeout=30_000)
+
+
+def _shown_text(page, elem_id: str, label: str) -> str:
+    """The text of a highlighted-text box without its label."""
+    text = page.inner_text(f"#{elem_id}")
+    return " ".join(text.replace(label, "", 1).split())
+
+
+def _edit(page) -> float:
+    clicked = time.perf_counter()
+    page.click("#edit-button")
+    page.wait_for_function("() => { const s = document.querySelector('#ie-summary');"
+                           " const b = document.querySelector('#ie-blast-summary');"
+                           " return s && s.innerText.includes('Plain reliability') &&"
+                           " b && b.innerText.includes('Blast radius'); }",
+                           timeout=EDIT_TIMEOUT_S * 1000)
+    latency = time.perf_counter() - clicked
+    print(f"[timing] edit latency in the page (click to results and blast radius): {latency:.1f} s")
+    return latency
+
+
 def test_counterfact_example_edit(app_url, page, tmp_path):
     from instructedit.data.examples import load_examples
 
@@ -101,26 +131,35 @@ def test_counterfact_example_edit(app_url, page, tmp_path):
     assert "SmolLM2-135M" in page.inner_text("#status-line")
 
     page.get_by_text(example.prompt, exact=True).first.click()
-    prompt_box = page.locator("#prompt textarea, #prompt input").first
-    page.wait_for_function("p => { const e = document.querySelector('#prompt textarea, #prompt input');"
-                           " return e && e.value === p; }", arg=example.prompt, timeout=30_000)
-    assert prompt_box.input_value() == example.prompt
+    _wait_value(page, "prompt", example.prompt)
+    _wait_value(page, "subject", example.subject)  # the example's subject, kept by the guesser
     assert example.locality[0].prompt in page.locator("#probes textarea").input_value()
 
-    clicked = time.perf_counter()
-    page.click("#edit-button")
-    page.wait_for_function("() => { const e = document.querySelector('#ie-summary');"
-                           " return e && e.innerText.includes('Reliability'); }",
-                           timeout=EDIT_TIMEOUT_S * 1000)
-    latency = time.perf_counter() - clicked
-    print(f"[timing] edit latency in the page (click to results): {latency:.1f} s")
-
-    after = page.inner_text("#ie-after")
+    _edit(page)
+    # what the model now says: the prompt as typed, continued with the target
+    after = _shown_text(page, "ie-after", "After the edit")
     assert example.target_new.lower() in after.lower(), after
+    assert "Says " in page.inner_text("#ie-summary")
     locality = page.inner_text("#ie-locality")
     assert example.locality[0].prompt in locality
-    assert "yes ·" in locality or "no ·" in locality
-    assert "1 active edit" in page.inner_text("#history-summary")
+    assert any(v in locality for v in ("same answer", "changed", "now says"))
+    assert "p(" in locality  # teacher-forced figures say what they measure
+
+    # the blast radius: summary, every probe, the chart
+    summary = page.inner_text("#ie-blast-summary")
+    assert "neighbours" in summary and "unrelated" in summary and example.subject in summary
+    blast = page.inner_text("#ie-blast")
+    assert "is a professional" in blast and "The capital of Germany is" in blast  # neighbours, unrelated
+    assert f"{example.subject} was born in" in blast  # another fact about the same subject
+    page.wait_for_selector("#ie-blast-chart img", timeout=30_000)
+    history = page.inner_text("#history")
+    assert "1 active edit" in page.inner_text("#history-summary") and "nbr " in history
+
+    # what the editor read, in the details
+    page.get_by_text("What the editor read", exact=False).first.click()
+    page.wait_for_selector("#ie-input textarea", state="visible", timeout=30_000)
+    assert page.locator("#ie-input textarea").input_value().startswith("Task: counterfact")
+    assert "paper protocol" in page.inner_text("#ie-paper")
 
     page.wait_for_timeout(500)
     shot = tmp_path / "edit.png"
@@ -129,3 +168,30 @@ def test_counterfact_example_edit(app_url, page, tmp_path):
     if os.environ.get("INSTRUCTEDIT_UPDATE_SCREENSHOT") == "1":
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
+
+    # the Playground agrees with the Edit tab on the same sentence
+    page.get_by_role("tab", name="Playground").click()
+    page.locator("#play-prompt textarea, #play-prompt input").first.fill(example.prompt)
+    page.click("#generate-button")
+    page.wait_for_function("() => { const e = document.querySelector('#play-note');"
+                           " return e && e.innerText.includes('active edit'); }", timeout=EDIT_TIMEOUT_S * 1000)
+    assert _shown_text(page, "play-on", "With your edits") == after
+
+
+def test_custom_edit_with_a_typed_subject(app_url, page):
+    prompt = "Built by the Romans, the Colosseum is located in the city of"
+    page.goto(app_url)
+    page.wait_for_selector("#edit-button", timeout=120_000)
+    page.get_by_text("Custom", exact=True).first.click()
+    page.locator("#prompt textarea, #prompt input").first.fill(prompt)
+    _wait_value(page, "subject", "Built")  # the guess (the longest capitalised run) is wrong here
+    page.locator("#subject textarea, #subject input").first.fill("Colosseum")  # so the user types one
+    page.locator("#target textarea, #target input").first.fill("Paris")
+    page.wait_for_timeout(1000)  # the kind follows the typed subject
+    _edit(page)
+    summary = page.inner_text("#ie-blast-summary")
+    assert "other facts about Colosseum" in summary and "landmark" in summary, summary
+    blast = page.inner_text("#ie-blast")
+    assert "the Eiffel Tower is located in the city of" in blast  # the same sentence, another landmark
+    assert "Colosseum was built in" in blast  # another fact about the typed subject
+    page.wait_for_selector("#ie-blast-chart img", timeout=30_000)

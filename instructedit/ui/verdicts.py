@@ -1,0 +1,63 @@
+"""The verdict on one probe, read off the two continuations the page shows.
+
+- ``now says <target>``: the continuation after the edit contains the target (as a whole word,
+  :func:`~instructedit.evaluate.plain.contains_answer`, the evaluation's test) and the one before
+  did not: the evaluation counts exactly these as bleed;
+- ``same answer``: the continuations are identical, or their first sentences are, or their first
+  few words are (punctuation and case aside): the probe's answer did not move;
+- ``changed``: anything else.
+
+A probe is *unchanged* when its verdict is ``same answer``.
+"""
+from __future__ import annotations
+
+import re
+
+from ..evaluate.plain import contains_answer
+
+SAME_ANSWER = "same answer"
+CHANGED = "changed"
+NOW_SAYS = "now says"
+FIRST_WORDS = 3
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
+_WORD = re.compile(r"\w+")
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+def first_sentence(text: str) -> str:
+    """The text up to its first sentence end (normalised; the whole text if none)."""
+    text = text.strip()
+    end = _SENTENCE_END.search(text)
+    return _normal(text[: end.start()] if end else text)
+
+
+def first_words(text: str, n: int = FIRST_WORDS) -> list[str]:
+    """The first ``n`` words of ``text``, lower-case, punctuation dropped."""
+    return _WORD.findall(text.lower())[:n]
+
+
+def same_answer(before: str, after: str, words: int = FIRST_WORDS) -> bool:
+    """Whether two continuations give the same answer (see the module doc)."""
+    if _normal(before) == _normal(after):
+        return True
+    sentence = first_sentence(before)
+    if sentence and sentence == first_sentence(after):
+        return True
+    a, b = first_words(before, words), first_words(after, words)
+    k = min(len(a), len(b))
+    return k > 0 and a[:k] == b[:k]
+
+
+def now_says(target: str) -> str:
+    return f"{NOW_SAYS} {target.strip()}"
+
+
+def verdict(before: str, after: str, target: str | None = None) -> str:
+    """``now says <target>``, ``same answer`` or ``changed`` (``target=None``: never the first,
+    for targets that are responses rather than short answers)."""
+    if target and contains_answer(after, target) and not contains_answer(before, target):
+        return now_says(target)
+    return SAME_ANSWER if same_answer(before, after) else CHANGED
