@@ -21,6 +21,7 @@ from .instructions import build_edit_input
 from .keying import KEY_ON_SUBJECT, key_mask
 from .mend import EditorConfig, MendNetwork
 from .patches import LayerPatch, Patch, PatchEngine
+from .preconditioning import attach_preconditioners
 from .scoring import AnswerBatch, answer_logits_from_hidden, score_answers, tokenize_answers
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,8 @@ class Editor:
         self.metadata = metadata or {}
         self.module_names = list(network.module_names)
         self.engine = PatchEngine.for_model(backbone.model, self.module_names)
+        if not network.preconditioners:
+            attach_preconditioners(network, backbone)
 
     # ----- construction -------------------------------------------------------------------
     @staticmethod

@@ -30,6 +30,10 @@ class EditorConfig:
         key_on: which tokens of the edit input build the update: ``"all"`` (classic MEND) or
             ``"subject"`` (the subject's tokens, where the request names a subject; see
             :mod:`instructedit.keying`).
+        precondition: ``"none"``, or ``"covariance"``: each transformed key ``u~`` is whitened by
+            the inverse key covariance of its module (as ROME's ``C^-1 k``) and rescaled so that
+            its response to ``u~`` itself is unchanged; generic inputs then barely trigger the
+            update (see :mod:`instructedit.preconditioning`; down-projections only).
     """
 
     rank: int = 256
@@ -38,10 +42,13 @@ class EditorConfig:
     normalize: bool = True
     norm_eps: float = 1e-6
     key_on: str = "all"
+    precondition: str = "none"
 
     def __post_init__(self) -> None:
         if self.key_on not in ("all", "subject"):
             raise ValueError(f"key_on must be 'all' or 'subject', got {self.key_on!r}")
+        if self.precondition not in ("none", "covariance"):
+            raise ValueError(f"precondition must be 'none' or 'covariance', got {self.precondition!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +126,14 @@ class GradientTransform(nn.Module):
         return h[..., : self.in_dim], h[..., self.in_dim:]
 
 
+def whiten(u: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """Rows ``u_i`` -> ``C^-1 u_i * |u_i|^2 / (u_i^T C^-1 u_i)``: the same response to ``u_i``
+    itself (``x = u_i`` gives ``x . u'_i = |u_i|^2``), far less to directions common in the keys."""
+    white = u @ inverse
+    scale = (u * u).sum(-1) / (u * white).sum(-1).clamp_min(1e-12)
+    return white * scale.unsqueeze(-1)
+
+
 def shape_key(in_dim: int, out_dim: int) -> str:
     return f"{in_dim}x{out_dim}"
 
@@ -140,6 +155,9 @@ class MendNetwork(nn.Module):
             key: GradientTransform(*module_shapes[members[0]], len(members), config)
             for key, members in modes.items()})
         self.log_lr = nn.Parameter(torch.full((len(self.module_names),), math.log(config.init_lr)))
+        self.preconditioners: dict[str, torch.Tensor] = {}
+        """Per module, the inverse key covariance (not saved: recomputed from data, see
+        :mod:`instructedit.preconditioning`)."""
 
     def step_size(self, name: str) -> torch.Tensor:
         """Signed step of module ``name`` (negative: updates go downhill)."""
@@ -147,7 +165,11 @@ class MendNetwork(nn.Module):
 
     def transform(self, name: str, u: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key, mode = self.mode_of[name]
-        return self.transforms[key](u, d, mode)
+        u_t, d_t = self.transforms[key](u, d, mode)
+        inverse = self.preconditioners.get(name)
+        if inverse is not None:
+            u_t = whiten(u_t, inverse.to(u_t.dtype))
+        return u_t, d_t
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -35,6 +35,8 @@ class TrainConfig:
         neighbour_locality: a same-template neighbour (another subject in the edit's sentence,
             from the training pool) is held still besides the dataset's locality probe.
         kl_all_positions: the locality KL covers every position of the locality texts.
+        precondition: ``"covariance"`` whitens the update's keys with the inverse key covariance
+            (ROME's ``C^-1 k``; down-projections only, see preconditioning.py).
     """
 
     model: str = DEFAULT_MODEL
@@ -71,6 +73,7 @@ class TrainConfig:
     plain_rephrase_share: float = 0.5
     neighbour_locality: bool = False
     kl_all_positions: bool = False
+    precondition: str = "none"
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

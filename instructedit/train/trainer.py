@@ -25,6 +25,7 @@ from ..editor import Editor
 from ..instructions import SEEN_INSTRUCTION_INDICES
 from ..mend import EditorConfig, MendNetwork
 from ..patches import PatchEngine
+from ..preconditioning import attach_preconditioners
 from .config import TrainConfig
 from .distributed import DistributedContext
 from .examples import TrainingExample, render_example
@@ -144,12 +145,13 @@ class Trainer:
         self.module_names = names
         torch.manual_seed(config.seed)
         editor_config = EditorConfig(rank=config.rank, n_blocks=config.n_blocks, init_lr=config.init_lr,
-                                     key_on=config.key_on)
+                                     key_on=config.key_on, precondition=config.precondition)
         self.weights = LossWeights(config.c_edit, config.c_loc, plain=config.plain_loss,
                                    neighbour=config.neighbour_locality,
                                    all_positions=config.kl_all_positions)
         self.network = MendNetwork(Editor.module_shapes(self.backbone, names), editor_config)
         self.network.to(self.backbone.device)
+        attach_preconditioners(self.network, self.backbone)
         PatchEngine.for_model(self.backbone.model, names)
         start = min(self.backbone.adapter.layer_index(n) for n in names)
         self.forward = CachedTopForward(self.backbone, start) if config.cached else FullForward(self.backbone)
