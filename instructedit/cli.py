@@ -138,19 +138,21 @@ def add_patch_rank_argument(parser) -> None:
 
 
 def editor_from_args(args: argparse.Namespace, backbone):
-    """An :class:`~instructedit.editor.Editor` for ``backbone`` as chosen on the command line."""
-    from .editor import Editor
+    """An :class:`~instructedit.editor.Editor` for ``backbone`` as chosen on the command line
+    (``--editor none``: one plain gradient step)."""
+    from .editors import GRADIENT, load_editor
 
     path = args.editor if args.editor is not None else default_editor_path()
     if path.strip().lower() == "none":
-        step = DEFAULT_STEP_SIZE if args.step_size is None else args.step_size
-        if not step > 0:
-            raise CliError(f"--step-size must be positive, got {step}")
         # a plain gradient step stays exact (full rank) unless --patch-rank is given
-        return Editor.untrained(backbone, step_size=step, patch_rank=getattr(args, "patch_rank", None))
+        try:
+            return load_editor(GRADIENT, backbone, step_size=args.step_size,
+                               patch_rank=getattr(args, "patch_rank", None))
+        except ValueError as exc:
+            raise CliError(f"--step-size: {exc}") from exc
     if args.step_size is not None:
         log.warning("--step-size is ignored with a trained editor (%s)", path)
-    return Editor.from_pretrained(path, backbone, patch_rank=trained_patch_rank(args))
+    return load_editor(path, backbone, patch_rank=trained_patch_rank(args))
 
 
 def trained_patch_rank(args: argparse.Namespace) -> int | None:

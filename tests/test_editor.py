@@ -105,3 +105,20 @@ def test_instruction_wrapping(llama):
     assert request.wrap("Where is the Eiffel Tower?").endswith("Input: Where is the Eiffel Tower?")
     unwrapped = Editor.untrained(llama, step_size=0.5, use_instructions=False).edit(request)
     assert unwrapped.wrapped_input == request.prompt
+
+
+def test_load_editor_names_every_kind_of_editor(tiny_llama_dir, tmp_path):
+    from instructedit.backbone import load_backbone
+    from instructedit.editors import load_editor
+    from instructedit.rome import RomeEditor
+
+    backbone = load_backbone(str(tiny_llama_dir), device="cpu")
+    assert load_editor("unedited", backbone) is None
+    step = load_editor("gradient", backbone, step_size=0.25)
+    assert step.patch_rank is None and float(step.network.log_lr.exp()[0]) == pytest.approx(0.25)
+    assert isinstance(load_editor("ROME", backbone), RomeEditor)
+    step.save_pretrained(tmp_path / "ck")
+    loaded = load_editor(str(tmp_path / "ck"), backbone, patch_rank=2)
+    assert loaded.patch_rank == 2 and loaded.module_names == step.module_names
+    with pytest.raises(ValueError, match="positive"):
+        load_editor("gradient", backbone, step_size=0)

@@ -14,7 +14,7 @@ from instructedit.ui.charts import blast_chart
 from instructedit.ui.config import AppConfig, Limits, cpu_threads
 from instructedit.ui.diff import ADDED, REMOVED, word_diff
 from instructedit.ui.forms import EditForm, build_request, kind_choice, kind_options, subject_for
-from instructedit.ui.loading import LoadedModels, load_editor, resolve_quant, status_line
+from instructedit.ui.loading import LoadedModels, load_app_editor, resolve_quant, status_line
 from instructedit.ui.measure import EditReport, EditScores
 from instructedit.ui.pages import MISSING_RESULTS, diagram_html, load_results
 from instructedit.ui.probing import ProbeResult
@@ -233,13 +233,13 @@ def test_command_line_defaults_and_limits():
 def test_missing_shipped_editor_falls_back_with_a_warning(tiny_llama_dir, tmp_path):
     backbone = load_backbone(str(tiny_llama_dir), device="cpu")
     default = str(tmp_path / "not-trained-yet")
-    editor, warning = load_editor(default, backbone, role="InstructEdit editor", default=default,
+    editor, warning = load_app_editor(default, backbone, role="InstructEdit editor", default=default,
                                   use_instructions=True)
     assert editor.name.startswith("gradient-step") and "plain gradient step" in warning
-    baseline, _ = load_editor("none", backbone, role="Baseline", default=default, use_instructions=False)
+    baseline, _ = load_app_editor("none", backbone, role="Baseline", default=default, use_instructions=False)
     assert not baseline.use_instructions
     with pytest.raises(CheckpointError):
-        load_editor(str(tmp_path / "typo"), backbone, role="InstructEdit editor", default=default,
+        load_app_editor(str(tmp_path / "typo"), backbone, role="InstructEdit editor", default=default,
                     use_instructions=True)
     line = status_line(LoadedModels(backbone, editor, None, [warning]))
     assert "**quantization** none" in line and "**baseline** hidden" in line and "⚠" in line

@@ -1,7 +1,6 @@
 """Runs every benchmark section in one process and collects one JSON-serialisable result."""
 from __future__ import annotations
 
-import argparse
 import gc
 import logging
 import time
@@ -12,6 +11,7 @@ import torch
 
 from ..backbone import load_backbone
 from ..editor import Edit, Editor
+from ..editors import DEFAULT_RANK
 from .config import BenchConfig
 from .evaluation import measure_evaluation
 from .finetune import compare_with_finetuning
@@ -26,11 +26,12 @@ log = logging.getLogger(__name__)
 
 
 def make_editor(backbone, config: BenchConfig) -> Editor:
-    """The editor under test (a checkpoint, or an untrained editor for ``none``)."""
-    from ..cli import editor_from_args
+    """The editor under test (a checkpoint, or one plain gradient step for ``none``)."""
+    from ..editors import GRADIENT, load_editor
 
-    return editor_from_args(argparse.Namespace(editor=config.editor, step_size=config.step_size),
-                            backbone)
+    spec = GRADIENT if config.editor.strip().lower() == "none" else config.editor
+    return load_editor(spec, backbone, step_size=config.step_size,
+                       patch_rank=None if spec == GRADIENT else DEFAULT_RANK)
 
 
 def editor_info(editor: Editor) -> dict:

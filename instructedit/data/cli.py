@@ -130,7 +130,41 @@ def add_data_cli(subparsers: Any) -> argparse.ArgumentParser:
     fetch.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                        help="log more, with progress bars and the hub library's retries")
     fetch.set_defaults(func=run_fetch)
+    examples = commands.add_parser(
+        "examples", help="rebuild the studio's example edits from the test splits",
+        description="Rebuild instructedit/assets/examples.json from the data's test splits.")
+    examples.add_argument("--data", default=DEFAULT_DATA_DIR, help="data folder (default: %(default)s)")
+    examples.add_argument("--out", default=None, help="output file (default: the shipped examples file)")
+    examples.set_defaults(func=run_examples)
+    lexicon = commands.add_parser(
+        "lexicon", help="train the ConvSent sentiment scorer (bag-of-words lexicon)",
+        description="Train the ConvSent sentiment scorer and write its weights.")
+    lexicon.add_argument("--data", default=DEFAULT_DATA_DIR, help="data folder (default: %(default)s)")
+    lexicon.add_argument("--out", default=None, help="where to write the weights (default: the shipped lexicon)")
+    lexicon.add_argument("--seed", type=int, default=0, help="ConvSent split seed (default: %(default)s)")
+    lexicon.add_argument("--top-n", type=int, default=6000, help="features kept (default: %(default)s)")
+    lexicon.add_argument("--l2", type=float, default=3e-5, help="L2 penalty (default: %(default)s)")
+    lexicon.set_defaults(func=run_lexicon)
     return data
+
+
+def run_examples(args: argparse.Namespace) -> int:
+    from .examples import DEFAULT_PATH, write_examples
+
+    out, count = write_examples(args.data, args.out or DEFAULT_PATH)
+    print(f"wrote {out}: {count} examples, {out.stat().st_size / 1024:.1f} KiB")
+    return 0
+
+
+def run_lexicon(args: argparse.Namespace) -> int:
+    from .sentiment import DEFAULT_PATH, build
+
+    out = args.out or str(DEFAULT_PATH)
+    scorer, accuracy = build(args.data, out, seed=args.seed, top_n=args.top_n, l2=args.l2)
+    print(f"wrote {out} ({len(scorer.weights)} features, {Path(out).stat().st_size / 1024:.0f} KiB)")
+    for split, value in accuracy.items():
+        print(f"accuracy on convsent {split}: {value:.4f}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,6 @@ from a data folder with::
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -87,19 +86,11 @@ def load_examples(task: str | None = None, path: str | Path | None = None) -> li
     return [r for r in records if task is None or r.task == task]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Rebuild instructedit/assets/examples.json from test splits.")
-    parser.add_argument("--data", default="data", help="data folder (default: %(default)s)")
-    parser.add_argument("--out", default=str(DEFAULT_PATH), help="output file")
-    args = parser.parse_args(argv)
-    records = select_examples(args.data)
-    out = Path(args.out)
+def write_examples(data_dir: str | Path, out: str | Path = DEFAULT_PATH) -> tuple[Path, int]:
+    """Rebuild the examples file from ``data_dir``'s test splits; returns (path, count)."""
+    records = select_examples(data_dir)
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = ",\n".join(json.dumps(compact_dict(r), ensure_ascii=False) for r in records)
     out.write_text(f"[\n{lines}\n]\n", encoding="utf-8")
-    print(f"wrote {out}: {len(records)} examples, {out.stat().st_size / 1024:.1f} KiB")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return out, len(records)

@@ -12,7 +12,6 @@ Rebuild::
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -22,8 +21,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from instructedit.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -191,24 +188,3 @@ def build(data_dir: str | Path, out: str | Path | None, *, seed: int = 0, top_n:
     if out is not None:
         scorer.save(out)
     return scorer, acc
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train the ConvSent sentiment scorer.")
-    parser.add_argument("--data", default="data", help="data folder (default: %(default)s)")
-    parser.add_argument("--out", default=str(DEFAULT_PATH), help="where to write the weights")
-    parser.add_argument("--seed", type=int, default=0, help="ConvSent split seed")
-    parser.add_argument("--top-n", type=int, default=6000, help="features kept")
-    parser.add_argument("--l2", type=float, default=3e-5, help="L2 penalty")
-    args = parser.parse_args(argv)
-    setup_logging()
-    scorer, acc = build(args.data, args.out, seed=args.seed, top_n=args.top_n, l2=args.l2)
-    size = Path(args.out).stat().st_size
-    print(f"wrote {args.out} ({len(scorer.weights)} features, {size / 1024:.0f} KiB)")
-    for split, value in acc.items():
-        print(f"accuracy on convsent {split}: {value:.4f}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

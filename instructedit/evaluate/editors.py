@@ -1,41 +1,25 @@
 """Editors an evaluation can use: none (the unedited model), a plain gradient step, ROME, or a
-trained checkpoint (MEND multi-task, InstructEdit)."""
+trained checkpoint (MEND multi-task, InstructEdit); ``__all__`` keeps GRADIENT and ROME here."""
 from __future__ import annotations
 
 from ..backbone import Backbone
 from ..defaults import DEFAULT_STEP_SIZE
 from ..editor import Editor
+from ..editors import DEFAULT_RANK, GRADIENT, ROME, UNEDITED, load_editor
 
 NO_EDIT = "none"
-GRADIENT = "gradient"
-ROME = "rome"
+__all__ = ["DEFAULT_GRADIENT_STEP", "GRADIENT", "NO_EDIT", "ROME", "editor_label", "load_eval_editor"]
 DEFAULT_GRADIENT_STEP = DEFAULT_STEP_SIZE
 
 
 def load_eval_editor(spec: str, backbone: Backbone, step_size: float | None = None,
-                     patch_rank: int | None | str = "default") -> Editor | None:
+                     patch_rank: int | None | str = DEFAULT_RANK):
     """``none``: no editor (nothing is edited: the floor); ``gradient``: one plain gradient step
     of ``step_size`` on the (instruction-wrapped) edit input; ``rome``: ROME (rank-one
-    locate-and-edit, see :mod:`instructedit.rome`); otherwise a checkpoint folder.
-
-    ``patch_rank``: rank each edit is kept at; ``"default"`` means full rank for the gradient step
-    and :data:`~instructedit.defaults.DEFAULT_PATCH_RANK` for a checkpoint."""
-    key = spec.strip()
-    if key.lower() == NO_EDIT:
-        return None
-    if key.lower() == GRADIENT:
-        step = DEFAULT_GRADIENT_STEP if step_size is None else step_size
-        if not step > 0:
-            raise ValueError(f"--step-size must be positive, got {step}")
-        rank = None if patch_rank == "default" else patch_rank
-        return Editor.untrained(backbone, step_size=step, normalize=False, patch_rank=rank)
-    if key.lower() == ROME:
-        from ..rome import RomeEditor
-
-        return RomeEditor(backbone)
-    if patch_rank == "default":
-        return Editor.from_pretrained(key, backbone)
-    return Editor.from_pretrained(key, backbone, patch_rank=patch_rank)
+    locate-and-edit, see :mod:`instructedit.rome`); otherwise a checkpoint folder
+    (:func:`instructedit.editors.load_editor`, with ``none`` spelled ``unedited`` there)."""
+    key = UNEDITED if spec.strip().lower() == NO_EDIT else spec
+    return load_editor(key, backbone, step_size=step_size, patch_rank=patch_rank)
 
 
 def editor_label(editor: Editor | None) -> str:

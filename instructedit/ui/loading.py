@@ -9,6 +9,7 @@ from pathlib import Path
 from ..backbone import Backbone, load_backbone
 from ..checkpoint import CheckpointError
 from ..editor import DEFAULT_PATCH_RANK, Editor
+from ..editors import GRADIENT, load_editor
 from .config import FALLBACK_STEP_SIZE, AppConfig
 
 log = logging.getLogger(__name__)
@@ -35,27 +36,27 @@ def resolve_quant(quant: str | None, device: str) -> str:
     return "none" if on_gpu else "4bit"
 
 
-def load_editor(spec: str, backbone: Backbone, *, role: str, default: str,
-                use_instructions: bool, patch_rank: int | None = DEFAULT_PATCH_RANK,
-                ) -> tuple[Editor, str | None]:
+def load_app_editor(spec: str, backbone: Backbone, *, role: str, default: str,
+                    use_instructions: bool, patch_rank: int | None = DEFAULT_PATCH_RANK,
+                    ) -> tuple[Editor, str | None]:
     """Load an editor checkpoint; ``none`` gives a plain gradient step.
 
     The shipped default falling short (missing, still being written, another model) gives a
     plain gradient step and a warning; a folder named explicitly must load or the app stops.
     """
     if spec.strip().lower() == "none":
-        return Editor.untrained(backbone, step_size=FALLBACK_STEP_SIZE,
-                                use_instructions=use_instructions), None
+        return load_editor(GRADIENT, backbone, step_size=FALLBACK_STEP_SIZE,
+                           use_instructions=use_instructions), None
     try:
-        return Editor.from_pretrained(spec, backbone, patch_rank=patch_rank), None
+        return load_editor(spec, backbone, patch_rank=patch_rank), None
     except CheckpointError as exc:
         if Path(spec).resolve() != Path(default).resolve():
             raise
         warning = (f"{role} checkpoint not usable ({exc}); using one plain gradient step "
                    f"(size {FALLBACK_STEP_SIZE}) instead")
         log.warning(warning)
-        return Editor.untrained(backbone, step_size=FALLBACK_STEP_SIZE,
-                                use_instructions=use_instructions), warning
+        return load_editor(GRADIENT, backbone, step_size=FALLBACK_STEP_SIZE,
+                           use_instructions=use_instructions), warning
 
 
 def load_models(config: AppConfig) -> LoadedModels:
@@ -65,13 +66,13 @@ def load_models(config: AppConfig) -> LoadedModels:
     start = time.perf_counter()
     quant = resolve_quant(config.quant, config.device)
     backbone = load_backbone(config.model, quant, device=config.device)
-    editor, warning = load_editor(config.editor, backbone, role="InstructEdit editor",
+    editor, warning = load_app_editor(config.editor, backbone, role="InstructEdit editor",
                                   default=str(DEFAULT_EDITOR), use_instructions=True,
                                   patch_rank=config.patch_rank)
     warnings = [warning] if warning else []
     baseline = None
     if config.baseline_editor.strip().lower() != "none":
-        baseline, warning = load_editor(config.baseline_editor, backbone, role="Baseline editor",
+        baseline, warning = load_app_editor(config.baseline_editor, backbone, role="Baseline editor",
                                         default=str(DEFAULT_BASELINE), use_instructions=False,
                                         patch_rank=config.patch_rank)
         if baseline.use_instructions:

@@ -1,0 +1,45 @@
+"""One way to turn an editor name into an editor: ``load_editor(spec, backbone)``.
+
+Specs: ``unedited`` (no editor: ``None``), ``gradient`` (one plain gradient step, an identity
+MEND network), ``rome`` (ROME, :mod:`instructedit.rome`) or the folder of a trained checkpoint
+(MEND multi-task or InstructEdit). The CLI, evaluation, benchmarks and the app all load through
+here; each face keeps its own flag spelling (e.g. ``edit --editor none`` means a gradient step).
+"""
+from __future__ import annotations
+
+from .backbone import Backbone
+from .defaults import DEFAULT_PATCH_RANK, DEFAULT_STEP_SIZE
+from .editor import Editor
+
+UNEDITED = "unedited"
+GRADIENT = "gradient"
+ROME = "rome"
+DEFAULT_RANK = "default"
+"""``patch_rank`` value meaning: full rank for a gradient step, ``DEFAULT_PATCH_RANK`` otherwise."""
+
+
+def load_editor(spec: str, backbone: Backbone, *, step_size: float | None = None,
+                patch_rank: int | None | str = DEFAULT_RANK, use_instructions: bool = True):
+    """The editor named by ``spec`` bound to ``backbone`` (``None`` for ``unedited``).
+
+    ``step_size``: the gradient step's size (default ``DEFAULT_STEP_SIZE``); ``patch_rank``: the
+    rank each edit is kept at; ``use_instructions``: whether a gradient step reads the wrapped
+    input. Raises ValueError for a non-positive step and CheckpointError for a bad checkpoint.
+    """
+    key = spec.strip()
+    name = key.lower()
+    if name == UNEDITED:
+        return None
+    if name == GRADIENT:
+        step = DEFAULT_STEP_SIZE if step_size is None else step_size
+        if not step > 0:
+            raise ValueError(f"the step size must be positive, got {step}")
+        rank = None if patch_rank == DEFAULT_RANK else patch_rank
+        return Editor.untrained(backbone, step_size=step, use_instructions=use_instructions,
+                                patch_rank=rank)
+    if name == ROME:
+        from .rome import RomeEditor
+
+        return RomeEditor(backbone)
+    rank = DEFAULT_PATCH_RANK if patch_rank == DEFAULT_RANK else patch_rank
+    return Editor.from_pretrained(key, backbone, patch_rank=rank)
