@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import UserFacingError
 
-class UnsupportedArchitectureError(ValueError):
+
+class UnsupportedArchitectureError(UserFacingError, ValueError):
     """The model's architecture has no adapter."""
 
 

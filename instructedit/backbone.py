@@ -20,6 +20,7 @@ from torch import nn
 
 from .adapters import ArchitectureAdapter, adapter_for
 from .defaults import DEFAULT_MODEL, QUANT_MODES
+from .errors import UserFacingError
 from .io_utils import atomic_folder, sha256_file
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _COMPLETE_MARKER = "instructedit-complete.json"
 
 
-class BackboneError(RuntimeError):
+class BackboneError(UserFacingError, RuntimeError):
     """A model could not be loaded; the message says why and what to do."""
 
 

@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .backbone import Backbone
+from .errors import UserFacingError
 from .io_utils import atomic_file, atomic_write_text, sha256_file
 from .mend import EditorConfig, MendNetwork
 
@@ -27,7 +28,7 @@ CONFIG_FILE = "editor.json"
 MAX_CHECKPOINT_BYTES = 16 * 1024 * 1024
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserFacingError, ValueError):
     """A checkpoint is missing, damaged, or belongs to another backbone."""
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .defaults import DEFAULT_STEP_SIZE, SHIPPED_EDITOR
+from .errors import UserFacingError
 from .logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ EXIT_USER_ERROR = 2
 Registrar = Callable[[Any], None]
 
 
-class CliError(Exception):
+class CliError(UserFacingError):
     """A problem with the command line's input (printed as one line, exit status 2)."""
 
 
@@ -53,16 +54,8 @@ def _one_line(text: Any) -> str:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types reported as one line with exit status 2 (imported lazily)."""
-    from .adapters import UnsupportedArchitectureError
-    from .backbone import BackboneError
-    from .checkpoint import CheckpointError
-    from .editor import EditError
-    from .instructions import InstructionError
-    from .patches import NonFiniteEditError
-
-    return (CliError, BackboneError, EditError, InstructionError, CheckpointError,
-            NonFiniteEditError, UnsupportedArchitectureError, FileExistsError)
+    """Exception types reported as one line with exit status 2 (see :mod:`instructedit.errors`)."""
+    return (UserFacingError, FileExistsError)
 
 
 # ----- shared argument groups ------------------------------------------------------------------

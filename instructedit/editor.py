@@ -17,6 +17,7 @@ import torch
 
 from .backbone import Backbone
 from .defaults import DEFAULT_PATCH_RANK
+from .errors import UserFacingError
 from .instructions import build_edit_input
 from .keying import KEY_ON_SUBJECT, key_mask
 from .mend import EditorConfig, MendNetwork
@@ -30,7 +31,7 @@ MAX_PROMPT_CHARS = 1000
 MAX_TARGET_TOKENS = 64
 
 
-class EditError(ValueError):
+class EditError(UserFacingError, ValueError):
     """An edit request cannot be carried out; nothing changed."""
 
 

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from .errors import UserFacingError
+
 SEEN_INSTRUCTION_INDICES: tuple[int, ...] = tuple(range(9))
 HELD_OUT_INDEX: int = 9
 INSTRUCTIONS_PER_TASK: int = 10
@@ -39,7 +41,7 @@ _INDEX_RE = re.compile(r"[+-]?[0-9]+")
 _HELD_OUT_WORDS = frozenset({"heldout", "held-out", "held_out"})
 
 
-class InstructionError(ValueError):
+class InstructionError(UserFacingError, ValueError):
     """An unknown task, a bad instruction choice, or a placeholder that cannot be filled."""
 
 

@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .errors import UserFacingError
+
 __all__ = ["LayerPatch", "Patch", "Capture", "PatchEngine", "NonFiniteEditError", "active_patches",
            "combine_patches", "stack_patches"]
 
 
-class NonFiniteEditError(ValueError):
+class NonFiniteEditError(UserFacingError, ValueError):
     """An edit produced NaN or inf values; it is rejected and never becomes active."""
 
 

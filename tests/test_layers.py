@@ -7,7 +7,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "instructedit"
 
 CORE_AND_GROUND = (
-    "adapters", "backbone", "checkpoint", "defaults", "editor", "editors", "generation",
+    "adapters", "backbone", "checkpoint", "defaults", "editor", "editors", "errors", "generation",
     "instructions", "io_utils", "keying", "logs", "mend", "merge", "patches", "preconditioning",
     "rome", "scoring", "tracing", "data",
 )
@@ -71,7 +71,7 @@ def test_gradio_only_in_the_web_face():
 
 
 def test_data_knows_nothing_of_models_or_editors():
-    allowed_roots = ("instructedit.data", "instructedit.defaults", "instructedit.io_utils",
+    allowed_roots = ("instructedit.data", "instructedit.defaults", "instructedit.errors", "instructedit.io_utils",
                      "instructedit.logs")
     bad = []
     for path in files("data"):
@@ -92,3 +92,24 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
     probe = PACKAGE / "patches.py"
     assert "torch" in imports(probe)
     assert "instructedit.rome.key_covariance" in imports(PACKAGE / "preconditioning.py")  # lazy
+
+
+def test_every_expected_error_is_one_user_facing_type():
+    from instructedit.adapters import UnsupportedArchitectureError
+    from instructedit.backbone import BackboneError
+    from instructedit.checkpoint import CheckpointError
+    from instructedit.cli import CliError
+    from instructedit.data.records import RecordError
+    from instructedit.data.tasks import SplitError
+    from instructedit.editor import EditError
+    from instructedit.errors import UserFacingError, sentence
+    from instructedit.instructions import InstructionError
+    from instructedit.patches import NonFiniteEditError
+    from instructedit.rome import SubjectError
+    from instructedit.ui.errors import UserError
+
+    for kind in (UnsupportedArchitectureError, BackboneError, CheckpointError, CliError, RecordError,
+                 SplitError, EditError, InstructionError, NonFiniteEditError, SubjectError, UserError):
+        assert issubclass(kind, UserFacingError), kind
+    assert sentence("  the prompt is\nempty ") == "The prompt is empty."
+    assert sentence("") == "The request could not be carried out."

@@ -24,7 +24,7 @@ from instructedit.ui.config import AppConfig, Limits
 from instructedit.ui.errors import UserError
 from instructedit.ui.forms import EditForm, build_request
 from instructedit.ui.history import FORMAT
-from instructedit.ui.loading import load_editor, load_models
+from instructedit.ui.loading import load_app_editor, load_models
 from instructedit.ui.service import EditService
 
 PROMPT = "The Eiffel Tower is located in"
@@ -366,14 +366,14 @@ def test_bad_editor_checkpoint(damage, match, checkpoint, backbone, tiny_llama_d
     before = digest(folder)
     # named explicitly: refused with the reason (the app stops with one line, exit code 2)
     with pytest.raises(CheckpointError, match=match):
-        load_editor(str(folder), backbone, role="InstructEdit editor", default="/nowhere",
+        load_app_editor(str(folder), backbone, role="InstructEdit editor", default="/nowhere",
                     use_instructions=True)
     code = app_module.main(["--model", str(tiny_llama_dir), "--quant", "none", "--device", "cpu",
                             "--editor", str(folder), "--baseline-editor", "none"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: ") and "Traceback" not in "\n".join(err)
     # the shipped default falling short: a plain gradient step and a warning, never a crash
-    editor, warning = load_editor(str(folder), backbone, role="InstructEdit editor", default=str(folder),
+    editor, warning = load_app_editor(str(folder), backbone, role="InstructEdit editor", default=str(folder),
                                   use_instructions=True)
     assert warning and "not usable" in warning and editor.name.startswith("gradient-step")
     assert digest(folder) == before  # nothing rewrote or "repaired" the files

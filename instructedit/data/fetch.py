@@ -27,6 +27,8 @@ from instructedit.data.records import RecordError
 from instructedit.data.tasks import TASK_FILES, TASKS
 from instructedit.io_utils import atomic_replace, sha256_file
 
+from ..errors import UserFacingError
+
 log = logging.getLogger(__name__)
 
 KNOWEDIT_REPO = "zjunlp/KnowEdit"
@@ -85,7 +87,7 @@ SOURCES: tuple[RemoteFile, ...] = (
 """Every benchmark file, in the order they are fetched."""
 
 
-class FetchError(RuntimeError):
+class FetchError(UserFacingError, RuntimeError):
     """A file could not be downloaded or is not what the loaders expect (one-line message)."""
 
 

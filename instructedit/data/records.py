@@ -4,11 +4,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..errors import UserFacingError
+
 KNOWN_TASKS = ("counterfact", "recent", "convsent", "zsre", "custom")
 SENTIMENT_LABELS = ("positive", "negative")
 
 
-class RecordError(ValueError):
+class RecordError(UserFacingError, ValueError):
     """A record (or a field of it) is malformed; the message names file, index and field."""
 
 

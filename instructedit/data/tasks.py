@@ -28,6 +28,8 @@ from instructedit.data.io import read_rows
 from instructedit.data.leakage import normalize, remove_leaks
 from instructedit.data.records import EditRecord
 
+from ..errors import UserFacingError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -51,7 +53,7 @@ CONVSENT_VAL_FRACTION = 0.1
 ZSRE_VAL_RECORDS = 100  # at most; never more than 10% of the file
 
 
-class SplitError(ValueError):
+class SplitError(UserFacingError, ValueError):
     """An unknown task or split, a missing data file, or a request to train on ``zsre``."""
 
 

@@ -9,11 +9,12 @@ from pathlib import Path
 from ..data.formats import load_records
 from ..data.records import EditRecord
 from ..data.tasks import load_split
+from ..errors import UserFacingError
 
 log = logging.getLogger(__name__)
 
 
-class SelectionError(ValueError):
+class SelectionError(UserFacingError, ValueError):
     """The data to evaluate cannot be found or read."""
 
 

@@ -22,10 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..backbone import Backbone
-from ..checkpoint import CheckpointError
-from ..editor import Edit, EditError, Editor, EditRequest
-from ..instructions import InstructionError
-from ..patches import NonFiniteEditError, Patch
+from ..editor import Edit, Editor, EditRequest
+from ..errors import UserFacingError, sentence
+from ..patches import Patch
 from .blast import BlastPlan, BlastPlanner, measure_blast
 from .config import Limits
 from .errors import UserError
@@ -36,15 +35,6 @@ from .sessions import Session, SessionStore
 log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
-_CORE_ERRORS = (EditError, InstructionError, NonFiniteEditError, CheckpointError)
-
-
-def _sentence(message: str) -> str:
-    text = " ".join(str(message).split())
-    if not text:
-        return "The request could not be carried out."
-    text = text[0].upper() + text[1:]
-    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 @contextlib.contextmanager
@@ -52,8 +42,10 @@ def user_errors(prefix: str = "") -> Iterator[None]:
     """Turn the core's expected errors into :class:`UserError` (a readable sentence)."""
     try:
         yield
-    except _CORE_ERRORS as exc:
-        raise UserError(_sentence(prefix + str(exc))) from exc
+    except UserError:
+        raise
+    except UserFacingError as exc:
+        raise UserError(sentence(prefix + str(exc))) from exc
 
 
 @dataclass(frozen=True)
