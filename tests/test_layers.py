@@ -13,7 +13,7 @@ CORE_AND_GROUND = (
 )
 FACES = ("instructedit.ui", "instructedit.cli", "instructedit.tracing_cli", "gradio", "argparse")
 WORKFLOWS = ("instructedit.train", "instructedit.evaluate", "instructedit.bench",
-             "instructedit.analysis", "instructedit.stress")
+             "instructedit.analysis")
 
 
 def module_name(path: Path) -> str:

@@ -24,11 +24,11 @@ import instructedit.ui.service as service_module
 from instructedit.backbone import BackboneError, convert_embedded_model, load_backbone
 from instructedit.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
 from instructedit.editor import Editor, EditRequest
-from instructedit.stress import launched_app, spans_text, table_rows
 from instructedit.train.trainer import _save_state
 from instructedit.ui.config import Limits
 from instructedit.ui.history import write_json_atomic
 from instructedit.ui.service import EditService
+from tests.stress import launched_app, spans_text, table_rows
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402

@@ -13,11 +13,11 @@ import pytest
 import app as app_module
 from instructedit.backbone import load_backbone
 from instructedit.editor import DEFAULT_PATCH_RANK, Editor, EditRequest
-from instructedit.stress import launched_app
 from instructedit.ui.app import launch
 from instructedit.ui.config import AppConfig, Limits
 from instructedit.ui.errors import UserError
 from instructedit.ui.service import EditService
+from tests.stress import launched_app
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402

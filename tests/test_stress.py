@@ -1,18 +1,18 @@
-"""The load and isolation test (instructedit.stress), short enough for CI: 4 users, 2 rounds, tiny model.
+"""The load and isolation test (tests.stress), short enough for CI: 4 users, 2 rounds, tiny model.
 
-The long run (16 users, SmolLM2-135M in 4 bit) is ``python -m instructedit.stress``; its figures
+The long run (16 users, SmolLM2-135M in 4 bit) is ``python -m tests.stress``; its figures
 are in docs/reliability.md.
 """
 from __future__ import annotations
 
 import pytest
 
-from instructedit import stress
 from instructedit.backbone import load_backbone
 from instructedit.editor import Editor
-from instructedit.stress import StressConfig, StressReport, compare_round, latency_summary, run_stress
 from instructedit.ui.config import Limits
 from instructedit.ui.service import EditService
+from tests import stress
+from tests.stress import StressConfig, StressReport, compare_round, latency_summary, run_stress
 
 pytest.importorskip("gradio_client")
 

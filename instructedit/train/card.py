@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_config
+from ..io_utils import atomic_write_text
 
 CARD_FILE = "README.md"
 EVAL_FILE = "test_metrics.json"
@@ -94,11 +94,7 @@ def render_card(folder: Path) -> str:
 def write_card(folder: str | Path) -> Path:
     """(Re)write ``README.md`` in the checkpoint folder, atomically."""
     folder = Path(folder)
-    path = folder / CARD_FILE
-    tmp = folder / (CARD_FILE + ".tmp")
-    tmp.write_text(render_card(folder))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(folder / CARD_FILE, render_card(folder))
 
 
 __all__ = ["render_card", "write_card", "CONFIG_FILE", "EVAL_FILE"]

@@ -23,6 +23,7 @@ from ..data.records import EditRecord
 from ..data.tasks import load_split
 from ..editor import Editor
 from ..instructions import SEEN_INSTRUCTION_INDICES
+from ..io_utils import atomic_replace, atomic_write_text
 from ..mend import EditorConfig, MendNetwork
 from ..patches import PatchEngine
 from ..preconditioning import attach_preconditioners
@@ -104,13 +105,7 @@ def load_training_data(config: TrainConfig) -> TrainingData:
 
 
 def _save_state(path: Path, state: dict) -> None:
-    tmp = str(path.with_name(path.name + f".tmp-{os.getpid()}.pt"))
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_replace(path, lambda tmp: torch.save(state, tmp))
 
 
 def _success_and_specificity(per_task: dict[str, dict]) -> tuple[float, float]:
@@ -349,9 +344,7 @@ class Trainer:
         config["provenance"]["total_steps_run"] = self.step
         config["provenance"]["total_wall_time_s"] = round(self.wall_time, 1)
         config["provenance"]["stopped_early"] = self.step < self.config.steps
-        tmp = cfg_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(config, indent=2) + "\n")
-        os.replace(tmp, cfg_file)
+        atomic_write_text(cfg_file, json.dumps(config, indent=2) + "\n")
         from .card import write_card
 
         write_card(self.out_dir)

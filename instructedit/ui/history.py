@@ -7,9 +7,7 @@ model it was made on; another model's file is refused.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 
 from ..editor import Edit, EditRequest
 from ..instructions import TASKS
+from ..io_utils import atomic_file
 from .blast import BlastRadius
 from .errors import UserError
 from .measure import EditScores
@@ -80,15 +79,9 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` to ``path`` through a temporary file and a rename (never half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, ensure_ascii=False, indent=1)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, ensure_ascii=False, indent=1)
+        handle.write("\n")
     return path
 
 

@@ -1,6 +1,6 @@
 """Load and isolation test of the web app: many simulated users over HTTP, on loopback only.
 
-``python -m instructedit.stress`` loads a model and its editors, launches the app in this process
+``python -m tests.stress`` loads a model and its editors, launches the app in this process
 on 127.0.0.1 (a free port), and drives it with ``gradio_client`` like N browser users would: each
 user has its own session and applies its own edit, generates, undoes, for a fixed number of
 rounds. It checks that
@@ -15,7 +15,7 @@ rounds. It checks that
 and reports throughput (edits per minute) and p50/p95 latencies. Every request has a timeout, the
 whole run a deadline, and the server is closed at the end: the command stops by itself.
 
-Run ``python -m instructedit.stress --help`` for the options; ``--tiny`` uses the tiny random
+Run ``python -m tests.stress --help`` for the options; ``--tiny`` uses the tiny random
 model of the test suite (seconds), the default is the embedded SmolLM2-135M in 4 bit.
 """
 from __future__ import annotations
@@ -40,8 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from instructedit.defaults import DEFAULT_MODEL, QUANT_MODES
-
-from .logs import setup_logging
+from instructedit.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -271,9 +270,9 @@ def heartbeat_interval(seconds: float) -> Iterator[None]:
 @contextlib.contextmanager
 def launched_app(service, status: str = "**Model** under test") -> Iterator[str]:
     """Build the app around ``service``, launch it on 127.0.0.1 (free port), yield its URL, close it."""
-    from .ui.app import build_demo, launch
-    from .ui.config import AppConfig
-    from .ui.pages import ResultsContent
+    from instructedit.ui.app import build_demo, launch
+    from instructedit.ui.config import AppConfig
+    from instructedit.ui.pages import ResultsContent
 
     demo = build_demo(service, status, ResultsContent(None))
     config = AppConfig(host=LOOPBACK, port=free_port(), share=False, limits=service.limits)
@@ -519,7 +518,7 @@ def _single_user_reference(url: str, config: StressConfig, stop_at: float, work_
 def run_stress(service, config: StressConfig | None = None, status: str = "**Model** under test",
                ) -> StressReport:
     """Launch the app around ``service`` on loopback, load it, check it, close it; see the module doc."""
-    from .ui.measure import generate_under
+    from instructedit.ui.measure import generate_under
 
     config = config or StressConfig()
     limits = service.limits
@@ -591,7 +590,7 @@ def _fresh_session_check(url: str, config: StressConfig, stop_at: float, work_di
 def build_parser() -> argparse.ArgumentParser:
     defaults = StressConfig()
     p = argparse.ArgumentParser(
-        prog="python -m instructedit.stress",
+        prog="python -m tests.stress",
         description="Launch the app on 127.0.0.1 and load it with simulated users; check errors, "
                     "isolation, fresh-session outputs and memory; report throughput and latency.")
     p.add_argument("--tiny", action="store_true",
@@ -626,9 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _tiny_service(limits, work_dir: str):
     """An EditService on the test suite's tiny random LLaMA (needs the repository's tests/)."""
-    from .backbone import load_backbone
-    from .editor import Editor
-    from .ui.service import EditService
+    from instructedit.backbone import load_backbone
+    from instructedit.editor import Editor
+    from instructedit.ui.service import EditService
 
     try:
         from tests.tiny_models import build_tiny_model
@@ -643,9 +642,9 @@ def _tiny_service(limits, work_dir: str):
 
 
 def _real_service(args, limits):
-    from .ui.config import AppConfig
-    from .ui.loading import load_models, status_line
-    from .ui.service import EditService
+    from instructedit.ui.config import AppConfig
+    from instructedit.ui.loading import load_models, status_line
+    from instructedit.ui.service import EditService
 
     config = replace(AppConfig(), model=args.model, quant=args.quant, device=args.device, limits=limits)
     if args.editor:
@@ -665,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from .ui.config import Limits
+    from instructedit.ui.config import Limits
 
     hf_logging.disable_progress_bar()
     if args.threads:
