@@ -65,6 +65,9 @@ def test_bench_quick_json_and_report(capsys, quick_result):
         assert 0 <= ft[method]["reliability"] <= 1 and _summary_ok(ft[method]["latency_ms"])
     tr = result["training"]
     assert _positive(tr["speedup"]) and _positive(tr["cached_steps_per_s"]["median"])
+    ro = result["rome"]
+    assert ro["records"] == 1 and _summary_ok(ro["rome_ms"]) and _summary_ok(ro["editor_ms"])
+    assert _positive(ro["slowdown"])
     assert tr["cached_breakdown_s"]["total"] > 0
     ev = result["evaluation"]
     assert ev["quantization"] == "4bit" and _positive(ev["records_per_s"])
@@ -75,7 +78,7 @@ def test_bench_quick_json_and_report(capsys, quick_result):
     assert all({"goal", "target", "value", "met", "note"} <= set(g) for g in result["goals"])
     report = out.read_text()
     for heading in ("# Benchmarks", "## Machine and run", "## Goals", "## 1. Edit latency",
-                    "## 2. Generation speed", "## 3. Memory", "## 4. InstructEdit editor vs",
+                    "## 2. Generation speed", "## 3. Memory", "## 4. InstructEdit editor vs", "## 4b. ROME beside",
                     "## 5. Training step", "## 6. Evaluation throughput", "2-core CPU only"):
         assert heading in report, heading
     assert result["machine"]["cpu_model"] in report

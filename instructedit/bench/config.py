@@ -49,6 +49,7 @@ class BenchConfig:
         new_tokens, generation_repeats: tokens per generation and timed generations per count.
         compression_edits, svd_ranks: edits and ranks of the patch-compression study.
         finetune_edits: CounterFact test edits in the fine-tuning comparison.
+        rome_edits: CounterFact test edits timed with the editor and with ROME (section 4b).
         train_batches, train_repeats: distinct training batches and timed passes over them.
         eval_records, eval_batch_size: records of the evaluation-throughput run (4-bit when
             measured) and the evaluator's batch size.
@@ -71,6 +72,7 @@ class BenchConfig:
     compression_edits: int = 20
     svd_ranks: tuple[int, ...] = (1, 2, 4, 8)
     finetune_edits: int = 50
+    rome_edits: int = 8
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     train_batches: int = 3
     train_repeats: int = 3
@@ -92,6 +94,6 @@ class BenchConfig:
         """The smoke-test settings: every section runs, on a handful of items."""
         return replace(self, latency_edits=3, latency_warmup=1, active_counts=(0, 1, 2, 3),
                        new_tokens=4, generation_repeats=2, compression_edits=2, svd_ranks=(1, 2),
-                       finetune_edits=2, finetune=replace(self.finetune, max_steps=3),
+                       finetune_edits=2, rome_edits=1, finetune=replace(self.finetune, max_steps=3),
                        train_batches=1, train_repeats=2, train_pool_per_task=4, eval_records=2, eval_batch_size=2,
                        profile_top=3, quick=True)

@@ -312,6 +312,23 @@ def finetune(r: dict) -> list[str]:
     return lines
 
 
+def rome(r: dict) -> list[str]:
+    ro = r.get("rome")
+    if not ro:
+        return []
+    lines = ["## 4b. ROME beside the one-pass editor", ""]
+    if not ro.get("records"):
+        return lines + [f"Not measured: {ro.get('note', 'no records')}.", ""]
+    lines += [f"{ro['records']} CounterFact test edits on the {ro['quantization']} backbone, each made "
+              f"by the {ro['editor']} editor (one pass) and by ROME (layer {ro['rome_layer']}: value "
+              "optimisation over prefixed prompts, then the rank-one closed form; "
+              "`instructedit/bench/rome_latency.py`). ROME's key covariance took "
+              f"{ro['covariance_s']:.1f} s once (cached on disk afterwards).", ""]
+    lines += _table(["method", "latency ms"],
+                    [(ro["editor"], _s(ro["editor_ms"])), ("ROME", _s(ro["rome_ms"]))])
+    return lines + [f"ROME takes **{ro['slowdown']:.1f}x** the editor's median latency per edit.", ""]
+
+
 def training(r: dict) -> list[str]:
     tr = r.get("training")
     if not tr:
@@ -366,7 +383,8 @@ def timings(r: dict) -> list[str]:
 
 def render_markdown(result: dict) -> str:
     """The whole report."""
-    parts = [header, goals, findings, latency, generation, memory, finetune, training, evaluation, timings]
+    parts = [header, goals, findings, latency, generation, memory, finetune, rome, training, evaluation,
+             timings]
     lines: list[str] = []
     for part in parts:
         lines += part(result)

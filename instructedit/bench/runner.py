@@ -19,6 +19,7 @@ from .gen_speed import measure_generation
 from .latency import measure_edit_latency
 from .machine import load_average, machine_info
 from .memory import compression, compression_batches, edit_sizes, footprints, sessions
+from .rome_latency import compare_with_rome
 from .training import measure_training
 from .workload import counterfact_records, edit_request, editor_case
 
@@ -83,7 +84,8 @@ def run_bench(config: BenchConfig) -> dict:
     cpu_started = time.process_time()
     clock = SectionClock()
     result: dict = {"machine": machine_info(), "config": config.to_dict(), "model": config.model}
-    n_edits = max(config.latency_edits, max(config.active_counts), config.compression_edits, 1)
+    n_edits = max(config.latency_edits, max(config.active_counts), config.compression_edits,
+                  config.rome_edits, 1)
     records = counterfact_records(config.data, max(n_edits, config.finetune_edits,
                                                    config.eval_records), config.seed)
     requests = [edit_request(r) for r in records[:n_edits]]
@@ -127,6 +129,9 @@ def run_bench(config: BenchConfig) -> dict:
                 result["finetune"] = {"quantization": mode, **compare_with_finetuning(
                     editor, records[: config.finetune_edits], config.finetune,
                     config.goals.finetune_speedup)}
+            with clock.section("ROME comparison"):
+                result["rome"] = {"quantization": mode, **compare_with_rome(
+                    editor, requests[: config.rome_edits])}
             with clock.section("training"):
                 result["training"] = {"quantization": mode, **measure_training(
                     backbone, config.data, config.train_batches, config.train_repeats,

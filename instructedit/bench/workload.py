@@ -34,7 +34,8 @@ def edit_request(record: EditRecord) -> EditRequest:
     """The editor's request for ``record`` (a seen CounterFact instruction)."""
     return EditRequest(prompt=record.prompt, target=record.target_new, task=record.task,
                        instruction=BENCH_INSTRUCTION, rephrases=tuple(record.rephrases),
-                       probes=tuple(p.prompt for p in record.locality))
+                       probes=tuple(p.prompt for p in record.locality),
+                       subject=record.subject or None)
 
 
 @dataclass(frozen=True)
