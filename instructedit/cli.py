@@ -1,7 +1,7 @@
 """The command line: ``python -m instructedit <command> [--help]`` (``instructedit`` once installed).
 
 Subcommands are added by registration functions ``register(subparsers)`` (see
-:data:`REGISTRARS` and :data:`OPTIONAL_REGISTRARS`). A registration adds one or more parsers with
+:data:`REGISTRARS` and :data:`COMMAND_MODULES`). A registration adds one or more parsers with
 ``subparsers.add_parser(...)`` and sets ``func`` on each: ``parser.set_defaults(func=handler)``,
 where ``handler(args) -> int | None`` returns the exit code (``None`` means 0). Optional
 registrations live in modules that may not exist yet; a module that cannot be imported is skipped
@@ -61,7 +61,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 # ----- shared argument groups ------------------------------------------------------------------
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model --quant --dtype --compute-dtype --device``: what :func:`backbone_from_args` reads."""
-    from .backbone import DEFAULT_MODEL, QUANT_MODES
+    from .defaults import DEFAULT_MODEL, QUANT_MODES
 
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=DEFAULT_MODEL,
@@ -377,32 +377,22 @@ def cmd_merge(args: argparse.Namespace) -> int:
 REGISTRARS: list[Registrar] = [register_info, register_edit, register_merge]
 """Built-in registrations; other code may append to this list before :func:`build_parser`."""
 
-OPTIONAL_REGISTRARS: list[tuple[str, str]] = [
+COMMAND_MODULES: list[tuple[str, str]] = [
     ("instructedit.data.cli", "add_data_cli"),
     ("instructedit.train.cli", "register"),
     ("instructedit.evaluate.cli", "register"),
     ("instructedit.bench", "register"),
-    ("instructedit.analysis", "register"),
+    ("instructedit.analysis_cli", "register"),
     ("instructedit.tracing_cli", "register"),
 ]
-"""(module, function) registrations used when the module can be imported."""
+"""(module, function) of every command beyond info / edit / merge. Imported explicitly: a missing
+dependency is an error, never a silently missing command. These modules keep torch and the model
+code out of their top level (imported inside the command functions), so ``--help`` stays fast."""
 
 
-def optional_registrars() -> list[Registrar]:
-    """The optional registrations whose modules import; ImportError skips one, others raise."""
-    found = []
-    for module_name, attr in OPTIONAL_REGISTRARS:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            log.debug("optional commands of %s unavailable: %s", module_name, exc)
-            continue
-        func = getattr(module, attr, None)
-        if func is None:
-            log.debug("%s has no %s(); no commands from it", module_name, attr)
-            continue
-        found.append(func)
-    return found
+def command_registrars() -> list[Registrar]:
+    """The registration functions of :data:`COMMAND_MODULES`."""
+    return [getattr(importlib.import_module(module), attr) for module, attr in COMMAND_MODULES]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -411,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "knowledge editing of language models.")
     _add_verbose(parser, default=0)
     subparsers = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    for register in [*REGISTRARS, *optional_registrars()]:
+    for register in [*REGISTRARS, *command_registrars()]:
         register(subparsers)
     return parser
 

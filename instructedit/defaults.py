@@ -11,6 +11,7 @@
 - ``DEFAULT_STEP_SIZE``: the plain gradient step's size when none is chosen by a sweep.
 - ``SHIPPED_EDITOR`` / ``SHIPPED_BASELINE``: the trained editors of the embedded model
   (relative to the checkout; the faces resolve them against the project root).
+- ``TRACE_KINDS``: the states causal tracing can restore.
 """
 from __future__ import annotations
 
@@ -23,3 +24,5 @@ DEFAULT_STEP_SIZE = 0.03
 CHECKPOINTS = PurePosixPath("checkpoints")
 SHIPPED_EDITOR = CHECKPOINTS / DEFAULT_MODEL / "instructedit"
 SHIPPED_BASELINE = CHECKPOINTS / DEFAULT_MODEL / "mend-multitask"
+TRACE_KINDS: tuple[str, ...] = ("hidden", "mlp", "attn")
+"""What causal tracing restores: a block's output (hidden state), its MLP's or its attention's."""

@@ -34,6 +34,7 @@ import torch
 
 from .adapters import intervene
 from .backbone import Backbone
+from .defaults import TRACE_KINDS
 from .patches import PatchEngine
 from .rome import SubjectError, subject_span
 from .scoring import answer_text
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 __all__ = ["KINDS", "CATEGORIES", "TraceResult", "AverageEffect", "trace", "restored_probability",
            "average_indirect_effect", "predicts", "summarise", "format_table", "save_heatmap", "token_categories"]
 
-KINDS: tuple[str, ...] = ("hidden", "mlp", "attn")
+KINDS: tuple[str, ...] = TRACE_KINDS
 KIND_LABELS = {"hidden": "hidden state (block output)", "mlp": "MLP output", "attn": "attention output"}
 CATEGORIES: tuple[str, ...] = ("first subject token", "middle subject tokens", "last subject token",
                                "first subsequent token", "further tokens", "last token")

@@ -22,7 +22,7 @@ AUTO = "auto"
 def register(subparsers) -> None:
     """Add the ``trace`` subcommand."""
     from .cli import _add_verbose, add_model_arguments
-    from .tracing import KINDS
+    from .defaults import TRACE_KINDS as KINDS
 
     p = subparsers.add_parser(
         "trace", help="causal tracing: which layers and tokens carry a fact",
@@ -66,7 +66,7 @@ def register(subparsers) -> None:
 
 def _kinds(text: str) -> tuple[str, ...]:
     from .cli import CliError
-    from .tracing import KINDS
+    from .defaults import TRACE_KINDS as KINDS
 
     kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
     unknown = [k for k in kinds if k not in KINDS]

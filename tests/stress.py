@@ -654,7 +654,7 @@ def _real_service(args, limits):
     models = load_models(config)
     for warning in models.warnings:
         log.warning("%s", warning)
-    return EditService(models.backbone, models.editor, models.baseline, limits), status_line(models)
+    return EditService(models.backbone, models.editor, models.baseline, limits, rome=models.rome), status_line(models)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

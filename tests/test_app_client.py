@@ -16,6 +16,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 from instructedit.backbone import load_backbone  # noqa: E402
 from instructedit.editor import Editor  # noqa: E402
+from instructedit.rome import RomeConfig, RomeEditor  # noqa: E402
 from instructedit.ui.app import EDIT_OUTPUTS, build_demo, launch  # noqa: E402
 from instructedit.ui.config import AppConfig, Limits  # noqa: E402
 from instructedit.ui.pages import ResultsContent  # noqa: E402
@@ -39,8 +40,9 @@ def app(tiny_llama_dir, tmp_path_factory):
     editor = Editor.untrained(backbone, step_size=0.5)
     baseline = Editor.untrained(backbone, step_size=0.5, use_instructions=False)
     limits = Limits(max_new_tokens=6, max_edits_per_session=3, max_input_chars=200, max_lines=3)
+    rome = RomeEditor(backbone, RomeConfig(covariance="identity", n_prefixes=2, prefix_tokens=4, v_steps=6))
     service = EditService(backbone, editor, baseline, limits,
-                          export_dir=tmp_path_factory.mktemp("exports"))
+                          export_dir=tmp_path_factory.mktemp("exports"), rome=rome)
     demo = build_demo(service, "**Model** tiny", ResultsContent(None))
     config = AppConfig(host="127.0.0.1", port=free_port(), limits=limits)
     _, url, _ = launch(demo, config, prevent_thread_lock=True, quiet=True)
@@ -97,6 +99,39 @@ def test_edit_returns_before_after_and_scores(app, tmp_path):
     assert out["ie_blast_chart"] is not None and "changed" in out["ie_blast_summary"]
     assert len(rows(out["history"])) == 1 and "1 active edit" in out["history_summary"]
     assert rows(out["history"])[0][8].startswith("nbr ")
+
+
+def test_edit_shows_instructedit_first_then_the_comparisons(app, tmp_path):
+    url, _ = app
+    c = client(url, tmp_path)
+    job = c.submit(*{**FORM, "subject": "Eiffel Tower"}.values(), api_name="/edit")
+    final = dict(zip(EDIT_OUTPUTS, job.result(), strict=True))
+    first, last = (dict(zip(EDIT_OUTPUTS, o, strict=True)) for o in job.outputs())
+    # the first step: InstructEdit's result, the baseline and ROME still computing
+    assert "Plain reliability" in first["ie_summary"] and "Blast radius" in first["ie_blast_summary"]
+    assert first["bl_summary"].startswith("⏳ Baseline") and first["rome_summary"].startswith("⏳ ROME")
+    assert first["report"]["pending"] == ["baseline", "rome"] and first["report"]["rome"] is None
+    # the last step is the whole result; ROME edits the prompt as typed at its subject
+    assert last["rome_summary"] == final["rome_summary"] and "Plain reliability" in final["rome_summary"]
+    assert "pending" not in final["report"] and final["report"]["rome"]["editor"] == "rome"
+    assert final["rome_input"] == PROMPT and "Blast radius" in final["rome_blast_summary"]
+    assert rows(final["history"])[0][10] != "–"  # ROME's scores in the history
+    # without a subject ROME says why in its column; InstructEdit and the baseline still show
+    vague = edit(c, task="custom", instruction="none", prompt="the best pizza is", target="pineapple",
+                 subject="", rephrases="", probes="")
+    assert vague["rome_summary"].startswith("⚠ ROME needs the subject of the edit")
+    assert vague["report"]["rome"] is None and "ROME needs the subject" in vague["report"]["rome_error"]
+    assert "Plain reliability" in vague["ie_summary"] and "Plain reliability" in vague["bl_summary"]
+
+
+def test_where_is_this_fact(app, tmp_path):
+    url, _ = app
+    c = client(url, tmp_path)
+    image, text = c.predict(PROMPT, "Eiffel Tower", api_name="/trace")
+    assert Path(image).read_bytes()[:4] == b"\x89PNG" and text.startswith("**Where is this fact?** p(")
+    assert "the unedited model" in text
+    with pytest.raises(Exception, match="does not occur in the prompt"):
+        c.predict(PROMPT, "Colosseum", api_name="/trace")
 
 
 def test_edit_report_by_name_and_a_custom_subject(app, tmp_path):

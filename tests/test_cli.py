@@ -175,7 +175,7 @@ def test_merge_command(capsys, tiny_gpt2_dir, tmp_path):
     assert code == 0, err
 
 
-def test_optional_registrations(monkeypatch, tmp_path):
+def test_command_modules_are_imported_explicitly(monkeypatch, tmp_path):
     pkg = tmp_path / "fake_cli_plugins"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
@@ -185,17 +185,25 @@ def test_optional_registrations(monkeypatch, tmp_path):
             p.set_defaults(func=lambda args: print("hello") or 0)
     """))
     (pkg / "broken_dep.py").write_text("import a_module_that_does_not_exist_xyz\n")
-    (pkg / "buggy.py").write_text("raise RuntimeError('bug in an optional module')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(cli, "OPTIONAL_REGISTRARS", [
-        ("fake_cli_plugins.missing", "register"), ("fake_cli_plugins.broken_dep", "register"),
-        ("fake_cli_plugins.good", "register")])
+    monkeypatch.setattr(cli, "COMMAND_MODULES", [("fake_cli_plugins.good", "register")])
     parser = cli.build_parser()
     assert parser.parse_args(["hello"]).func is not None
     assert cli.main(["hello"]) == 0
-    monkeypatch.setattr(cli, "OPTIONAL_REGISTRARS", [("fake_cli_plugins.buggy", "register")])
-    with pytest.raises(RuntimeError, match="bug in an optional module"):
+    # a missing dependency is an error, never a silently missing command
+    monkeypatch.setattr(cli, "COMMAND_MODULES", [("fake_cli_plugins.broken_dep", "register")])
+    with pytest.raises(ImportError, match="a_module_that_does_not_exist_xyz"):
         cli.build_parser()
+
+
+def test_help_does_not_load_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from instructedit import cli; cli.build_parser(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.slow

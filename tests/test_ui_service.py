@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,8 @@ from instructedit.data.neighbours import NeighbourIndex
 from instructedit.data.records import EditRecord
 from instructedit.editor import Editor, EditRequest
 from instructedit.evaluate.plain import contains_answer
+from instructedit.rome import RomeConfig, RomeEditor
+from instructedit.tracing import summarise
 from instructedit.ui.blast import (
     FACT,
     NEIGHBOUR,
@@ -24,9 +27,12 @@ from instructedit.ui.config import Limits
 from instructedit.ui.errors import UserError
 from instructedit.ui.forms import EditForm, build_request, instruction_options, preview_inputs
 from instructedit.ui.history import FORMAT
+from instructedit.ui.measure import generate_under
+from instructedit.ui.report import edit_payload
 from instructedit.ui.service import EditService
 from instructedit.ui.sessions import SessionStore
 from instructedit.ui.subjects import Catalog, Kind
+from instructedit.ui.tracing_view import PANEL_KINDS, PANEL_SAMPLES, trace_markdown
 from instructedit.ui.verdicts import SAME_ANSWER
 
 PROMPT = "The Eiffel Tower is located in"
@@ -49,6 +55,19 @@ def editors(backbone):
 def service(backbone, editors, tmp_path):
     limits = Limits(max_new_tokens=6, max_edits_per_session=3, max_input_chars=200, max_lines=3)
     return EditService(backbone, editors[0], editors[1], limits, export_dir=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def rome(backbone):
+    return RomeEditor(backbone, RomeConfig(covariance="identity", n_prefixes=2, prefix_tokens=4, v_steps=6))
+
+
+@pytest.fixture()
+def rome_service(backbone, editors, rome, tmp_path):
+    """InstructEdit with both comparison editors: the baseline and ROME."""
+    limits = Limits(max_new_tokens=6, max_edits_per_session=3, max_input_chars=200, max_lines=3)
+    return EditService(backbone, editors[0], editors[1], limits, export_dir=tmp_path, rome=rome,
+                       trace_dir=tmp_path / "traces")
 
 
 def request(prompt=PROMPT, target=TARGET, **kw) -> EditRequest:
@@ -317,3 +336,125 @@ def test_session_store_refuses_beyond_max_sessions():
     with pytest.raises(UserError, match="1 sessions"):
         with store.open("b"):
             pass
+
+
+# ----- ROME as a comparison editor ------------------------------------------------------------------
+def test_rome_compares_after_instructedit_is_shown(rome_service, rome):
+    early = []
+    out = rome_service.edit("r", request(target="Rome", subject="Eiffel Tower"), on_first=early.append)
+    # InstructEdit's result is handed over before the comparison editors run
+    assert len(early) == 1 and early[0].pending == ("baseline", "rome")
+    assert early[0].report is out.report and early[0].history[-1] is out.entry
+    assert early[0].rome_report is None and edit_payload(early[0])["pending"] == ["baseline", "rome"]
+    # ROME's own result: the prompt as typed (no instruction), its scores, blast radius and history
+    assert out.rome_error is None and out.rome_report.editor == "rome" and out.rome_report.model_input == PROMPT
+    assert out.rome_report.blast is not None and out.rome_report.prompt.before == out.report.prompt.before
+    assert list(out.entry.rome.patch.layers) == rome.module_names and out.entry.rome_scores is not None
+    payload = edit_payload(out)
+    assert payload["rome"]["editor"] == "rome" and payload["rome_error"] is None and "pending" not in payload
+    assert payload["baseline"] is not None
+    # ROME's next edit in the session is made on top of its first (its own stack, not InstructEdit's)
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(rome, name)
+
+        def edit(self, request, active=()):
+            calls.append(list(active))
+            return rome.edit(request, active=active)
+
+    rome_service.rome = Spy()
+    second = rome_service.edit("r", request(prompt="Rome is in", target="Berlin", subject="Rome"))
+    assert calls == [[out.entry.rome]]
+    n = rome_service.limits.max_new_tokens
+    assert second.rome_report.prompt.before == generate_under(rome_service.backbone, [out.entry.rome.patch],
+                                                              ["Rome is in"], n)["Rome is in"]
+    assert second.report.prompt.before == generate_under(rome_service.backbone, [out.entry.edit.patch],
+                                                         ["Rome is in"], n)["Rome is in"]
+    assert rome_service.undo("r").rome is second.entry.rome
+    assert [e.rome for e in rome_service.history("r")] == [out.entry.rome]
+
+
+def test_rome_without_a_usable_subject_says_why(rome_service):
+    vague = rome_service.edit("v", request(prompt="the best pizza is", target="pineapple", subject=None,
+                                           rephrases=(), probes=()))
+    assert vague.rome_report is None and vague.entry.rome is None
+    assert vague.rome_error.startswith("ROME needs the subject of the edit: type it in the Subject box")
+    # the main editor's result (and the baseline's) still stands
+    assert vague.report.scores is not None and vague.baseline_report is not None
+    assert len(rome_service.history("v")) == 1
+    elsewhere = rome_service.edit("v", request(subject="Colosseum", rephrases=(), probes=()))
+    assert "'Colosseum' does not occur in 'The Eiffel Tower is located in'" in elsewhere.rome_error
+    # a later edit with a subject: ROME edits on top of its own (no) earlier edits
+    fine = rome_service.edit("v", request(prompt="Rome is in", target="Berlin", subject="Rome",
+                                          rephrases=(), probes=()))
+    assert fine.rome_error is None
+    assert fine.rome_report.prompt.before == rome_service.generate("fresh", "Rome is in")[0]
+    # a ConvSent edit's topic is its subject
+    assert build_request(EditForm(task="convsent", instruction="0", topic="Jules Verne", label="positive",
+                                  prompt="What do you think of Jules Verne?", target="I love him."),
+                         200, 3).subject == "Jules Verne"
+
+
+def test_rome_edits_are_per_session(rome_service):
+    a = rome_service.edit("ra", request(target="Rome", subject="Eiffel Tower", rephrases=(), probes=()))
+    # another session's ROME edit starts from the unedited model, not from session ra's ROME edit
+    probe = "Rome is in"
+    b = rome_service.edit("rb", request(prompt=probe, target="Berlin", subject="Rome", rephrases=(), probes=()))
+    assert b.rome_report.prompt.before == rome_service.generate("fresh", probe)[0]
+    assert [e.rome for e in rome_service.history("rb")] == [b.entry.rome]
+    assert [e.rome for e in rome_service.history("ra")] == [a.entry.rome]
+    # concurrent ROME edits in two sessions neither fail nor mix
+    outs, errors = {}, []
+
+    def work(sid):
+        try:
+            outs[sid] = rome_service.edit(sid, request(target="London", subject="Eiffel Tower", rephrases=(),
+                                                       probes=()))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(sid,)) for sid in ("c1", "c2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and all(o.rome_report is not None for o in outs.values())
+    assert outs["c1"].rome_report.prompt.after == outs["c2"].rome_report.prompt.after
+    # export names ROME and its scores; import recomputes its edits
+    data = rome_service.export("ra")
+    assert data["rome_editor"] == "rome" and data["edits"][0]["rome_scores"] is not None
+    entries = rome_service.import_history("rd", json.dumps(data))
+    assert entries[0].rome is not None and entries[0].rome_scores is not None
+
+
+# ----- where is this fact? --------------------------------------------------------------------------
+def test_trace_draws_the_heatmap_and_reads_it(rome_service):
+    view = rome_service.trace("tr", f"  {PROMPT} ", "Eiffel  Tower")
+    assert view.image.is_file() and view.image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert view.reading == summarise(view.result) and view.reading.startswith("p(")
+    assert (view.prompt, view.subject, view.samples) == (PROMPT, "Eiffel Tower", PANEL_SAMPLES)
+    assert tuple(view.result.scores) == PANEL_KINDS and view.active_edits == 0
+    text = trace_markdown(view)
+    assert text.startswith(f"**Where is this fact?** {view.reading}.") and "the unedited model:" in text
+    # with edits in the session it still traces the unedited model, and says so
+    rome_service.edit("tr", request(rephrases=(), probes=()))
+    again = rome_service.trace("tr", PROMPT, "Eiffel Tower")
+    assert again.result.clean_prob == pytest.approx(view.result.clean_prob)
+    assert "(your 1 active edit is not applied)" in trace_markdown(again)
+    folder = again.image.parent
+    rome_service.close("tr")
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize("prompt,subject,match", [
+    ("   ", "Eiffel Tower", "The prompt is empty"),
+    (PROMPT, "", "Type the subject"),
+    (PROMPT, "Colosseum", "'Colosseum' does not occur in the prompt"),
+    (PROMPT + " x" * 200, "Eiffel Tower", "limit is 200"),
+])
+def test_trace_refuses_bad_input_with_a_sentence(rome_service, prompt, subject, match):
+    with pytest.raises(UserError, match=match):
+        rome_service.trace("bad-trace", prompt, subject)
+    assert not Path(rome_service.trace_dir, "bad-trace").exists()

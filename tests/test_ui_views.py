@@ -14,11 +14,19 @@ from instructedit.ui.charts import blast_chart
 from instructedit.ui.config import AppConfig, Limits, cpu_threads
 from instructedit.ui.diff import ADDED, REMOVED, word_diff
 from instructedit.ui.forms import EditForm, build_request, kind_choice, kind_options, subject_for
-from instructedit.ui.loading import LoadedModels, load_app_editor, resolve_quant, status_line
+from instructedit.ui.loading import (
+    LoadedModels,
+    compared_editors,
+    load_app_editor,
+    load_rome,
+    resolve_quant,
+    status_line,
+)
 from instructedit.ui.measure import EditReport, EditScores
 from instructedit.ui.pages import MISSING_RESULTS, diagram_html, load_results
 from instructedit.ui.probing import ProbeResult
 from instructedit.ui.subjects import default_catalog, guess_subject
+from instructedit.ui.tracing_view import trace_markdown
 from instructedit.ui.verdicts import CHANGED, SAME_ANSWER, same_answer, verdict
 from instructedit.ui.views import (
     HISTORY_HEADERS,
@@ -26,6 +34,9 @@ from instructedit.ui.views import (
     blast_markdown,
     blast_summary,
     blast_table,
+    history_headers,
+    history_table,
+    history_widths,
     instruction_label,
     paper_summary,
     probe_table,
@@ -181,6 +192,14 @@ def test_tables_and_summary():
     assert rows[1][3:] == [CHANGED, "p(soccer) 0.00 → 0.00"]
     assert wrapped_table(report).values.tolist() == [["Task...r", "1.0% → 50.0%", "100%", "soccer"]]
     assert rephrase_table(None).empty and len(HISTORY_HEADERS) == 10
+    # one history column per comparison editor shown, widths to match
+    assert history_headers() == HISTORY_HEADERS
+    for slots in ((), ("baseline",), ("rome",), ("baseline", "rome")):
+        headers = list(history_table([], slots).columns)
+        assert len(headers) == 9 + len(slots) == len(history_widths(slots))
+        assert sum(int(w.rstrip("%")) for w in history_widths(slots)) == 100
+    assert list(history_table([], ("baseline", "rome")).columns)[-1].startswith("ROME: says it")
+    assert trace_markdown(None) == ""
     assert [instruction_label("counterfact", c) for c in (0, 9, "heldout", None)] == ["#1", "held out", "held out", "none"]
 
 
@@ -226,6 +245,17 @@ def test_command_line_defaults_and_limits():
     assert config.limits.max_edits_per_session == 3 and config.limits.queue_size == 5
     assert cpu_threads(config) == 1 and cpu_threads(AppConfig(limits=Limits(concurrency_limit=64))) == 1
     assert app_module.config_from_args(parser.parse_args(["--data", "none"])).data_dir is None
+    # the comparison editors: the baseline by default, ROME, both or none; --baseline-editor keeps working
+    assert config.compare == "baseline" and compared_editors(config) == (True, False)
+    shown = {args: compared_editors(app_module.config_from_args(parser.parse_args(args))) for args in (
+        ("--compare", "rome"), ("--compare", "both"), ("--compare", "none"), ("--baseline-editor", "none"),
+        ("--compare", "both", "--baseline-editor", "none"), ("--baseline-editor", "rome"))}
+    assert list(shown.values()) == [(False, True), (True, True), (False, False), (False, False),
+                                    (False, True), (False, True)]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--compare", "mend"])
+    with pytest.raises(ValueError, match="compare must be one of"):
+        AppConfig(compare="mend")
     with pytest.raises(ValueError, match="max_input_chars"):
         Limits(max_input_chars=5000)
 
@@ -243,4 +273,24 @@ def test_missing_shipped_editor_falls_back_with_a_warning(tiny_llama_dir, tmp_pa
                     use_instructions=True)
     line = status_line(LoadedModels(backbone, editor, None, [warning]))
     assert "**quantization** none" in line and "**baseline** hidden" in line and "⚠" in line
+    assert "**ROME**" not in line
     assert Path(backbone.source).name in line or backbone.model_id in line
+
+
+def test_rome_loads_with_its_covariance_or_stays_hidden_with_a_warning(tiny_llama_dir, monkeypatch):
+    from instructedit.rome import RomeEditor
+
+    backbone = load_backbone(str(tiny_llama_dir), device="cpu")
+    monkeypatch.setattr(RomeEditor, "covariance", lambda self: None)
+    rome, warning = load_rome(backbone)
+    assert isinstance(rome, RomeEditor) and warning is None
+    editor, _ = load_app_editor("none", backbone, role="InstructEdit editor", default="x", use_instructions=True)
+    line = status_line(LoadedModels(backbone, editor, None, rome=rome))
+    assert f"**ROME** layer {rome.layer} MLP" in line
+
+    def fails(self):
+        raise ValueError("no text to estimate the key covariance from")
+
+    monkeypatch.setattr(RomeEditor, "covariance", fails)
+    rome, warning = load_rome(backbone)
+    assert rome is None and "ROME is not shown" in warning and "no text" in warning

@@ -1,16 +1,35 @@
 """Evaluation: reliability, generalization, locality, portability (and ConvSent extras) of edits,
-the ``eval`` command, and the ``results`` report (``docs/results.md``)."""
+the plain protocol (what a user sees), the ``eval`` command, and the ``results`` report
+(``docs/results.md``).
+
+Names are imported on first use (module ``__getattr__``), so ``python -m instructedit --help``,
+which imports this package's ``cli`` module, does not load torch.
+"""
 from __future__ import annotations
 
-from .editors import GRADIENT, NO_EDIT, editor_label, load_eval_editor
-from .inputs import SEEN, RenderedRecord, parse_instruction, render
-from .metrics import EvalSummary, RecordResult, mean_or_none, ngram_entropy, summarize
-from .runner import EvalConfig, EvalResult, Evaluator, evaluate
-from .selection import SelectionError, limit_records, load_eval_records
+import importlib
+from typing import Any
 
-__all__ = [
-    "GRADIENT", "NO_EDIT", "SEEN", "EvalConfig", "EvalResult", "EvalSummary", "Evaluator",
-    "RecordResult", "RenderedRecord", "SelectionError", "editor_label", "evaluate",
-    "limit_records", "load_eval_editor", "load_eval_records", "mean_or_none", "ngram_entropy",
-    "parse_instruction", "render", "summarize",
-]
+_LAZY: dict[str, str] = {
+    "GRADIENT": "editors", "NO_EDIT": "editors", "editor_label": "editors",
+    "load_eval_editor": "editors",
+    "SEEN": "inputs", "RenderedRecord": "inputs", "parse_instruction": "inputs", "render": "inputs",
+    "EvalSummary": "metrics", "RecordResult": "metrics", "mean_or_none": "metrics",
+    "ngram_entropy": "metrics", "summarize": "metrics",
+    "EvalConfig": "runner", "EvalResult": "runner", "Evaluator": "runner", "evaluate": "runner",
+    "SelectionError": "selection", "limit_records": "selection", "load_eval_records": "selection",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

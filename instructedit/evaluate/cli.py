@@ -34,7 +34,7 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
 
 def register_eval(subparsers) -> None:
     from ..cli import _add_verbose, add_model_arguments, add_patch_rank_argument
-    from .editors import DEFAULT_GRADIENT_STEP
+    from ..defaults import DEFAULT_STEP_SIZE as DEFAULT_GRADIENT_STEP
 
     p = subparsers.add_parser(
         "eval", help="measure reliability, generalization, locality, portability of edits",

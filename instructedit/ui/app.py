@@ -6,11 +6,16 @@ CSS (Gradio 6 takes theme and css in ``launch()``).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import inspect
 import logging
 import os
+import queue
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
@@ -19,6 +24,7 @@ from ..data.examples import load_examples
 from ..instructions import TASKS, get_task
 from .blast import AUTO_KIND
 from .charts import blast_chart
+from .comparison import SLOT_INFO, SLOTS
 from .config import AppConfig, Limits
 from .diff import ADDED, REMOVED, word_diff
 from .errors import UserError
@@ -38,9 +44,9 @@ from .measure import EditReport
 from .pages import ABOUT, CITATION, INTRO, MISSING_RESULTS, TITLE, ResultsContent, diagram_html
 from .report import edit_payload
 from .service import EditOutcome, EditService
+from .tracing_view import trace_markdown
 from .views import (
     BLAST_WIDTHS,
-    HISTORY_WIDTHS,
     PROBE_WIDTHS,
     REPHRASE_WIDTHS,
     WRAPPED_WIDTHS,
@@ -49,6 +55,7 @@ from .views import (
     history_choices,
     history_summary,
     history_table,
+    history_widths,
     paper_summary,
     probe_table,
     rephrase_table,
@@ -72,6 +79,9 @@ CUSTOM_EXAMPLES = [
     ["The chemical symbol for gold is", "Gd", "Gold's chemical symbol is",
      "The chemical symbol for iron is\nThe Eiffel Tower is in", "", "positive", "gold"],
 ]
+EDITOR_FIELDS = ("before", "after", "summary", "rephrases", "locality", "input", "read_before", "read_after",
+                 "paper", "read_rephrases", "blast_summary", "blast_chart", "blast")
+"""The components of one editor's results (``ie_before``, ``bl_before``, ``rome_before``, ...)."""
 EDIT_OUTPUTS = (
     "report",
     "ie_before", "ie_after", "ie_summary", "bl_before", "bl_after", "bl_summary",
@@ -80,30 +90,70 @@ EDIT_OUTPUTS = (
     "bl_input", "bl_read_before", "bl_read_after", "bl_paper", "bl_read_rephrases",
     "ie_blast_summary", "ie_blast_chart", "ie_blast", "bl_blast_summary", "bl_blast_chart", "bl_blast",
     "history", "history_summary", "remove_choice",
+    *(f"rome_{name}" for name in EDITOR_FIELDS),
 )
-"""The outputs of ``/edit`` in order (the first is the report as one JSON object)."""
+"""The outputs of ``/edit`` in order (the first is the report as one JSON object; ROME's last)."""
+
+
+@contextlib.contextmanager
+def _user_facing(name: str) -> Iterator[None]:
+    try:
+        yield
+    except UserError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+    except gr.Error:
+        raise
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # also e.g. a tokenizer's Rust panic, which is no Exception
+        log.exception("request failed in %s", name)
+        raise gr.Error(f"Something went wrong on the server ({type(exc).__name__}); it was "
+                       "logged. Your edits are unchanged.", print_exception=False) from None
 
 
 def guarded(fn: Callable) -> Callable:
-    """Show :class:`UserError` as its sentence and any other failure as a generic one.
+    """Show :class:`UserError` as its sentence and any other failure as a generic one (for
+    functions and generators alike).
 
     A failing request never takes the app down and never shows a stack trace to the user.
     """
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def streaming(*args, **kwargs):
+            with _user_facing(fn.__name__):
+                yield from fn(*args, **kwargs)
+        return streaming
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
+        with _user_facing(fn.__name__):
             return fn(*args, **kwargs)
-        except UserError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
-        except gr.Error:
-            raise
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # also e.g. a tokenizer's Rust panic, which is no Exception
-            log.exception("request failed in %s", fn.__name__)
-            raise gr.Error(f"Something went wrong on the server ({type(exc).__name__}); it was "
-                           "logged. Your edits are unchanged.", print_exception=False) from None
     return wrapper
+
+
+def in_steps(run: Callable[[Callable[[Any], None]], Any]) -> Iterator[Any]:
+    """Yield what ``run(early)`` hands to ``early``, then what it returns.
+
+    ``run`` works in a thread of its own (with this request's context, so Gradio's progress and
+    messages still reach the page), which keeps its locks in one thread while the caller, a
+    Gradio generator, may resume in another between its steps.
+    """
+    steps: queue.Queue = queue.Queue()
+
+    def work() -> None:
+        try:
+            steps.put((True, run(lambda value: steps.put((False, value)))))
+        except BaseException as exc:  # handed to the caller, who raises it
+            steps.put((True, exc))
+
+    threading.Thread(target=contextvars.copy_context().run, args=(work,), name="edit", daemon=True).start()
+    while True:
+        done, value = steps.get()
+        if isinstance(value, BaseException):
+            raise value
+        yield value
+        if done:
+            return
 
 
 def session_of(request: gr.Request | None) -> str:
@@ -132,11 +182,12 @@ def _results_markdown(results: ResultsContent) -> str:
 
 
 def build_demo(service: EditService, status: str, results: ResultsContent | None = None) -> gr.Blocks:
-    """The page: Edit (form, results, blast radius, history), Playground, Results and About tabs."""
+    """The page: Edit (form, results, blast radius, where the fact is, history), Playground,
+    Results and About tabs."""
     limits: Limits = service.limits
     max_chars = limits.max_input_chars
     list_chars = max_chars * limits.max_lines + limits.max_lines
-    has_baseline = service.baseline is not None
+    shown = [slot for slot, _ in service.comparisons()]  # the comparison editors shown (fixed at start)
     catalog = service.blast.catalog
     first_task = "counterfact"
     results = results or ResultsContent(None)
@@ -205,37 +256,52 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
                     with gr.Row(equal_height=False):
                         with gr.Column():
                             _result_column("InstructEdit", "ie", out)
-                        with gr.Column(visible=has_baseline):
-                            _result_column("Baseline: multi-task MEND (no instruction)", "bl", out)
+                        for slot in SLOTS:
+                            with gr.Column(visible=slot in shown, elem_id=f"{SLOT_INFO[slot].key}-column"):
+                                _result_column(SLOT_INFO[slot].title, SLOT_INFO[slot].key, out)
                     _tables("InstructEdit", "ie", out)
-                    with gr.Group(visible=has_baseline):
-                        _tables("Baseline", "bl", out, open_=False)
+                    for slot in SLOTS:
+                        with gr.Group(visible=slot in shown):
+                            _tables(SLOT_INFO[slot].label, SLOT_INFO[slot].key, out, open_=False)
                     with gr.Accordion("What the editor read: the instruction-wrapped input and its "
                                       "continuation (paper protocol)", open=False, elem_id="editor-read"):
                         with gr.Row(equal_height=False):
                             with gr.Column():
                                 _read_column("InstructEdit's input", "ie", out,
                                              "Exactly what the model reads when the edit is made.")
-                            with gr.Column(visible=has_baseline):
-                                _read_column("Baseline's input", "bl", out,
-                                             "The same prompt, no instruction.")
+                            for slot in SLOTS:
+                                with gr.Column(visible=slot in shown):
+                                    _read_column(f"{SLOT_INFO[slot].label}'s input", SLOT_INFO[slot].key, out,
+                                                 SLOT_INFO[slot].reads)
                     gr.Markdown("### Blast radius\nAfter every edit, without typing anything: the same "
                                 "sentence with other subjects, other facts about the same subject, and a "
                                 "fixed panel of unrelated facts, before and after.")
                     _blast_panel("ie", out)
-                    with gr.Group(visible=has_baseline):
-                        with gr.Accordion("Baseline: blast radius", open=False):
-                            _blast_panel("bl", out)
+                    for slot in SLOTS:
+                        with gr.Group(visible=slot in shown):
+                            with gr.Accordion(f"{SLOT_INFO[slot].label}: blast radius", open=False):
+                                _blast_panel(SLOT_INFO[slot].key, out)
+                    with gr.Accordion("Where is this fact? Causal tracing of the prompt", open=False,
+                                      elem_id="trace-panel"):
+                        gr.Markdown("Which layers and tokens of the **unedited** model carry the answer to "
+                                    "the prompt above: noise hides the subject's words, then each layer's "
+                                    "state at each token is put back in turn (Meng et al. 2022). Your "
+                                    "edits are not applied. Takes 10-60 s on a CPU.")
+                        trace_btn = gr.Button("Trace the prompt", elem_id="trace-button")
+                        trace_text = gr.Markdown(elem_id="trace-summary")
+                        trace_image = gr.Image(label="Causal trace: the answer's probability with one state "
+                                                     "restored (rows: tokens; columns: layers)",
+                                               type="filepath", interactive=False, elem_id="trace-heatmap")
                     with gr.Accordion("Full report (JSON)", open=False):
                         out["report"] = gr.JSON(label="Report", elem_id="report")
 
             gr.Markdown("### Your edits")
             out["history_summary"] = gr.Markdown(history_summary([], limits.max_edits_per_session),
                                                  elem_id="history-summary")
-            out["history"] = gr.Dataframe(history_table([]), interactive=False, wrap=True, elem_id="history",
+            out["history"] = gr.Dataframe(history_table([], shown), interactive=False, wrap=True, elem_id="history",
                                           label="Active edits (oldest first; says it: the continuation of "
                                                 "the prompt as typed contains the target; blast radius: "
-                                                "changed / probed)", column_widths=HISTORY_WIDTHS)
+                                                "changed / probed)", column_widths=history_widths(shown))
             with gr.Row():
                 undo_btn = gr.Button("Undo last edit", elem_id="undo-button")
                 out["remove_choice"] = gr.Dropdown([], label="Edit to remove", scale=2, elem_id="remove-choice",
@@ -286,7 +352,7 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
 
         def history_values(entries) -> tuple:
             choices = history_choices(entries)
-            return (history_table(entries), history_summary(entries, limits.max_edits_per_session),
+            return (history_table(entries, shown), history_summary(entries, limits.max_edits_per_session),
                     gr.Dropdown(choices=choices, value=choices[-1][1] if choices else None))
 
         def on_task(name: str):
@@ -304,9 +370,11 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
                        subject_, kind_):
             form = make_form(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_,
                              subject_, kind_)
-            return preview_inputs(form, max_chars, limits.max_lines)
+            wrapped, plain = preview_inputs(form, max_chars, limits.max_lines)
+            return wrapped, plain, plain  # the baseline and ROME read the prompt as typed
 
-        gr.on([c.change for c in form_inputs[:6]], on_preview, form_inputs, [out["ie_input"], out["bl_input"]],
+        gr.on([c.change for c in form_inputs[:6]], on_preview, form_inputs,
+              [out["ie_input"], out["bl_input"], out["rome_input"]],
               queue=False, show_progress="hidden", api_visibility="private", trigger_mode="always_last")
 
         def on_prompt(prompt_: str | None, subject_: str | None):
@@ -319,24 +387,30 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
                        [subject, prompt], kind, queue=False, show_progress="hidden", api_visibility="private",
                        trigger_mode="always_last")
 
-        def run_edit(form: EditForm, request: gr.Request | None, progress=None) -> EditOutcome:
+        def run_edit(form: EditForm, request: gr.Request | None, progress=None,
+                     on_first: Callable[[EditOutcome], None] | None = None) -> EditOutcome:
             req = build_request(form, max_chars, limits.max_lines)
             report = (lambda f, msg: progress(f, desc=msg)) if progress is not None else None
-            outcome = service.edit(session_of(request), req, progress=report, kind=kind_choice(form, catalog))
-            if outcome.baseline_error:
-                gr.Warning(outcome.baseline_error)
+            outcome = service.edit(session_of(request), req, progress=report, kind=kind_choice(form, catalog),
+                                   on_first=on_first)
+            for slot in shown:
+                error = outcome.compared(slot)[1]
+                if error:
+                    gr.Warning(error)
             return outcome
 
         @guarded
         def on_edit(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_,
                     subject_, kind_, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+            """InstructEdit's result as soon as it is measured, then the comparison editors' (ROME
+            takes seconds) with the history: the last step is the whole result."""
             form = make_form(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_,
                              subject_, kind_)
-            outcome = run_edit(form, request, progress)
-            fields = _edit_fields(outcome)
-            fields.update(zip(("history", "history_summary", "remove_choice"), history_values(outcome.history),
-                              strict=True))
-            return tuple(fields[name] for name in EDIT_OUTPUTS)
+            for outcome in in_steps(lambda early: run_edit(form, request, progress, on_first=early)):
+                fields = _edit_fields(outcome)
+                fields.update(zip(("history", "history_summary", "remove_choice"),
+                                  history_values(outcome.history), strict=True))
+                yield tuple(fields[name] for name in EDIT_OUTPUTS)
 
         gr.on([edit_btn.click, target.submit], on_edit, form_inputs, [out[name] for name in EDIT_OUTPUTS],
               api_name="edit", concurrency_id=MODEL_QUEUE, concurrency_limit=limits.concurrency_limit,
@@ -348,8 +422,8 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
                         custom_instruction: str = "", topic: str = "", sentiment: str = "positive",
                         request: gr.Request = None) -> dict:
             """Make an edit exactly as /edit does and return only its report: one JSON object with
-            named fields (request, instructedit, baseline; each editor's scores, the prompt as typed,
-            rephrases, locality probes, blast radius and paper-protocol numbers)."""
+            named fields (request, instructedit, baseline, rome; each editor's scores, the prompt as
+            typed, rephrases, locality probes, blast radius and paper-protocol numbers)."""
             form = EditForm(task, instruction, custom_instruction, topic, sentiment, prompt, target,
                             rephrases, probes, subject, kind)
             return edit_payload(run_edit(form, request))
@@ -387,6 +461,14 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
             return str(service.export_file(session_of(request)))
 
         export_btn.click(on_export, None, export_file, api_name="export")
+
+        @guarded
+        def on_trace(prompt_: str | None, subject_: str | None, request: gr.Request) -> tuple[str, str]:
+            view = service.trace(session_of(request), prompt_ or "", subject_ or "")
+            return str(view.image), trace_markdown(view)
+
+        trace_btn.click(on_trace, [prompt, subject], [trace_image, trace_text], api_name="trace",
+                        concurrency_id=MODEL_QUEUE, concurrency_limit=limits.concurrency_limit)
 
         @guarded
         def on_import(path: str | None, request: gr.Request, progress=gr.Progress()):  # noqa: B008
@@ -428,11 +510,11 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
     return demo
 
 
-def _editor_fields(key: str, report: EditReport | None, error: str | None, fallback_input: str) -> dict:
-    """The values of one editor's components (``key``: ``ie`` or ``bl``)."""
+def _editor_fields(key: str, title: str, report: EditReport | None, error: str | None,
+                   fallback_input: str) -> dict:
+    """The values of one editor's components (``key``: ``ie``, ``bl`` or ``rome``)."""
     before, after = word_diff(report.prompt.before, report.prompt.after) if report else ([], [])
     read_before, read_after = word_diff(report.wrapped.before, report.wrapped.after) if report else ([], [])
-    title = "InstructEdit" if key == "ie" else "Baseline"
     return {
         f"{key}_before": before, f"{key}_after": after, f"{key}_summary": report_summary(report, error),
         f"{key}_rephrases": rephrase_table(report), f"{key}_locality": probe_table(report),
@@ -446,11 +528,16 @@ def _editor_fields(key: str, report: EditReport | None, error: str | None, fallb
 
 
 def _edit_fields(outcome: EditOutcome) -> dict:
-    """Every output of an edit but the history, by name (see :data:`EDIT_OUTPUTS`)."""
+    """Every output of an edit but the history, by name (see :data:`EDIT_OUTPUTS`); a comparison
+    editor still computing says so in its column."""
     prompt = outcome.entry.request.prompt
-    return {"report": edit_payload(outcome),
-            **_editor_fields("ie", outcome.report, None, prompt),
-            **_editor_fields("bl", outcome.baseline_report, outcome.baseline_error, prompt)}
+    fields = {"report": edit_payload(outcome), **_editor_fields("ie", "InstructEdit", outcome.report, None, prompt)}
+    for slot in SLOTS:
+        info = SLOT_INFO[slot]
+        fields.update(_editor_fields(info.key, info.label, *outcome.compared(slot), prompt))
+        if slot in outcome.pending:
+            fields[f"{info.key}_summary"] = fields[f"{info.key}_blast_summary"] = f"⏳ {info.label}: {info.computing}…"
+    return fields
 
 
 def _highlighted(label: str, elem_id: str) -> gr.HighlightedText:

@@ -11,6 +11,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_EDITOR = PROJECT_ROOT / "checkpoints" / "smollm2-135m" / "instructedit"
 DEFAULT_BASELINE = PROJECT_ROOT / "checkpoints" / "smollm2-135m" / "mend-multitask"
 FALLBACK_STEP_SIZE = 0.03
+COMPARE_BASELINE, COMPARE_ROME, COMPARE_BOTH, COMPARE_NONE = "baseline", "rome", "both", "none"
+COMPARE_CHOICES = (COMPARE_BASELINE, COMPARE_ROME, COMPARE_BOTH, COMPARE_NONE)
+"""Which editors are shown next to InstructEdit: the baseline, ROME, both or neither."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,10 @@ class AppConfig:
         quant: ``none``, ``8bit`` or ``4bit``; ``None`` means 4bit on CPU, none on a GPU.
         device: ``cpu``, ``cuda`` or ``auto``.
         editor: InstructEdit checkpoint folder, or ``none`` for a plain gradient step.
-        baseline_editor: baseline checkpoint folder, or ``none`` to hide the comparison.
+        baseline_editor: baseline checkpoint folder, or ``none`` to hide the comparison
+            (``rome``: the same as ``compare="rome"``).
+        compare: the editors shown next to InstructEdit (:data:`COMPARE_CHOICES`): the
+            baseline, ROME (locate-and-edit, needs the edit's subject), both, or none.
         host, port, share: where and how to listen.
         limits: see :class:`Limits`.
         patch_rank: rank each trained editor keeps an edit's update at (``None``: full rank).
@@ -96,6 +102,7 @@ class AppConfig:
     device: str = "auto"
     editor: str = str(DEFAULT_EDITOR)
     baseline_editor: str = str(DEFAULT_BASELINE)
+    compare: str = COMPARE_BASELINE
     patch_rank: int | None = DEFAULT_PATCH_RANK
     host: str = field(default_factory=default_host)
     port: int = field(default_factory=default_port)
@@ -105,6 +112,10 @@ class AppConfig:
     results_file: Path = PROJECT_ROOT / "docs" / "results.md"
     figures_dir: Path = PROJECT_ROOT / "docs" / "figures"
     data_dir: Path | None = PROJECT_ROOT / "data"
+
+    def __post_init__(self) -> None:
+        if self.compare not in COMPARE_CHOICES:
+            raise ValueError(f"compare must be one of {', '.join(COMPARE_CHOICES)}, got {self.compare!r}")
 
 
 def cpu_threads(config: AppConfig) -> int:

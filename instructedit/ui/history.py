@@ -17,6 +17,7 @@ from ..editor import Edit, EditRequest
 from ..instructions import TASKS
 from ..io_utils import atomic_file
 from .blast import BlastRadius
+from .comparison import BASELINE, ROME
 from .errors import UserError
 from .measure import EditScores
 
@@ -27,14 +28,29 @@ _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")
 
 @dataclass
 class HistoryEntry:
-    """One active edit of a session: InstructEdit's edit and, when shown, the baseline's, and
-    InstructEdit's blast radius (not measured for imported edits)."""
+    """One active edit of a session: InstructEdit's edit and, when shown, the baseline's and
+    ROME's (each comparison slot stacks its own edits), and InstructEdit's blast radius (not
+    measured for imported edits)."""
 
     edit: Edit
     scores: EditScores
     baseline: Edit | None = None
     baseline_scores: EditScores | None = None
     blast: BlastRadius | None = None
+    rome: Edit | None = None
+    rome_scores: EditScores | None = None
+
+    def compared(self, slot: str) -> tuple[Edit | None, EditScores | None]:
+        """The edit and scores of a comparison slot (``baseline`` or ``rome``)."""
+        return {BASELINE: (self.baseline, self.baseline_scores), ROME: (self.rome, self.rome_scores)}[slot]
+
+    def set_compared(self, slot: str, edit: Edit | None, scores: EditScores | None) -> None:
+        if slot == BASELINE:
+            self.baseline, self.baseline_scores = edit, scores
+        elif slot == ROME:
+            self.rome, self.rome_scores = edit, scores
+        else:
+            raise KeyError(slot)
 
     @property
     def id(self) -> str:
@@ -62,15 +78,18 @@ def request_to_dict(request: EditRequest) -> dict[str, Any]:
 
 
 def export_payload(entries: list[HistoryEntry], model_id: str, editor: str,
-                   baseline: str | None) -> dict[str, Any]:
-    """The JSON document of a history (oldest edit first)."""
+                   baseline: str | None, rome: str | None = None) -> dict[str, Any]:
+    """The JSON document of a history (oldest edit first); ``rome``: ROME's name when shown."""
+    def scores(value: EditScores | None) -> dict[str, Any] | None:
+        return value.to_dict() if value else None
+
     return {
         "format": FORMAT, "version": VERSION, "model_id": model_id, "editor": editor,
-        "baseline_editor": baseline,
+        "baseline_editor": baseline, "rome_editor": rome,
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "edits": [{"id": e.id, "created_at": e.edit.created_at, **request_to_dict(e.request),
                    "wrapped_input": e.edit.wrapped_input, "scores": e.scores.to_dict(),
-                   "baseline_scores": e.baseline_scores.to_dict() if e.baseline_scores else None}
+                   "baseline_scores": scores(e.baseline_scores), "rome_scores": scores(e.rome_scores)}
                   for e in entries],
     }
 

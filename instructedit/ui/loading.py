@@ -9,21 +9,23 @@ from pathlib import Path
 from ..backbone import Backbone, load_backbone
 from ..checkpoint import CheckpointError
 from ..editor import DEFAULT_PATCH_RANK, Editor
-from ..editors import GRADIENT, load_editor
-from .config import FALLBACK_STEP_SIZE, AppConfig
+from ..editors import GRADIENT, ROME, load_editor
+from .config import COMPARE_BASELINE, COMPARE_BOTH, COMPARE_NONE, COMPARE_ROME, FALLBACK_STEP_SIZE, AppConfig
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class LoadedModels:
-    """The shared backbone, the InstructEdit editor, the optional baseline, and start-up notes."""
+    """The shared backbone, the InstructEdit editor, the optional baseline and ROME comparison
+    editors, and start-up notes."""
 
     backbone: Backbone
     editor: Editor
     baseline: Editor | None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    rome: Editor | None = None
 
 
 def resolve_quant(quant: str | None, device: str) -> str:
@@ -70,15 +72,44 @@ def load_models(config: AppConfig) -> LoadedModels:
                                   default=str(DEFAULT_EDITOR), use_instructions=True,
                                   patch_rank=config.patch_rank)
     warnings = [warning] if warning else []
-    baseline = None
-    if config.baseline_editor.strip().lower() != "none":
+    show_baseline, show_rome = compared_editors(config)
+    baseline = rome = None
+    if show_baseline:
         baseline, warning = load_app_editor(config.baseline_editor, backbone, role="Baseline editor",
                                         default=str(DEFAULT_BASELINE), use_instructions=False,
                                         patch_rank=config.patch_rank)
         if baseline.use_instructions:
             warnings.append(f"the baseline editor {baseline.name!r} was trained with instructions")
         warnings += [warning] if warning else []
-    return LoadedModels(backbone, editor, baseline, warnings, time.perf_counter() - start)
+    if show_rome:
+        rome, warning = load_rome(backbone)
+        warnings += [warning] if warning else []
+    return LoadedModels(backbone, editor, baseline, warnings, time.perf_counter() - start, rome=rome)
+
+
+def compared_editors(config: AppConfig) -> tuple[bool, bool]:
+    """Whether the baseline and ROME are shown (``--compare``; ``--baseline-editor none`` hides
+    the baseline, ``--baseline-editor rome`` means ``--compare rome``)."""
+    spec = config.baseline_editor.strip().lower()
+    if spec == ROME:
+        return False, config.compare != COMPARE_NONE
+    return (config.compare in (COMPARE_BASELINE, COMPARE_BOTH) and spec != "none",
+            config.compare in (COMPARE_ROME, COMPARE_BOTH))
+
+
+def load_rome(backbone: Backbone) -> tuple[Editor | None, str | None]:
+    """ROME on ``backbone`` with its key covariance ready (estimated once, then cached on disk,
+    so the first edit is not the slow one); ``None`` and a warning when it cannot be had."""
+    start = time.perf_counter()
+    rome = load_editor(ROME, backbone)
+    try:
+        rome.covariance()
+    except (OSError, ValueError, RuntimeError) as exc:
+        warning = f"ROME is not shown: its key covariance could not be estimated ({exc})"
+        log.warning(warning)
+        return None, warning
+    log.info("ROME ready (layer %d, key covariance in %.1f s)", rome.layer, time.perf_counter() - start)
+    return rome, None
 
 
 def describe_editor(editor: Editor) -> str:
@@ -100,6 +131,8 @@ def status_line(models: LoadedModels) -> str:
              f"**device** {info['device']}",
              f"**editor** {describe_editor(models.editor)}",
              f"**baseline** {describe_editor(models.baseline) if models.baseline else 'hidden'}"]
+    if models.rome is not None:
+        parts.append(f"**ROME** layer {getattr(models.rome, 'layer', '?')} MLP")
     line = " · ".join(parts)
     for warning in models.warnings:
         line += f"  \n⚠ **Warning:** {warning}."

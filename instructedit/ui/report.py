@@ -4,7 +4,12 @@
 Layout::
 
     {"edit_id", "total_ms", "request": {task, instruction, prompt, target, subject, ...},
-     "instructedit": EDITOR, "baseline": EDITOR or null, "baseline_error": text or null}
+     "instructedit": EDITOR, "baseline": EDITOR or null, "baseline_error": text or null,
+     "rome": EDITOR or null, "rome_error": text or null}
+
+(``baseline`` / ``rome``: null when that comparison is not shown, or failed: then its ``_error``
+says why in one sentence, e.g. ROME without a subject in the prompt. While the page shows
+InstructEdit's result before the comparisons are done, ``"pending"`` lists those still computing.)
 
     EDITOR = {"editor", "target", "scores": {plain_reliability, generation_success,
               plain_generalization, reliability, generalization, locality},
@@ -64,4 +69,7 @@ def edit_payload(outcome) -> dict[str, Any]:
             "request": request_to_dict(outcome.entry.request),
             "instructedit": editor_payload(outcome.report),
             "baseline": editor_payload(outcome.baseline_report),
-            "baseline_error": outcome.baseline_error}
+            "baseline_error": outcome.baseline_error,
+            "rome": editor_payload(outcome.rome_report),
+            "rome_error": outcome.rome_error,
+            **({"pending": list(outcome.pending)} if outcome.pending else {})}

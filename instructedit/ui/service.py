@@ -2,7 +2,10 @@
 generate. No Gradio here, so all of it is unit- and stress-testable without a browser.
 
 An edit is measured as a user sees it (the prompt as typed, see :mod:`.measure`) and as the
-editor read it, then its blast radius is probed (:mod:`.blast`), for both editors.
+editor read it, then its blast radius is probed (:mod:`.blast`), for InstructEdit and then for
+each comparison editor shown (the baseline, ROME: :mod:`.comparison`); ``on_first`` hands
+InstructEdit's result over before the comparisons are computed, so the page shows it at once.
+Causal tracing of a prompt ("Where is this fact?", :mod:`.tracing_view`) runs on the unedited model.
 
 The backbone and editors are shared and never modified; a session's edits are patches that are
 activated (per thread, see :class:`~instructedit.patches.PatchEngine`) only around that
@@ -14,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,13 +28,16 @@ from pathlib import Path
 from ..backbone import Backbone
 from ..editor import Edit, Editor, EditRequest
 from ..errors import UserFacingError, sentence
+from ..keying import find_subject
 from ..patches import Patch
 from .blast import BlastPlan, BlastPlanner, measure_blast
+from .comparison import BASELINE, ROME, SLOT_INFO, SLOTS, rome_subject_problem
 from .config import Limits
 from .errors import UserError
 from .history import HistoryEntry, ImportedEdit, export_payload, parse_history, write_json_atomic
 from .measure import EditReport, GenerationCache, generate_under, measure_edit
 from .sessions import Session, SessionStore
+from .tracing_view import TraceView, run_trace
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +55,20 @@ def user_errors(prefix: str = "") -> Iterator[None]:
         raise UserError(sentence(prefix + str(exc))) from exc
 
 
+Compared = dict[str, tuple[EditReport | None, str | None]]
+"""Per comparison slot shown: its report, or None and the sentence saying why it failed."""
+
+
 @dataclass(frozen=True)
 class EditOutcome:
-    """The result of one edit: the new history entry, both reports, and the session's history."""
+    """The result of one edit: the new history entry, the reports of InstructEdit and of the
+    comparison editors (the baseline, ROME; ``None`` when not shown or failed, with the error's
+    sentence), and the session's history.
+
+    ``pending``: the comparison slots still being computed; only the early outcome that
+    :meth:`EditService.edit` hands to ``on_first`` has any (its ``history`` already ends with
+    the new entry).
+    """
 
     entry: HistoryEntry
     report: EditReport
@@ -58,6 +76,14 @@ class EditOutcome:
     baseline_error: str | None
     history: list[HistoryEntry]
     total_ms: float
+    rome_report: EditReport | None = None
+    rome_error: str | None = None
+    pending: tuple[str, ...] = ()
+
+    def compared(self, slot: str) -> tuple[EditReport | None, str | None]:
+        """The report and error of a comparison slot (``baseline`` or ``rome``)."""
+        return {BASELINE: (self.baseline_report, self.baseline_error),
+                ROME: (self.rome_report, self.rome_error)}[slot]
 
 
 def check_text(name: str, value: str) -> None:
@@ -73,8 +99,14 @@ def _no_progress(fraction: float, message: str) -> None:
     return None
 
 
+def _folder_name(session_id: str) -> str:
+    """A session's folder name (its files: exports, heatmaps)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", session_id)[:64]
+
+
 class EditService:
-    """The app's actions on a shared backbone, an InstructEdit editor and an optional baseline.
+    """The app's actions on a shared backbone, an InstructEdit editor and optional comparison
+    editors (a baseline, ROME).
 
     Args:
         backbone: the loaded model (shared, frozen).
@@ -85,23 +117,34 @@ class EditService:
         export_dir: where exported files are written (a temporary folder by default).
         blast: builds each edit's blast radius probes (built-in subject lists, no data, by
             default; the app passes one with the data's same-template neighbours).
+        rome: a ROME editor (:class:`~instructedit.rome.RomeEditor`) shown for comparison, or
+            ``None``; it edits the request's subject.
+        trace_dir: where causal tracing heatmaps are drawn (a temporary folder by default).
     """
 
     def __init__(self, backbone: Backbone, editor: Editor, baseline: Editor | None = None,
                  limits: Limits | None = None, store: SessionStore | None = None,
-                 export_dir: str | Path | None = None, blast: BlastPlanner | None = None) -> None:
+                 export_dir: str | Path | None = None, blast: BlastPlanner | None = None,
+                 rome: Editor | None = None, trace_dir: str | Path | None = None) -> None:
         self.backbone = backbone
         self.editor = editor
         self.baseline = baseline
+        self.rome = rome
         self.limits = limits or Limits()
         self.blast = blast or BlastPlanner()
         self.store = store or SessionStore(self.limits.max_edits_per_session,
                                            self.limits.idle_timeout_s, self.limits.max_sessions)
         self.export_dir = Path(export_dir or tempfile.mkdtemp(prefix="instructedit-exports-"))
+        self.trace_dir = Path(trace_dir or tempfile.mkdtemp(prefix="instructedit-traces-"))
 
     @property
     def model_id(self) -> str:
         return self.backbone.model_id
+
+    def comparisons(self) -> list[tuple[str, Editor]]:
+        """The comparison editors shown, by slot, in page order."""
+        editors = {BASELINE: self.baseline, ROME: self.rome}
+        return [(slot, editors[slot]) for slot in SLOTS if editors[slot] is not None]
 
     # ----- checks ---------------------------------------------------------------------------
     def check_request(self, request: EditRequest) -> None:
@@ -152,13 +195,18 @@ class EditService:
 
     def _edit_one(self, request: EditRequest, prior: Sequence[HistoryEntry], *, texts: bool,
                   cache: GenerationCache, progress: Progress, start: float = 0.0, span: float = 1.0,
-                  kind: str | None = None) -> tuple[HistoryEntry, EditReport, EditReport | None, str | None]:
-        """Edit with both editors on top of ``prior``; the session is not changed here.
+                  kind: str | None = None, first: Callable[[HistoryEntry, EditReport], None] | None = None,
+                  ) -> tuple[HistoryEntry, EditReport, Compared]:
+        """Edit with InstructEdit and every comparison editor on top of ``prior``; the session is
+        not changed here.
 
         With ``texts`` (a new edit, not an import) the blast radius is probed too (``kind``: the
-        kind of subject chosen by the user, or guessed).
+        kind of subject chosen by the user, or guessed). ``first`` gets InstructEdit's entry and
+        report as soon as they are ready, before the comparison editors run.
         """
-        if texts and not prior and self.baseline is not None:
+        comparisons = self.comparisons()
+        share = span / (1 + len(comparisons))
+        if texts and not prior and comparisons:
             progress(start, "Reading the model's answers before the edit")
             self._prefill_before(request, cache)
         progress(start, "InstructEdit: computing the edit")
@@ -166,23 +214,44 @@ class EditService:
         with user_errors():
             edit = self.editor.edit(request, active=active)
         plan = self.blast.plan(request, kind) if texts else None  # once the request is known valid
-        progress(start + 0.25 * span, "InstructEdit: measuring before and after, probing the blast radius")
+        progress(start + 0.5 * share, "InstructEdit: measuring before and after, probing the blast radius")
         report = self._measure(self.editor, edit, [e.patch for e in active], plan, texts=texts, cache=cache)
-        base_edit = base_report = base_error = None
-        if self.baseline is not None:
-            progress(start + 0.5 * span, "Baseline: computing the same edit without instruction")
-            base_active = [e.baseline for e in prior if e.baseline is not None]
-            try:
-                with user_errors("the baseline editor failed: "):
-                    base_edit = self.baseline.edit(request, active=base_active)
-                progress(start + 0.75 * span, "Baseline: measuring before and after, probing the blast radius")
-                base_report = self._measure(self.baseline, base_edit, [e.patch for e in base_active], plan,
-                                            texts=texts, cache=cache)
-            except UserError as exc:
-                base_edit, base_error = None, str(exc)
-        entry = HistoryEntry(edit, report.scores, base_edit, base_report.scores if base_report else None,
-                             blast=report.blast)
-        return entry, report, base_report, base_error
+        entry = HistoryEntry(edit, report.scores, blast=report.blast)
+        if first is not None and comparisons:
+            first(entry, report)
+        compared: Compared = {}
+        for n, (slot, editor) in enumerate(comparisons, 1):
+            other, other_report, error = self._compare(slot, editor, request, prior, plan, texts=texts,
+                                                       cache=cache, progress=progress, at=start + n * share,
+                                                       span=share)
+            entry.set_compared(slot, other, other_report.scores if other_report else None)
+            compared[slot] = (other_report, error)
+        return entry, report, compared
+
+    def _compare(self, slot: str, editor: Editor, request: EditRequest, prior: Sequence[HistoryEntry],
+                 plan: BlastPlan | None, *, texts: bool, cache: GenerationCache, progress: Progress,
+                 at: float, span: float) -> tuple[Edit | None, EditReport | None, str | None]:
+        """One comparison editor's edit on top of its own earlier edits in ``prior``, and its report;
+        or ``None``, ``None`` and the sentence saying why it could not edit (never raises: the
+        InstructEdit edit stands whatever a comparison editor does)."""
+        info = SLOT_INFO[slot]
+        active = [e for e in (entry.compared(slot)[0] for entry in prior) if e is not None]
+        progress(at, f"{info.label}: {info.computing}")
+        try:
+            problem = rome_subject_problem(request) if slot == ROME else None
+            if problem:
+                raise UserError(problem)
+            with user_errors(info.failed):
+                edit = editor.edit(request, active=active)
+            progress(at + 0.5 * span, f"{info.label}: measuring before and after, probing the blast radius")
+            report = self._measure(editor, edit, [e.patch for e in active], plan, texts=texts, cache=cache)
+        except UserError as exc:
+            return None, None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - a comparison's bug must not undo InstructEdit's edit
+            log.exception("the %s editor failed", info.label)
+            return None, None, (f"The {info.label} editor failed on the server ({type(exc).__name__}); it "
+                                "was logged. InstructEdit's edit is not affected.")
+        return edit, report, None
 
     def _prefill_before(self, request: EditRequest, cache: GenerationCache) -> None:
         """With no earlier edits both editors start from the same model: generate every text
@@ -192,16 +261,19 @@ class EditService:
         plain = request.prompt.strip()
         generate_under(self.backbone, [], [plain], n, cache)
         texts: list[str] = [*request.rephrases, *request.probes]
-        for editor in (self.editor, self.baseline):
+        for editor in (self.editor, *(e for _, e in self.comparisons())):
             flag = editor.use_instructions
             texts += [request.edit_input(flag), *(request.wrap(r, flag) for r in request.rephrases)]
         generate_under(self.backbone, [], [plain, *texts], n, cache)
 
     def edit(self, session_id: str, request: EditRequest, progress: Progress | None = None,
-             kind: str | None = None) -> EditOutcome:
+             kind: str | None = None, on_first: Callable[[EditOutcome], None] | None = None,
+             ) -> EditOutcome:
         """Apply ``request`` on top of the session's edits; returns reports before/after.
 
         ``kind``: the kind of the edit's subject for its blast radius (None or "auto": guessed).
+        ``on_first``: called (in this thread) with InstructEdit's result as soon as it is measured,
+        before the comparison editors run (its ``pending`` names them); not called without any.
         """
         progress = progress or _no_progress
         start = time.perf_counter()
@@ -210,13 +282,21 @@ class EditService:
         with self.store.open(session_id) as session:
             self.store.check_room(session)
             self.check_total(1)
-            entry, report, base_report, base_error = self._edit_one(
-                request, session.entries, texts=True, cache={}, progress=progress, kind=kind)
+
+            def first(entry: HistoryEntry, report: EditReport) -> None:
+                if on_first is not None:
+                    on_first(EditOutcome(entry, report, None, None, [*session.entries, entry],
+                                         (time.perf_counter() - start) * 1000,
+                                         pending=tuple(slot for slot, _ in self.comparisons())))
+
+            entry, report, compared = self._edit_one(request, session.entries, texts=True, cache={},
+                                                     progress=progress, kind=kind, first=first)
             session.entries.append(entry)
             history = list(session.entries)
         total = (time.perf_counter() - start) * 1000
         log.info("session %s: edit %s in %.0f ms (%d active)", session_id[:8], entry.id, total, len(history))
-        return EditOutcome(entry, report, base_report, base_error, history, total)
+        (base_report, base_error), (rome_report, rome_error) = (compared.get(s, (None, None)) for s in SLOTS)
+        return EditOutcome(entry, report, base_report, base_error, history, total, rome_report, rome_error)
 
     # ----- history --------------------------------------------------------------------------
     def history(self, session_id: str) -> list[HistoryEntry]:
@@ -247,20 +327,22 @@ class EditService:
             return count
 
     def close(self, session_id: str) -> None:
-        """Forget the session (its tab was closed)."""
+        """Forget the session (its tab was closed) and its heatmaps."""
         self.store.drop(session_id)
+        shutil.rmtree(self.trace_dir / _folder_name(session_id), ignore_errors=True)
 
     # ----- export / import ------------------------------------------------------------------
     def export(self, session_id: str) -> dict:
         """The session's history as a JSON-able document."""
         baseline = self.baseline.name if self.baseline is not None else None
-        return export_payload(self.history(session_id), self.model_id, self.editor.name, baseline)
+        rome = self.rome.name if self.rome is not None else None
+        return export_payload(self.history(session_id), self.model_id, self.editor.name, baseline, rome)
 
     def export_file(self, session_id: str) -> Path:
         """Write the session's history to a new JSON file (atomically) and return its path."""
         payload = self.export(session_id)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        folder = self.export_dir / re.sub(r"[^A-Za-z0-9_-]", "_", session_id)[:64]
+        folder = self.export_dir / _folder_name(session_id)
         return write_json_atomic(folder / f"instructedit-history-{stamp}.json", payload)
 
     def import_history(self, session_id: str, raw: bytes | str, progress: Progress | None = None,
@@ -319,8 +401,38 @@ class EditService:
         with_edits = generate_under(self.backbone, patches, [prompt], n)[prompt] if patches else without
         return without, with_edits
 
+    # ----- where is this fact? ---------------------------------------------------------------
+    def trace(self, session_id: str, prompt: str, subject: str) -> TraceView:
+        """Causal tracing of ``prompt`` about ``subject`` on the unedited model: the heatmap (a PNG
+        in the session's folder) and its one-line reading (see :mod:`.tracing_view`).
+
+        Refuses an empty prompt, a missing subject or one not in the prompt with a sentence.
+        """
+        prompt = (prompt or "").strip()
+        subject = " ".join((subject or "").split())
+        if not prompt:
+            raise UserError("The prompt is empty: type the sentence whose fact you want to locate.")
+        for name, value in (("prompt", prompt), ("subject", subject)):
+            check_text(name, value)
+            if len(value) > self.limits.max_input_chars:
+                raise UserError(f"The {name} is {len(value)} characters long; the limit is "
+                                f"{self.limits.max_input_chars}.")
+        if not subject:
+            raise UserError("Type the subject (the words of the prompt the fact is about, e.g. Eiffel "
+                            "Tower): tracing adds noise to the subject's words.")
+        if find_subject(prompt, subject) < 0:
+            raise UserError(f"The subject {subject!r} does not occur in the prompt: type it as it appears "
+                            "there (tracing adds noise to the subject's words).")
+        edits = len(self.history(session_id))
+        with user_errors("causal tracing failed: "):
+            view = run_trace(self.backbone, prompt, subject, self.trace_dir / _folder_name(session_id),
+                             active_edits=edits)
+        log.info("session %s: traced %r about %r in %.1f s", session_id[:8], prompt[:40], subject,
+                 view.seconds)
+        return view
+
     def stats(self) -> dict:
         return self.store.stats()
 
 
-__all__ = ["EditService", "EditOutcome", "UserError", "Session", "user_errors"]
+__all__ = ["EditService", "EditOutcome", "TraceView", "UserError", "Session", "user_errors"]

@@ -12,6 +12,7 @@ import pandas as pd
 
 from ..instructions import HELD_OUT_INDEX, get_task
 from .blast import FACT, NEIGHBOUR, UNRELATED, BlastRadius
+from .comparison import BASELINE, SLOT_INFO
 from .history import HistoryEntry
 from .measure import EditReport, EditScores
 from .probing import ProbeResult
@@ -23,14 +24,17 @@ PROBE_HEADERS = ["locality probe", "before", "after", "verdict", "teacher-forced
 BLAST_HEADERS = ["probe", "what it probes", "before", "after", "verdict", "teacher-forced"]
 WRAPPED_HEADERS = ["rephrase as the editor read it", "p(target) before → after", "target tokens right",
                    "continuation after"]
+SCORES_HEADER = "says it · plain rel. · paper rel / gen / loc"
 HISTORY_HEADERS = ["#", "id", "task", "instruction", "prompt", "target", "when (UTC)",
-                   "InstructEdit: says it · plain rel. · paper rel / gen / loc", "blast radius (InstructEdit)",
-                   "baseline: says it · plain rel. · paper rel / gen / loc"]
+                   f"InstructEdit: {SCORES_HEADER}", "blast radius (InstructEdit)", f"baseline: {SCORES_HEADER}"]
+"""The history's columns with the baseline shown (:func:`history_headers` for other comparisons)."""
 REPHRASE_WIDTHS = ["22%", "22%", "22%", "14%", "20%"]
 PROBE_WIDTHS = REPHRASE_WIDTHS
 BLAST_WIDTHS = ["20%", "10%", "20%", "20%", "12%", "18%"]
 WRAPPED_WIDTHS = ["34%", "22%", "14%", "30%"]
 HISTORY_WIDTHS = ["3%", "9%", "8%", "7%", "18%", "9%", "10%", "13%", "12%", "11%"]
+_WIDTHS_BY_COMPARISONS = {0: ["3%", "10%", "9%", "8%", "23%", "10%", "11%", "14%", "12%"], 1: HISTORY_WIDTHS,
+                          2: ["3%", "8%", "7%", "6%", "15%", "8%", "9%", "12%", "11%", "10%", "11%"]}
 GROUP_NAMES = {NEIGHBOUR: "other subject, same sentence", FACT: "same subject, other fact",
                UNRELATED: "unrelated fact"}
 
@@ -202,14 +206,25 @@ def instruction_label(task: str, instruction: int | str | None) -> str:
     return f"custom: {instruction[:40]}"
 
 
-def history_table(entries: Sequence[HistoryEntry]) -> pd.DataFrame:
+def history_headers(slots: Sequence[str] = (BASELINE,)) -> list[str]:
+    """The history's columns: InstructEdit's, then one per comparison slot shown."""
+    return HISTORY_HEADERS[:-1] + [f"{'baseline' if s == BASELINE else SLOT_INFO[s].label}: {SCORES_HEADER}"
+                                   for s in slots]
+
+
+def history_widths(slots: Sequence[str] = (BASELINE,)) -> list[str]:
+    return _WIDTHS_BY_COMPARISONS[len(slots)]
+
+
+def history_table(entries: Sequence[HistoryEntry], slots: Sequence[str] = (BASELINE,)) -> pd.DataFrame:
+    """The session's edits, one row each (``slots``: the comparison editors shown)."""
     rows = []
     for n, e in enumerate(entries, 1):
         r = e.request
         rows.append([n, e.id, get_task(r.task).display_name, instruction_label(r.task, r.instruction),
                      r.prompt, r.target, e.edit.created_at.replace("T", " ")[:19],
-                     scores_cell(e.scores), blast_cell(e.blast), scores_cell(e.baseline_scores)])
-    return pd.DataFrame(rows, columns=HISTORY_HEADERS)
+                     scores_cell(e.scores), blast_cell(e.blast), *(scores_cell(e.compared(s)[1]) for s in slots)])
+    return pd.DataFrame(rows, columns=history_headers(slots))
 
 
 def history_summary(entries: Sequence[HistoryEntry], cap: int) -> str:

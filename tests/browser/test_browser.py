@@ -1,10 +1,13 @@
 """A real headless Chromium against the app on the real embedded model (4-bit) and shipped editors.
 
-Debian's /usr/bin/chromium driven by Playwright (never ``playwright install``). An edit from an
-example: the prompt as typed now continues with the target, the blast radius panel renders with
-its probes and chart, and the Playground shows the same text for the same sentence; a custom edit
-whose subject is typed by hand. Prints the start-up time and the edit latency seen in the page,
-and takes a screenshot; with ``INSTRUCTEDIT_UPDATE_SCREENSHOT=1`` (``make screenshot``) it
+Debian's /usr/bin/chromium driven by Playwright (never ``playwright install``). The app runs with
+both comparison editors (``--compare both``: the baseline and ROME). An edit from an example: the
+prompt as typed now continues with the target, InstructEdit's result shows while ROME is still
+computing, then ROME's and the baseline's columns fill in, the blast radius panel renders with its
+probes and chart, and the Playground shows the same text for the same sentence; a custom edit
+whose subject is typed by hand, then "Where is this fact?" (causal tracing, few samples): the
+heatmap and its reading. Prints the start-up time, the edit latencies seen in the page and the
+tracing time, and takes a screenshot; with ``INSTRUCTEDIT_UPDATE_SCREENSHOT=1`` (``make screenshot``) it
 replaces docs/screenshots/edit.png, so that a plain test run never changes a tracked file.
 """
 from __future__ import annotations
@@ -60,7 +63,8 @@ def app_url(tmp_path_factory):
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     start = time.perf_counter()
     with open(log_file, "w") as log:
-        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--quant", "4bit"],
+        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--quant", "4bit",
+                                 "--compare", "both"],
                                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -107,6 +111,10 @@ def _shown_text(page, elem_id: str, label: str) -> str:
     return " ".join(text.replace(label, "", 1).split())
 
 
+COMPARISONS_DONE = ("() => ['#bl-summary', '#rome-summary'].every(id => { const e = document.querySelector(id);"
+                    " return e && e.innerText.trim() && !e.innerText.includes('⏳'); })")
+
+
 def _edit(page) -> float:
     clicked = time.perf_counter()
     page.click("#edit-button")
@@ -116,7 +124,12 @@ def _edit(page) -> float:
                            " b && b.innerText.includes('Blast radius'); }",
                            timeout=EDIT_TIMEOUT_S * 1000)
     latency = time.perf_counter() - clicked
-    print(f"[timing] edit latency in the page (click to results and blast radius): {latency:.1f} s")
+    # InstructEdit's result does not wait for ROME (seconds an edit on a CPU)
+    assert "⏳ ROME" in page.inner_text("#rome-summary")
+    page.wait_for_function(COMPARISONS_DONE, timeout=EDIT_TIMEOUT_S * 1000)
+    total = time.perf_counter() - clicked
+    print(f"[timing] edit latency in the page: InstructEdit with its blast radius {latency:.1f} s, "
+          f"then the baseline and ROME {total:.1f} s")
     return latency
 
 
@@ -128,7 +141,8 @@ def test_counterfact_example_edit(app_url, page, tmp_path):
     page.goto(app_url)
     page.wait_for_selector("#edit-button", timeout=120_000)
     print(f"[timing] page loaded in the browser: {time.perf_counter() - start:.1f} s")
-    assert "SmolLM2-135M" in page.inner_text("#status-line")
+    assert "SmolLM2-135M" in page.inner_text("#status-line") and "ROME layer" in page.inner_text("#status-line")
+    assert page.locator("#rome-column").is_visible() and page.locator("#bl-column").is_visible()
 
     page.get_by_text(example.prompt, exact=True).first.click()
     _wait_value(page, "prompt", example.prompt)
@@ -154,6 +168,10 @@ def test_counterfact_example_edit(app_url, page, tmp_path):
     page.wait_for_selector("#ie-blast-chart img", timeout=30_000)
     history = page.inner_text("#history")
     assert "1 active edit" in page.inner_text("#history-summary") and "nbr " in history
+    assert "ROME: says it" in history
+    # ROME's column: the same edit at the example's subject
+    assert "Plain reliability" in page.inner_text("#rome-summary")
+    assert _shown_text(page, "rome-before", "Before the edit") == _shown_text(page, "ie-before", "Before the edit")
 
     # what the editor read, in the details
     page.get_by_text("What the editor read", exact=False).first.click()
@@ -195,3 +213,18 @@ def test_custom_edit_with_a_typed_subject(app_url, page):
     assert "the Eiffel Tower is located in the city of" in blast  # the same sentence, another landmark
     assert "Colosseum was built in" in blast  # another fact about the typed subject
     page.wait_for_selector("#ie-blast-chart img", timeout=30_000)
+    assert "Plain reliability" in page.inner_text("#rome-summary")  # ROME edits the typed subject
+
+    # where is this fact? causal tracing of the prompt and subject, on the unedited model
+    page.get_by_text("Where is this fact?", exact=False).first.click()
+    page.wait_for_selector("#trace-button", state="visible", timeout=30_000)
+    clicked = time.perf_counter()
+    page.click("#trace-button")
+    page.wait_for_selector("#trace-heatmap img", timeout=EDIT_TIMEOUT_S * 1000)
+    page.wait_for_function("() => { const e = document.querySelector('#trace-summary');"
+                           " return e && e.innerText.includes('Where is this fact?'); }", timeout=30_000)
+    print(f"[timing] causal tracing in the page (click to heatmap): {time.perf_counter() - clicked:.1f} s")
+    reading = page.inner_text("#trace-summary")
+    assert "p(" in reading and "clean" in reading and "Colosseum" in reading, reading
+    assert "the unedited model (your 1 active edit is not applied)" in reading
+    assert page.locator("#trace-heatmap img").evaluate("img => img.naturalWidth") > 300
