@@ -163,6 +163,21 @@ TASKS: Mapping[str, TaskSpec] = MappingProxyType(
 )
 
 
+CUSTOM_TASK = "custom"
+KNOWN_TASKS: tuple[str, ...] = tuple(TASKS)
+"""Every task name a record or request may carry (the benchmark tasks and ``custom``)."""
+BENCHMARK_TASKS: tuple[str, ...] = tuple(n for n in TASKS if n != CUSTOM_TASK)
+"""Tasks with data: counterfact, recent, convsent, zsre."""
+TRAINING_TASKS: tuple[str, ...] = tuple(n for n in BENCHMARK_TASKS if not TASKS[n].held_out_of_training)
+HELD_OUT_TASKS: tuple[str, ...] = tuple(n for n in BENCHMARK_TASKS if TASKS[n].held_out_of_training)
+
+
+def table_name(task: str) -> str:
+    """The task's name in report tables ("ZsRE (hold-out)" for a held-out task)."""
+    spec = TASKS[task]
+    return f"{spec.display_name} (hold-out)" if spec.held_out_of_training else spec.display_name
+
+
 def get_task(name: str) -> TaskSpec:
     """Return the task called ``name``; raise ``InstructionError`` listing known tasks if absent."""
     spec = TASKS.get(name) if isinstance(name, str) else None

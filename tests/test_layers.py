@@ -71,7 +71,8 @@ def test_gradio_only_in_the_web_face():
 
 
 def test_data_knows_nothing_of_models_or_editors():
-    allowed_roots = ("instructedit.data", "instructedit.defaults", "instructedit.errors", "instructedit.io_utils",
+    allowed_roots = ("instructedit.data", "instructedit.defaults", "instructedit.errors",
+                     "instructedit.instructions", "instructedit.io_utils",
                      "instructedit.logs")
     bad = []
     for path in files("data"):

@@ -5,9 +5,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import UserFacingError
-
-KNOWN_TASKS = ("counterfact", "recent", "convsent", "zsre", "custom")
-SENTIMENT_LABELS = ("positive", "negative")
+from ..instructions import KNOWN_TASKS, SENTIMENT_LABELS
 
 
 class RecordError(UserFacingError, ValueError):

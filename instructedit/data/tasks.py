@@ -29,14 +29,14 @@ from instructedit.data.leakage import normalize, remove_leaks
 from instructedit.data.records import EditRecord
 
 from ..errors import UserFacingError
+from ..instructions import BENCHMARK_TASKS, HELD_OUT_TASKS
+from ..instructions import TRAINING_TASKS as TRAINING_TASKS  # re-exported: data.tasks.TRAINING_TASKS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_DATA_DIR = "data"
-TASKS: tuple[str, ...] = ("counterfact", "recent", "convsent", "zsre")
-TRAINING_TASKS: tuple[str, ...] = ("counterfact", "recent", "convsent")
-HELD_OUT_TASKS: tuple[str, ...] = ("zsre",)
+TASKS: tuple[str, ...] = BENCHMARK_TASKS  # from the one task registry (instructions.py)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 TASK_FILES: dict[str, dict[str, str]] = {

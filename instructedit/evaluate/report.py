@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..instructions import BENCHMARK_TASKS, TASKS, TRAINING_TASKS, table_name
 from .inputs import SEEN
 from .results import (
     EVAL_TASKS,
@@ -24,10 +25,9 @@ from .results import (
 
 log = logging.getLogger(__name__)
 
-TASK_NAMES = {"counterfact": "CounterFact", "recent": "Recent", "convsent": "ConvSent",
-              "zsre": "ZsRE (hold-out)"}
-SHORT_NAMES = {"counterfact": "CounterFact", "recent": "Recent", "convsent": "ConvSent", "zsre": "ZsRE"}
-TRAINING = ("counterfact", "recent", "convsent")
+TASK_NAMES = {t: table_name(t) for t in BENCHMARK_TASKS}
+SHORT_NAMES = {t: TASKS[t].display_name for t in BENCHMARK_TASKS}
+TRAINING = TRAINING_TASKS
 METRICS = (("reliability", "Rel."), ("generalization", "Gen."), ("locality", "Loc."))
 QUANT_NAMES = {"none": "fp32", "8bit": "8-bit (LLM.int8)", "4bit": "4-bit (nf4)"}
 PAPER_GAIN = 14.86

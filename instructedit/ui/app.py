@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 
 MODEL_QUEUE = "model"  # every event that runs the model shares this concurrency id
 DIFF_COLORS = {REMOVED: "#fca5a5", ADDED: "#86efac"}
+RESULT_MIN_WIDTH = 220  # InstructEdit and two comparison columns side by side on a laptop screen
 CSS = """
 .ie-status { font-size: 0.9em; opacity: 0.9; }
 .ie-diagram svg { width: 100%; height: auto; }
@@ -254,10 +255,11 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
                     gr.Markdown("#### What the model now says\nThe prompt as typed, continued before and "
                                 "after the edit: what the Playground shows.")
                     with gr.Row(equal_height=False):
-                        with gr.Column():
+                        with gr.Column(min_width=RESULT_MIN_WIDTH):
                             _result_column("InstructEdit", "ie", out)
                         for slot in SLOTS:
-                            with gr.Column(visible=slot in shown, elem_id=f"{SLOT_INFO[slot].key}-column"):
+                            with gr.Column(visible=slot in shown, min_width=RESULT_MIN_WIDTH,
+                                           elem_id=f"{SLOT_INFO[slot].key}-column"):
                                 _result_column(SLOT_INFO[slot].title, SLOT_INFO[slot].key, out)
                     _tables("InstructEdit", "ie", out)
                     for slot in SLOTS:
@@ -290,7 +292,7 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
                         trace_btn = gr.Button("Trace the prompt", elem_id="trace-button")
                         trace_text = gr.Markdown(elem_id="trace-summary")
                         trace_image = gr.Image(label="Causal trace: the answer's probability with one state "
-                                                     "restored (rows: tokens; columns: layers)",
+                                                     "restored (rows: tokens; columns: layers)", show_label=False,
                                                type="filepath", interactive=False, elem_id="trace-heatmap")
                     with gr.Accordion("Full report (JSON)", open=False):
                         out["report"] = gr.JSON(label="Report", elem_id="report")

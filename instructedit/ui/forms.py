@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..editor import EditRequest
-from ..instructions import HELD_OUT_INDEX, SEEN_INSTRUCTION_INDICES, TASKS, get_task
+from ..instructions import HELD_OUT_INDEX, SEEN_INSTRUCTION_INDICES, SENTIMENT_LABELS, TASKS, get_task
 from .blast import AUTO_KIND
 from .errors import UserError
 from .subjects import Catalog, default_catalog, guess_subject
@@ -18,7 +18,7 @@ from .subjects import Catalog, default_catalog, guess_subject
 NO_INSTRUCTION = "none"
 CUSTOM_INSTRUCTION = "custom"
 HELD_OUT = "heldout"
-LABELS = ("positive", "negative")
+LABELS = SENTIMENT_LABELS
 
 
 def task_options() -> list[tuple[str, str]]:

@@ -79,6 +79,6 @@ def trace_markdown(view: TraceView | None) -> str:
              f"the unedited model (your {edits} active edit{'s are' if edits != 1 else ' is'} not applied)")
     return (f"**Where is this fact?** {view.reading}.  \n"
             f"Traced on {model}: the answer {view.answer!r} after *{view.prompt}*, with the subject "
-            f"*{view.subject}* corrupted by noise ({view.samples} samples, {view.seconds:.0f} s). Each "
+            f"*{view.subject}* corrupted by noise ({view.samples} samples, {view.seconds:.{0 if view.seconds >= 10 else 1}f} s). Each "
             "cell is the answer's probability when that layer's state at that token is put back "
             "(rows: tokens, `*` marks the subject; columns: layers); dark cells carry the fact.")
