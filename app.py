@@ -20,7 +20,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from instructedit.cli import add_patch_rank_argument, trained_patch_rank  # noqa: E402
 from instructedit.logs import setup_logging  # noqa: E402
-from instructedit.ui.config import AppConfig, Limits, default_host, default_port  # noqa: E402
+from instructedit.ui.config import (  # noqa: E402
+    COMPARE_CHOICES,
+    AppConfig,
+    Limits,
+    default_host,
+    default_port,
+)
 
 log = logging.getLogger("instructedit.app")
 
@@ -47,8 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoints/smollm2-135m/instructedit)")
     g.add_argument("--baseline-editor", default=defaults.baseline_editor,
                    help="editor shown next to InstructEdit for comparison (the multi-task MEND trained "
-                        "without instructions), or 'none' to hide the comparison (default: the shipped "
-                        "checkpoints/smollm2-135m/mend-multitask)")
+                        "without instructions), or 'none' to hide the comparison; 'rome' is the same as "
+                        "--compare rome (default: the shipped checkpoints/smollm2-135m/mend-multitask)")
+    g.add_argument("--compare", choices=COMPARE_CHOICES, default=defaults.compare,
+                   help="editors shown next to InstructEdit: the baseline (--baseline-editor), ROME "
+                        "(rank-one locate-and-edit of one MLP at the edit's subject; a few seconds an edit "
+                        "on a CPU, shown after InstructEdit's result), both, or none (default: %(default)s)")
     add_patch_rank_argument(g)
     g.add_argument("--data", default=str(defaults.data_dir),
                    help="benchmark data folder: its test splits give the blast radius the same-template "
@@ -85,7 +95,7 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
                     queue_size=args.queue_size, concurrency_limit=args.concurrency_limit,
                     max_input_chars=args.max_input_chars, idle_timeout_s=args.idle_timeout)
     return replace(AppConfig(), model=args.model, quant=args.quant, device=args.device,
-                   editor=args.editor, baseline_editor=args.baseline_editor,
+                   editor=args.editor, baseline_editor=args.baseline_editor, compare=args.compare,
                    patch_rank=trained_patch_rank(args), host=args.host,
                    data_dir=None if args.data.strip().lower() == "none" else Path(args.data),
                    port=args.port, share=args.share, limits=limits, threads=args.threads)
@@ -125,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from instructedit.ui.service import EditService
 
     blast = BlastPlanner(indexes=load_neighbour_indexes(config.data_dir))
-    service = EditService(models.backbone, models.editor, models.baseline, config.limits, blast=blast)
+    service = EditService(models.backbone, models.editor, models.baseline, config.limits, blast=blast,
+                          rome=models.rome)
     demo = build_demo(service, status_line(models), load_results(config.results_file, config.figures_dir))
     _, local_url, share_url = launch(demo, config, prevent_thread_lock=True, quiet=True)
     log.info("InstructEdit Studio listening on %s (ready %.1f s after start)%s", local_url,
