@@ -81,6 +81,18 @@ def test_results_sections_pick_what_runs(capsys, setup, tiny_llama_dir):
     assert code != 0 and "bogus" in captured.err
 
 
+def test_results_trace_section(capsys, setup, tiny_llama_dir):
+    root, data = setup
+    out = root / "trace.md"
+    code, captured = run(capsys, "results", "--data", str(data), "--out", str(out),
+                         "--figures", str(root / "tfig"), "--model", str(tiny_llama_dir),
+                         "--sections", "trace", "--trace-limit", "2", "--no-progress")
+    assert code == 0, captured.err
+    text = out.read_text()
+    assert "## 6. Where facts live" in text and "## 1. Multi-task" not in text
+    assert "Not run" not in text
+
+
 def test_results_with_missing_checkpoints_still_writes(capsys, setup, tiny_llama_dir):
     root, data = setup
     out = root / "missing.md"

@@ -45,7 +45,8 @@ ROME_TASKS: tuple[str, ...] = ("counterfact", "recent", "zsre")
 """ROME rewrites a subject's fact; ConvSent's opinion edits have no fact to locate (n/a there)."""
 USER_TASKS: tuple[str, ...] = ("counterfact", "recent", "zsre")
 """Tasks of the plain protocol (short answers a continuation can contain; ConvSent has none)."""
-SECTIONS: tuple[str, ...] = ("user", "table3", "instructions", "analysis", "scaling", "ranks", "quant")
+SECTIONS: tuple[str, ...] = ("user", "table3", "instructions", "analysis", "scaling", "ranks", "quant",
+                             "trace")
 """Sections of the report, in run order (``--sections`` picks some)."""
 
 
@@ -80,6 +81,8 @@ class ResultsConfig:
     sections: tuple[str, ...] = SECTIONS
     rome: bool = True
     """Run ROME beside the trained editors (sections 'user' and 'table3')."""
+    trace_limit: int = 20
+    """CounterFact test records the model knows, averaged by causal tracing (section 'trace')."""
 
     @property
     def quant_records(self) -> int:
@@ -147,6 +150,7 @@ class ResultsData:
     analysis_note: str = ""
     scaling: dict = field(default_factory=dict)          # label -> Outcome
     user: dict = field(default_factory=dict)             # method -> task -> Outcome (plain protocol)
+    trace: dict = field(default_factory=dict)            # causal tracing averaged over records
     scaling_note: str = ""
     runs: list = field(default_factory=list)             # Outcome, in run order
 
@@ -369,6 +373,39 @@ def run_user(runner: ResultsRunner, data: ResultsData) -> None:
         runner.release(cfg.user_quant)
 
 
+def run_trace(runner: ResultsRunner, data: ResultsData) -> None:
+    """Causal tracing averaged over CounterFact test records the model knows: where facts live,
+    and so which layer ROME edits (the MLP restoration at the last subject token)."""
+    import random
+
+    from ..rome import TRACED_LAYERS, default_layer
+    from ..tracing import LAST_SUBJECT, average_indirect_effect, save_heatmap
+
+    cfg = runner.config
+    backbone = runner.backbone("none")
+    records = [r for r in runner.records("counterfact", cfg.split) if r.subject.strip()]
+    random.Random(f"trace:{cfg.seed}").shuffle(records)
+    window = max(1, round(backbone.adapter.num_layers(backbone.model) / 6))
+    started = time.perf_counter()
+    answers = "known"
+    try:
+        result = average_indirect_effect(backbone, records, tokens="last_subject", answers=answers,
+                                         limit=cfg.trace_limit, window=window, kinds=("mlp",),
+                                         seed=cfg.seed)
+    except ValueError:  # the model knows none of them (a tiny test model): trace its own answers
+        answers = "greedy"
+        result = average_indirect_effect(backbone, records, tokens="last_subject", answers=answers,
+                                         limit=cfg.trace_limit, window=window, kinds=("mlp",),
+                                         seed=cfg.seed)
+    column = result.effects["mlp"][:, result.categories.index(LAST_SUBJECT)]
+    figure = save_heatmap(result, Path(cfg.figures) / "trace_counterfact.png")
+    data.trace = {"n_records": result.n_records, "window": window, "answers": answers, "mean_clean": result.mean_clean,
+                  "mean_corrupted": result.mean_corrupted, "effects": [float(x) for x in column],
+                  "best_layer": result.best_layer("mlp"), "rome_layer": result.rome_layer(),
+                  "rome_uses": default_layer(backbone), "stored": TRACED_LAYERS.get(backbone.model_id),
+                  "figure": str(figure), "seconds": round(time.perf_counter() - started, 1)}
+
+
 def run_instructions(runner: ResultsRunner, data: ResultsData) -> None:
     cfg = runner.config
     data.instructions["seen"] = dict(data.table3.get("InstructEdit", {}))
@@ -500,7 +537,7 @@ def run_all(config: ResultsConfig) -> ResultsData:
         data.step_size = choose_step_size(runner, data)
     steps = {"user": run_user, "table3": run_table3, "instructions": run_instructions,
              "analysis": run_analysis, "scaling": run_scaling, "ranks": run_patch_ranks,
-             "quant": run_quantization}
+             "quant": run_quantization, "trace": run_trace}
     for section in SECTIONS:
         if section in config.sections:
             steps[section](runner, data)
@@ -552,6 +589,8 @@ def register_results(subparsers) -> None:
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help="sections to run, comma-separated (default: all: %(default)s)")
     p.add_argument("--no-rome", action="store_true", help="leave ROME out of the comparisons")
+    p.add_argument("--trace-limit", type=int, default=d.trace_limit,
+                   help="known CounterFact records averaged by causal tracing (default: %(default)s)")
     p.add_argument("--cache-dir", default=None,
                    help="cache each evaluation's summary here and reuse it (resume an interrupted run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -583,7 +622,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         sweep_limit=args.sweep_limit, split=args.split, seed=args.seed, batch_size=args.batch_size,
         quants=quants, device=args.device, threads=args.threads, cache_dir=args.cache_dir,
         progress=not args.no_progress, user_quant=args.user_quant, user_limit=args.user_limit,
-        sections=sections, rome=not args.no_rome)
+        sections=sections, rome=not args.no_rome, trace_limit=args.trace_limit)
     data = run_all(config)
     path = write_report(data)
     print(f"wrote {path} ({data.seconds / 60:.1f} min)")
