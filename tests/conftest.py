@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from instructedit.backbone import load_backbone
-
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -16,6 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # makes every small matmul ~1000x slower (16 ms instead of 0.02 ms measured with 2 threads).
 torch.set_num_threads(1)
 
+from instructedit.backbone import load_backbone  # noqa: E402  (after the offline settings)
 from tests.tiny_models import build_tiny_model  # noqa: E402
 
 
