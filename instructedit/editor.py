@@ -23,7 +23,13 @@ from .keying import KEY_ON_SUBJECT, key_mask
 from .mend import EditorConfig, MendNetwork
 from .patches import LayerPatch, Patch, PatchEngine
 from .preconditioning import attach_preconditioners
-from .scoring import AnswerBatch, answer_logits_from_hidden, score_answers, tokenize_answers
+from .scoring import (
+    AnswerBatch,
+    answer_logits_from_hidden,
+    concat_batches,
+    score_answers,
+    tokenize_answers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +147,74 @@ def compute_batched_patch(network: MendNetwork, module_names: Sequence[str], bat
     return Patch(layers), logits.detach()
 
 
+@dataclass
+class EditInputs:
+    """The tokenized inputs a batch of edits is computed from (one edit per row of ``wrapped``).
+
+    ``wrapped``: the edit inputs as the editor reads them (wrapped in the instruction when it uses
+    instructions), with their targets. ``plain``: the prompts as typed, same targets, present
+    when the editor edits from both (``EditorConfig.edit_from == "wrapped+plain"``); a row whose
+    plain prompt equals its wrapped input is masked out there, so it counts once. ``*_keys``: the
+    (B, T) positions whose (u, d) build the update (None: every real token).
+    """
+
+    wrapped: AnswerBatch
+    wrapped_keys: torch.Tensor | None = None
+    plain: AnswerBatch | None = None
+    plain_keys: torch.Tensor | None = None
+
+    def to(self, device) -> EditInputs:
+        def move(x):
+            return None if x is None else x.to(device)
+        return EditInputs(self.wrapped.to(device), move(self.wrapped_keys), move(self.plain),
+                          move(self.plain_keys))
+
+
+def tokenize_edit_inputs(tokenizer, network: MendNetwork, wrapped: Sequence[str],
+                         plain: Sequence[str], targets: Sequence[str],
+                         subjects: Sequence[str | None],
+                         max_answer_tokens: int = MAX_TARGET_TOKENS) -> EditInputs:
+    """Tokenize a batch of edits for ``network`` (its ``key_on`` and ``edit_from`` settings)."""
+    def tokenize(prompts: Sequence[str]) -> tuple[AnswerBatch, torch.Tensor | None]:
+        batch = tokenize_answers(tokenizer, prompts, targets, max_answer_tokens=max_answer_tokens)
+        keys = (key_mask(tokenizer, batch, prompts, subjects)
+                if network.config.key_on == KEY_ON_SUBJECT else None)
+        return batch, keys
+
+    wrapped_batch, wrapped_keys = tokenize(wrapped)
+    if network.config.edit_from != "wrapped+plain":
+        return EditInputs(wrapped_batch, wrapped_keys)
+    plain_batch, plain_keys = tokenize([p.strip() for p in plain])
+    if plain_keys is None:
+        plain_keys = plain_batch.attention_mask.bool().clone()
+    for row, (w, p) in enumerate(zip(wrapped, plain, strict=True)):
+        if w.strip() == p.strip():
+            plain_keys[row] = False
+    return EditInputs(wrapped_batch, wrapped_keys, plain_batch, plain_keys)
+
+
+def patch_from_inputs(network: MendNetwork, module_names: Sequence[str], inputs: EditInputs,
+                      final_hidden: HiddenFn, head_model, pad_id: int = 0,
+                      ) -> tuple[Patch, torch.Tensor]:
+    """One patch per edit of ``inputs`` (batched factors) and the unpatched answer logits of its
+    wrapped rows (see :func:`compute_batched_patch`)."""
+    if inputs.plain is None:
+        return compute_batched_patch(network, module_names, inputs.wrapped, final_hidden, head_model,
+                                     key_mask=inputs.wrapped_keys)
+    both = concat_batches(inputs.wrapped, inputs.plain, pad_id=pad_id)
+    width = both.input_ids.shape[1]
+    wrapped_keys = (inputs.wrapped_keys if inputs.wrapped_keys is not None
+                    else inputs.wrapped.attention_mask.bool())
+
+    def widen(mask: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(mask, (0, width - mask.shape[1]), value=False)
+
+    keys = torch.cat([widen(wrapped_keys.bool()), widen(inputs.plain_keys.bool())])
+    patch, logits = compute_batched_patch(network, module_names, both, final_hidden, head_model,
+                                          key_mask=keys)
+    return patch.join_halves(), logits[: inputs.wrapped.answer_tokens.numel()]
+
+
 def unbatch_patch(patch: Patch, row: int) -> Patch:
     """The single-row patch of ``row`` with all-zero factor rows dropped."""
     layers = {}
@@ -226,13 +300,6 @@ class Editor:
     def keyed_on_subject(self) -> bool:
         return self.network.config.key_on == KEY_ON_SUBJECT
 
-    def key_mask(self, batch: AnswerBatch, inputs: Sequence[str],
-                 subjects: Sequence[str | None]) -> torch.Tensor | None:
-        """The positions each row's update is keyed on (None: every token)."""
-        if not self.keyed_on_subject:
-            return None
-        return key_mask(self.backbone.tokenizer, batch, inputs, subjects)
-
     def full_hidden(self, batch: AnswerBatch) -> torch.Tensor:
         model = self.backbone.model
         batch = batch.to(self.backbone.device)
@@ -249,12 +316,13 @@ class Editor:
         start = time.perf_counter()
         validate_request(request, self.backbone.tokenizer)
         wrapped = request.edit_input(self.use_instructions)
-        batch = tokenize_answers(self.backbone.tokenizer, [wrapped], [request.target],
-                                 max_answer_tokens=MAX_TARGET_TOKENS).to(self.backbone.device)
-        keys = self.key_mask(batch, [wrapped], [request.subject or request.topic])
+        inputs = tokenize_edit_inputs(self.backbone.tokenizer, self.network, [wrapped],
+                                      [request.prompt], [request.target],
+                                      [request.subject or request.topic]).to(self.backbone.device)
         with PatchEngine.activate([e.patch for e in active]):
-            batched, _ = compute_batched_patch(self.network, self.module_names, batch,
-                                               self.full_hidden, self.backbone.model, key_mask=keys)
+            batched, _ = patch_from_inputs(self.network, self.module_names, inputs,
+                                           self.full_hidden, self.backbone.model,
+                                           pad_id=self.backbone.tokenizer.pad_token_id or 0)
         patch = unbatch_patch(batched, 0)
         patch.check_finite()
         patch = patch.truncated(self.patch_rank)

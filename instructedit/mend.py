@@ -17,6 +17,9 @@ import torch
 from torch import nn
 
 
+EDIT_FROM_CHOICES = ("wrapped", "wrapped+plain")
+
+
 @dataclass(frozen=True)
 class EditorConfig:
     """Hyper-parameters of the editor network.
@@ -34,6 +37,10 @@ class EditorConfig:
             the inverse key covariance of its module (as ROME's ``C^-1 k``) and rescaled so that
             its response to ``u~`` itself is unchanged; generic inputs then barely trigger the
             update (see :mod:`instructedit.preconditioning`; down-projections only).
+        edit_from: ``"wrapped"`` (the update comes from the instruction-wrapped edit input) or
+            ``"wrapped+plain"`` (the wrapped input and the prompt as typed both contribute, so the
+            update is keyed on what a person's sentence looks like inside the model too; the two
+            coincide for editors without instructions, which then count it once).
     """
 
     rank: int = 256
@@ -43,12 +50,15 @@ class EditorConfig:
     norm_eps: float = 1e-6
     key_on: str = "all"
     precondition: str = "none"
+    edit_from: str = "wrapped"
 
     def __post_init__(self) -> None:
         if self.key_on not in ("all", "subject"):
             raise ValueError(f"key_on must be 'all' or 'subject', got {self.key_on!r}")
         if self.precondition not in ("none", "covariance"):
             raise ValueError(f"precondition must be 'none' or 'covariance', got {self.precondition!r}")
+        if self.edit_from not in EDIT_FROM_CHOICES:
+            raise ValueError(f"edit_from must be one of {EDIT_FROM_CHOICES}, got {self.edit_from!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -115,6 +115,20 @@ class Patch:
         """A batched patch whose row ``i`` is row ``rows[i]`` of this one."""
         return Patch({k: LayerPatch(v.u[rows], v.d[rows], v.scale) for k, v in self.layers.items()})
 
+    def join_halves(self) -> Patch:
+        """A batched patch of ``2n`` rows as ``n`` rows: row ``i`` sums the updates of rows ``i``
+        and ``n + i`` (their factors side by side along the rank axis)."""
+        joined = {}
+        for name, layer in self.layers.items():
+            rows = layer.u.shape[0]
+            if not layer.batched or rows % 2:
+                raise ValueError(f"join_halves needs a batched patch of an even number of rows, "
+                                 f"got {tuple(layer.u.shape)}")
+            half = rows // 2
+            joined[name] = LayerPatch(torch.cat([layer.u[:half], layer.u[half:]], dim=1),
+                                      torch.cat([layer.d[:half], layer.d[half:]], dim=1), layer.scale)
+        return Patch(joined)
+
     def truncated(self, rank: int | None) -> Patch:
         """Every module's update cut to its best rank-``rank`` approximation (None: unchanged)."""
         if rank is None:

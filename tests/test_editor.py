@@ -122,3 +122,41 @@ def test_load_editor_names_every_kind_of_editor(tiny_llama_dir, tmp_path):
     assert loaded.patch_rank == 2 and loaded.module_names == step.module_names
     with pytest.raises(ValueError, match="positive"):
         load_editor("gradient", backbone, step_size=0)
+
+
+@pytest.mark.parametrize("use_instructions", [True, False])
+def test_edit_from_wrapped_and_plain_sums_both_gradient_steps(llama, use_instructions):
+    """An editor that edits from the wrapped input and the prompt as typed makes the sum of the
+    two gradient steps; without instructions the two are one text, counted once."""
+    from instructedit.mend import EditorConfig, MendNetwork
+
+    eta = 0.5
+    names = llama.edited_module_names()
+    config = EditorConfig(rank=8, n_blocks=1, init_lr=eta, normalize=False, edit_from="wrapped+plain")
+    network = MendNetwork(Editor.module_shapes(llama, names), config)
+    editor = Editor(llama, network, use_instructions=use_instructions, patch_rank=None)
+    request = EditRequest("The Eiffel Tower is located in", "Rome", task="counterfact", instruction=0)
+    edit = editor.edit(request)
+    plain = request.prompt
+    assert (edit.wrapped_input != plain) == use_instructions
+    texts = [edit.wrapped_input, plain] if use_instructions else [plain]
+    grads = [_autograd_weight_grads(llama, names, text, request.target) for text in texts]
+    for name in names:
+        expected = -eta * sum(g[name] for g in grads)
+        torch.testing.assert_close(edit.patch.layers[name].delta_weight(), expected,
+                                   atol=1e-5, rtol=0, msg=name)
+
+
+def test_join_halves_sums_the_paired_rows():
+    from instructedit.patches import LayerPatch, Patch
+
+    torch.manual_seed(0)
+    u, d = torch.randn(4, 3, 5), torch.randn(4, 3, 2)
+    joined = Patch({"m": LayerPatch(u, d, torch.tensor(0.5))}).join_halves()
+    assert joined.layers["m"].u.shape == (2, 6, 5)
+    for row in range(2):
+        single = LayerPatch(joined.layers["m"].u[row], joined.layers["m"].d[row], torch.tensor(0.5))
+        expected = sum(0.5 * d[r].t() @ u[r] for r in (row, row + 2))
+        torch.testing.assert_close(single.delta_weight(), expected)
+    with pytest.raises(ValueError, match="even number"):
+        Patch({"m": LayerPatch(u[:3], d[:3], torch.tensor(1.0))}).join_halves()

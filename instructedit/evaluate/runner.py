@@ -1,7 +1,7 @@
 """Batched evaluation: each record edited independently from the unedited model.
 
 A batch of B records is edited in one pass (each row gets its own patch, see
-:func:`~instructedit.editor.compute_batched_patch`); then every scored text of record ``i``
+:func:`~instructedit.editor.patch_from_inputs`); then every scored text of record ``i``
 (its edit input, rephrases, portability questions, locality probes) runs with row ``i`` of the
 patch via :meth:`~instructedit.patches.Patch.select_rows`. With no editor the same passes run
 unpatched, so the unedited model's scores come from the same code.
@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..backbone import Backbone
 from ..data.neighbours import NeighbourIndex
 from ..data.records import EditRecord
-from ..editor import MAX_TARGET_TOKENS, Editor, compute_batched_patch
+from ..editor import MAX_TARGET_TOKENS, Editor, patch_from_inputs, tokenize_edit_inputs
 from ..generation import GenerationConfig, generate
 from ..patches import Patch, PatchEngine, stack_patches
 from ..scoring import (
@@ -154,10 +154,16 @@ class Evaluator:
             return self._edit_one_by_one(batch, items)
         self._sync()
         start = time.perf_counter()
-        keys = self.editor.key_mask(batch, [it.edit_input for it in items],
-                                    [it.record.subject or it.record.topic for it in items])
-        patch, logits = compute_batched_patch(self.editor.network, self.editor.module_names, batch,
-                                              self.forward, self.backbone.model, key_mask=keys)
+        tokenizer = self.backbone.tokenizer
+        inputs = tokenize_edit_inputs(tokenizer, self.editor.network,
+                                      [it.edit_input for it in items],
+                                      [it.record.prompt for it in items],
+                                      [it.record.target_new for it in items],
+                                      [it.record.subject or it.record.topic for it in items],
+                                      self.config.max_answer_tokens).to(self.backbone.device)
+        patch, logits = patch_from_inputs(self.editor.network, self.editor.module_names, inputs,
+                                          self.forward, self.backbone.model,
+                                          pad_id=tokenizer.pad_token_id or 0)
         patch = patch.detach().truncated(self.editor.patch_rank)
         self._sync()
         latency = (time.perf_counter() - start) * 1000 / batch.size

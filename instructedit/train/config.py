@@ -37,6 +37,8 @@ class TrainConfig:
         kl_all_positions: the locality KL covers every position of the locality texts.
         precondition: ``"covariance"`` whitens the update's keys with the inverse key covariance
             (ROME's ``C^-1 k``; down-projections only, see preconditioning.py).
+        edit_from: ``"wrapped+plain"`` computes each edit from the instruction-wrapped input and
+            the prompt as typed (instruction runs only; see ``EditorConfig.edit_from``).
     """
 
     model: str = DEFAULT_MODEL
@@ -74,6 +76,7 @@ class TrainConfig:
     neighbour_locality: bool = False
     kl_all_positions: bool = False
     precondition: str = "none"
+    edit_from: str = "wrapped"
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

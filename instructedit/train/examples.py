@@ -16,7 +16,8 @@ class TrainingExample:
 
     ``edit_prompt``/``target`` make the edit (keyed on ``subject``'s tokens when the editor is
     keyed on the subject); ``outer_prompt``/``outer_target`` score it (a rephrase where the
-    record has one, wrapped like the edit); ``plain_prompt`` scores it on text as a person types
+    record has one, wrapped like the edit); ``typed_prompt`` is the prompt as typed (editors that
+    edit from it too read it); ``plain_prompt`` scores it on text as a person types
     it (the prompt or a rephrase, never wrapped). ``locality`` is an unwrapped (prompt, answer)
     pair whose predictions must not move; ``neighbour`` is a harder one: the edit's own sentence
     with another subject (falls back to the locality pair where the data has none).
@@ -35,6 +36,7 @@ class TrainingExample:
     neighbour_prompt: str = ""
     neighbour_answer: str = ""
     subject: str | None = None
+    typed_prompt: str = ""
 
 
 def render_example(record: EditRecord, instruction_index: int | None, rng: random.Random,
@@ -75,4 +77,4 @@ def render_example(record: EditRecord, instruction_index: int | None, rng: rando
     subject = record.subject or record.topic
     return TrainingExample(record.id, record.task, instruction_index, edit_prompt,
                            record.target_new, outer_prompt, outer_target, loc[0], loc[1],
-                           plain_prompt, neighbour[0], neighbour[1], subject)
+                           plain_prompt, neighbour[0], neighbour[1], subject, record.prompt.strip())

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..editor import compute_batched_patch
-from ..keying import key_mask
+from ..editor import EditInputs, patch_from_inputs, tokenize_edit_inputs
 from ..mend import MendNetwork
 from ..patches import PatchEngine
 from ..scoring import (
@@ -63,45 +62,50 @@ class StepResult:
 
 @dataclass
 class ExampleBatches:
-    """The tokenized texts of a batch of examples (``plain``/``neighbour`` only when used)."""
+    """The tokenized texts of a batch of examples (``plain``/``neighbour`` only when used).
 
-    edit: AnswerBatch
+    ``sources``: what the edits are computed from (``sources.wrapped`` is ``edit``)."""
+
+    sources: EditInputs
     outer: AnswerBatch
     locality: AnswerBatch
     plain: AnswerBatch | None = None
     neighbour: AnswerBatch | None = None
-    key_mask: torch.Tensor | None = None
+
+    @property
+    def edit(self) -> AnswerBatch:
+        return self.sources.wrapped
 
     def to(self, device) -> ExampleBatches:
         def move(b):
             return None if b is None else b.to(device)
-        return ExampleBatches(self.edit.to(device), self.outer.to(device), self.locality.to(device),
-                              move(self.plain), move(self.neighbour), move(self.key_mask))
+        return ExampleBatches(self.sources.to(device), self.outer.to(device),
+                              self.locality.to(device), move(self.plain), move(self.neighbour))
 
 
-def tokenize_examples(tokenizer, examples: Sequence[TrainingExample], max_answer_tokens: int = 32,
-                      weights: LossWeights | None = None, key_on_subject: bool = False,
+def tokenize_examples(tokenizer, network: MendNetwork, examples: Sequence[TrainingExample],
+                      max_answer_tokens: int = 32, weights: LossWeights | None = None,
                       ) -> ExampleBatches:
-    """The answer batches of ``examples`` (and the subject key mask when keyed on subjects)."""
+    """The answer batches of ``examples``; the edits' sources follow ``network``'s settings."""
     weights = weights or LossWeights()
 
     def tok(prompts, answers):
         return tokenize_answers(tokenizer, prompts, answers, max_answer_tokens)
 
-    edit = tok([e.edit_prompt for e in examples], [e.target for e in examples])
+    sources = tokenize_edit_inputs(tokenizer, network, [e.edit_prompt for e in examples],
+                                   [e.typed_prompt or e.edit_prompt for e in examples],
+                                   [e.target for e in examples], [e.subject for e in examples],
+                                   max_answer_tokens)
     outer = tok([e.outer_prompt for e in examples], [e.outer_target for e in examples])
     loc = tok([e.locality_prompt for e in examples], [e.locality_answer for e in examples])
-    plain = neighbour = mask = None
+    plain = neighbour = None
     if weights.plain:
         plain = tok([e.plain_prompt or e.edit_prompt for e in examples],
                     [e.target if e.task != "convsent" else e.outer_target for e in examples])
     if weights.neighbour:
         neighbour = tok([e.neighbour_prompt or e.locality_prompt for e in examples],
                         [e.neighbour_answer or e.locality_answer for e in examples])
-    if key_on_subject:
-        mask = key_mask(tokenizer, edit, [e.edit_prompt for e in examples],
-                        [e.subject for e in examples])
-    return ExampleBatches(edit, outer, loc, plain, neighbour, mask)
+    return ExampleBatches(sources, outer, loc, plain, neighbour)
 
 
 def meta_step(network: MendNetwork, module_names: Sequence[str], head_model, final_hidden: HiddenFn,
@@ -111,9 +115,9 @@ def meta_step(network: MendNetwork, module_names: Sequence[str], head_model, fin
     """Edit every example independently and compute the outer loss and metrics."""
     n = len(examples)
     device = next(head_model.parameters()).device
-    batches = (batches or tokenize_examples(tokenizer, examples, weights=weights)).to(device)
-    patch, _ = compute_batched_patch(network, module_names, batches.edit, final_hidden, head_model,
-                                     key_mask=batches.key_mask)
+    batches = (batches or tokenize_examples(tokenizer, network, examples, weights=weights)).to(device)
+    patch, _ = patch_from_inputs(network, module_names, batches.sources, final_hidden, head_model,
+                                 pad_id=pad_id)
     # Locality rows are short and unwrapped: run them apart from the long wrapped rows (no padding waste).
     loc_parts = [batches.locality] + ([batches.neighbour] if batches.neighbour is not None else [])
     loc = concat_batches(*loc_parts, pad_id=pad_id)

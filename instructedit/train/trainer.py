@@ -140,7 +140,8 @@ class Trainer:
         self.module_names = names
         torch.manual_seed(config.seed)
         editor_config = EditorConfig(rank=config.rank, n_blocks=config.n_blocks, init_lr=config.init_lr,
-                                     key_on=config.key_on, precondition=config.precondition)
+                                     key_on=config.key_on, precondition=config.precondition,
+                                     edit_from=config.edit_from if config.use_instructions else "wrapped")
         self.weights = LossWeights(config.c_edit, config.c_loc, plain=config.plain_loss,
                                    neighbour=config.neighbour_locality,
                                    all_positions=config.kl_all_positions)
@@ -216,8 +217,8 @@ class Trainer:
     # ----- steps ---------------------------------------------------------------------------
     def run_step(self, examples: Sequence[TrainingExample]):
         tok = self.backbone.tokenizer
-        batches = tokenize_examples(tok, examples, self.config.max_answer_tokens, self.weights,
-                                    key_on_subject=self.config.key_on == "subject")
+        batches = tokenize_examples(tok, self.network, examples, self.config.max_answer_tokens,
+                                    self.weights)
         return meta_step(self.network, self.module_names, self.backbone.model, self.forward, examples,
                          tok, self.weights, pad_id=tok.pad_token_id or 0, batches=batches)
 
