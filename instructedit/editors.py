@@ -1,7 +1,8 @@
 """One way to turn an editor name into an editor: ``load_editor(spec, backbone)``.
 
 Specs: ``unedited`` (no editor: ``None``), ``gradient`` (one plain gradient step, an identity
-MEND network), ``rome`` (ROME, :mod:`instructedit.rome`) or the folder of a trained checkpoint
+MEND network), ``rome`` (ROME, :mod:`instructedit.rome`; ``rome:identity``, ``rome:data``,
+``rome:generated`` pick its key covariance) or the folder of a trained checkpoint
 (MEND multi-task or InstructEdit). The CLI, evaluation, benchmarks and the app all load through
 here; each face keeps its own flag spelling (e.g. ``edit --editor none`` means a gradient step).
 """
@@ -37,9 +38,13 @@ def load_editor(spec: str, backbone: Backbone, *, step_size: float | None = None
         rank = None if patch_rank == DEFAULT_RANK else patch_rank
         return Editor.untrained(backbone, step_size=step, use_instructions=use_instructions,
                                 patch_rank=rank)
-    if name == ROME:
-        from .rome import RomeEditor
+    if name == ROME or name.startswith(ROME + ":"):
+        from .rome import COVARIANCE_CHOICES, RomeConfig, RomeEditor
 
-        return RomeEditor(backbone)
+        covariance = name.partition(":")[2] or "auto"
+        if covariance not in COVARIANCE_CHOICES:
+            raise ValueError(f"unknown ROME covariance {covariance!r} in {spec!r}; choose one of "
+                             + ", ".join(f"rome:{c}" for c in COVARIANCE_CHOICES))
+        return RomeEditor(backbone, RomeConfig(covariance=covariance))
     rank = DEFAULT_PATCH_RANK if patch_rank == DEFAULT_RANK else patch_rank
     return Editor.from_pretrained(key, backbone, patch_rank=rank)

@@ -117,6 +117,9 @@ def test_load_editor_names_every_kind_of_editor(tiny_llama_dir, tmp_path):
     step = load_editor("gradient", backbone, step_size=0.25)
     assert step.patch_rank is None and float(step.network.log_lr.exp()[0]) == pytest.approx(0.25)
     assert isinstance(load_editor("ROME", backbone), RomeEditor)
+    assert load_editor("rome:identity", backbone).config.covariance == "identity"
+    with pytest.raises(ValueError, match="rome:identity"):
+        load_editor("rome:typo", backbone)
     step.save_pretrained(tmp_path / "ck")
     loaded = load_editor(str(tmp_path / "ck"), backbone, patch_rank=2)
     assert loaded.patch_rank == 2 and loaded.module_names == step.module_names

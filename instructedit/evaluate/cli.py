@@ -43,8 +43,9 @@ def register_eval(subparsers) -> None:
                     "edit latency, and for ConvSent sentiment success and KL drawdown.")
     add_model_arguments(p)
     p.add_argument("--editor", required=True,
-                   help="editor checkpoint folder, 'gradient' (one plain gradient step) or 'none' "
-                        "(the unedited model: the floor)")
+                   help="editor checkpoint folder, 'gradient' (one plain gradient step), 'rome' "
+                        "(or rome:identity / rome:data / rome:generated to pick its key "
+                        "covariance) or 'none' (the unedited model: the floor)")
     p.add_argument("--step-size", type=float, default=None,
                    help=f"step size of --editor gradient (default: {DEFAULT_GRADIENT_STEP})")
     add_patch_rank_argument(p)
