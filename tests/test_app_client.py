@@ -106,8 +106,13 @@ def test_edit_shows_instructedit_first_then_the_comparisons(app, tmp_path):
     c = client(url, tmp_path)
     job = c.submit(*{**FORM, "subject": "Eiffel Tower"}.values(), api_name="/edit")
     final = dict(zip(EDIT_OUTPUTS, job.result(), strict=True))
-    first, last = (dict(zip(EDIT_OUTPUTS, o, strict=True)) for o in job.outputs())
-    # the first step: InstructEdit's result, the baseline and ROME still computing
+    steps = [dict(zip(EDIT_OUTPUTS, o, strict=True)) for o in job.outputs()]
+    look, first, last = steps[0], steps[1], steps[-1]
+    # a first look: the prompt as typed before and after, everything else still computing
+    assert "Plain reliability" in look["ie_summary"] and "⏳" in look["ie_blast_summary"]
+    assert look["report"]["pending"] == ["instructedit", "baseline", "rome"]
+    assert look["report"]["instructedit"]["partial"] is True
+    # then InstructEdit's whole result, the baseline and ROME still computing
     assert "Plain reliability" in first["ie_summary"] and "Blast radius" in first["ie_blast_summary"]
     assert first["bl_summary"].startswith("⏳ Baseline") and first["rome_summary"].startswith("⏳ ROME")
     assert first["report"]["pending"] == ["baseline", "rome"] and first["report"]["rome"] is None

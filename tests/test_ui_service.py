@@ -341,11 +341,18 @@ def test_session_store_refuses_beyond_max_sessions():
 # ----- ROME as a comparison editor ------------------------------------------------------------------
 def test_rome_compares_after_instructedit_is_shown(rome_service, rome):
     early = []
-    out = rome_service.edit("r", request(target="Rome", subject="Eiffel Tower"), on_first=early.append)
-    # InstructEdit's result is handed over before the comparison editors run
-    assert len(early) == 1 and early[0].pending == ("baseline", "rome")
-    assert early[0].report is out.report and early[0].history[-1] is out.entry
-    assert early[0].rome_report is None and edit_payload(early[0])["pending"] == ["baseline", "rome"]
+    out = rome_service.edit("r", request(target="Rome", subject="Eiffel Tower"), on_update=early.append)
+    # a first look at the prompt as typed, then InstructEdit's whole result, then the baseline's,
+    # each handed over before the rest runs
+    assert [o.pending for o in early] == [("instructedit", "baseline", "rome"), ("baseline", "rome"), ("rome",)]
+    look = early[0].report
+    assert look.partial and look.blast is None and look.rephrases == () and not out.report.partial
+    assert look.prompt.before == out.report.prompt.before and look.prompt.after == out.report.prompt.after
+    assert look.scores.plain_reliability == out.report.scores.plain_reliability
+    assert edit_payload(early[0])["instructedit"]["partial"] is True
+    assert early[1].report is out.report and early[1].history[-1] is out.entry
+    assert early[1].rome_report is None and edit_payload(early[1])["pending"] == ["baseline", "rome"]
+    assert early[2].baseline_report is not None and early[2].rome_report is None
     # ROME's own result: the prompt as typed (no instruction), its scores, blast radius and history
     assert out.rome_error is None and out.rome_report.editor == "rome" and out.rome_report.model_input == PROMPT
     assert out.rome_report.blast is not None and out.rome_report.prompt.before == out.report.prompt.before
@@ -458,3 +465,26 @@ def test_trace_refuses_bad_input_with_a_sentence(rome_service, prompt, subject, 
     with pytest.raises(UserError, match=match):
         rome_service.trace("bad-trace", prompt, subject)
     assert not Path(rome_service.trace_dir, "bad-trace").exists()
+
+
+def test_unedited_continuations_are_remembered_across_requests(service, backbone):
+    from instructedit.ui.probing import GenerationCache, UneditedTexts
+
+    n = service.limits.max_new_tokens
+    without, _ = service.generate("u", PROMPT)
+    assert service.unedited.get(n, PROMPT) == without  # the Playground's text, kept server-wide
+    # a new request's first look reads it from there: the same text, nothing regenerated
+    cache = GenerationCache(service.unedited)
+    assert generate_under(backbone, [], [PROMPT], n, cache)[PROMPT] == without
+    # texts generated in a batch (padded) are not kept; the memory is bounded
+    store = UneditedTexts(capacity=2)
+    generate_under(backbone, [], ["The sky is", "Paris is in"], 3, GenerationCache(store))
+    assert len(store) == 0
+    for text in ("a", "b", "c"):
+        generate_under(backbone, [], [text], 3, GenerationCache(store))
+    assert len(store) == 2 and store.get(3, "a") is None and store.get(3, "c") is not None
+    # a session's edited model never reads or fills it
+    out = service.edit("u", request())
+    patches = [out.entry.edit.patch]
+    edited = generate_under(backbone, patches, ["Paris is in"], n, GenerationCache(service.unedited))
+    assert service.unedited.get(n, "Paris is in") is None and isinstance(edited["Paris is in"], str)

@@ -390,11 +390,11 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
                        trigger_mode="always_last")
 
         def run_edit(form: EditForm, request: gr.Request | None, progress=None,
-                     on_first: Callable[[EditOutcome], None] | None = None) -> EditOutcome:
+                     on_update: Callable[[EditOutcome], None] | None = None) -> EditOutcome:
             req = build_request(form, max_chars, limits.max_lines)
             report = (lambda f, msg: progress(f, desc=msg)) if progress is not None else None
             outcome = service.edit(session_of(request), req, progress=report, kind=kind_choice(form, catalog),
-                                   on_first=on_first)
+                                   on_update=on_update)
             for slot in shown:
                 error = outcome.compared(slot)[1]
                 if error:
@@ -404,11 +404,12 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
         @guarded
         def on_edit(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_,
                     subject_, kind_, request: gr.Request, progress=gr.Progress()):  # noqa: B008
-            """InstructEdit's result as soon as it is measured, then the comparison editors' (ROME
-            takes seconds) with the history: the last step is the whole result."""
+            """InstructEdit's first look (the prompt as typed before and after) as soon as it is
+            measured, then its whole report with the blast radius, then the comparison editors'
+            (ROME takes seconds) with the history: the last step is the whole result."""
             form = make_form(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_,
                              subject_, kind_)
-            for outcome in in_steps(lambda early: run_edit(form, request, progress, on_first=early)):
+            for outcome in in_steps(lambda early: run_edit(form, request, progress, on_update=early)):
                 fields = _edit_fields(outcome)
                 fields.update(zip(("history", "history_summary", "remove_choice"),
                                   history_values(outcome.history), strict=True))
@@ -534,6 +535,8 @@ def _edit_fields(outcome: EditOutcome) -> dict:
     editor still computing says so in its column."""
     prompt = outcome.entry.request.prompt
     fields = {"report": edit_payload(outcome), **_editor_fields("ie", "InstructEdit", outcome.report, None, prompt)}
+    if outcome.report.partial:
+        fields["ie_blast_summary"] = "⏳ InstructEdit: probing the blast radius…"
     for slot in SLOTS:
         info = SLOT_INFO[slot]
         fields.update(_editor_fields(info.key, info.label, *outcome.compared(slot), prompt))

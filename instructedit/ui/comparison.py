@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from ..editor import EditRequest
 from ..keying import find_subject
 
+INSTRUCTEDIT = "instructedit"
+"""Not a slot: names InstructEdit's report in an outcome's ``pending`` while it is a first look."""
 BASELINE = "baseline"
 ROME = "rome"
 SLOTS = (BASELINE, ROME)

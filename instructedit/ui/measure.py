@@ -42,7 +42,8 @@ from .probing import (
     measure_probes,
 )
 
-__all__ = ["EditReport", "EditScores", "GenerationCache", "ProbeResult", "generate_under", "measure_edit"]
+__all__ = ["EditReport", "EditScores", "GenerationCache", "ProbeResult", "generate_under", "measure_edit",
+           "measure_first_look"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class EditReport:
     ``prompt``: the sentence as typed; ``rephrases`` and ``probes``: the rephrases and locality
     probes as typed; ``wrapped`` and ``wrapped_rephrases``: what the editor read (paper protocol);
     ``blast``: the blast radius (other subjects, other facts, unrelated facts), when measured.
+    ``partial``: a first look (:func:`measure_first_look`): the prompt as typed only; rephrases,
+    probes and the blast radius are still being measured.
     """
 
     editor: str
@@ -85,6 +88,7 @@ class EditReport:
     measure_ms: float
     says_target: bool = True
     blast: BlastRadius | None = None
+    partial: bool = False
 
     @property
     def model_input(self) -> str:
@@ -109,7 +113,7 @@ def measure_edit(backbone: Backbone, edit: Edit, use_instructions: bool, before:
     imported edits uses.
     """
     start = time.perf_counter()
-    cache = {} if cache is None else cache
+    cache = GenerationCache() if cache is None else cache
     request = edit.request
     target = request.target
     says = request.task in CONTINUATION_TASKS
@@ -144,3 +148,31 @@ def measure_edit(backbone: Backbone, edit: Edit, use_instructions: bool, before:
                       probes=locality, wrapped=wrapped, wrapped_rephrases=wrapped_rephrases,
                       scores=scores, edit_ms=edit.latency_ms,
                       measure_ms=(time.perf_counter() - start) * 1000, says_target=says)
+
+
+def measure_first_look(backbone: Backbone, edit: Edit, before: Sequence[Patch], max_new_tokens: int = 20,
+                       *, cache: GenerationCache | None = None) -> EditReport:
+    """What the page shows first, as fast as it can: the continuation of the prompt as typed
+    before and after ``edit`` (each generated on its own, as :func:`measure_edit` does, so the
+    full report reuses them) and the teacher-forced scores of the prompt and of the editor's
+    input. Rephrases, probes and the blast radius come with :func:`measure_edit`."""
+    start = time.perf_counter()
+    cache = GenerationCache() if cache is None else cache
+    request = edit.request
+    says = request.task in CONTINUATION_TASKS
+    after = [*before, edit.patch]
+    plain = request.prompt.strip()
+    generate_under(backbone, before, [plain], max_new_tokens, cache)
+    plain_after = generate_under(backbone, after, [plain], max_new_tokens, cache)[plain]
+    prompt, wrapped = measure_probes(
+        backbone, before, after, [Probe(plain, PROMPT), Probe(edit.wrapped_input, WRAPPED, request.target)],
+        request.target, max_new_tokens=max_new_tokens, cache=cache, says_target=says,
+        text_groups=(PROMPT,))
+    scores = EditScores(
+        reliability=wrapped.target_accuracy, generalization=None, locality=None,
+        plain_reliability=prompt.target_accuracy,
+        generation_success=float(contains_answer(plain_after, request.target)) if says else None)
+    return EditReport(editor=edit.editor_name, target=request.target, prompt=prompt, rephrases=(),
+                      probes=(), wrapped=wrapped, wrapped_rephrases=(), scores=scores,
+                      edit_ms=edit.latency_ms, measure_ms=(time.perf_counter() - start) * 1000,
+                      says_target=says, partial=True)

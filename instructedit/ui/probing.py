@@ -13,6 +13,8 @@ teacher-forced pass each, with the evaluation's scoring (:mod:`instructedit.scor
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -25,7 +27,44 @@ from ..patches import Patch, PatchEngine
 from ..scoring import agreement, full_model_answer_logits, score_answers, tokenize_answers
 from .verdicts import SAME_ANSWER, verdict
 
-GenerationCache = dict
+
+
+class UneditedTexts:
+    """Server-wide memory of the unedited model's continuations of single prompts (thread-safe,
+    least recently used first out). Only texts generated on their own (one prompt per call, as
+    the Playground generates) are kept, so a cached text is the one the Playground shows."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = capacity
+        self._texts: OrderedDict[tuple[int, str], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, max_new_tokens: int, prompt: str) -> str | None:
+        with self._lock:
+            key = (max_new_tokens, prompt)
+            if key in self._texts:
+                self._texts.move_to_end(key)
+                return self._texts[key]
+            return None
+
+    def put(self, max_new_tokens: int, prompt: str, text: str) -> None:
+        with self._lock:
+            self._texts[(max_new_tokens, prompt)] = text
+            self._texts.move_to_end((max_new_tokens, prompt))
+            while len(self._texts) > self.capacity:
+                self._texts.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+
+class GenerationCache(dict):
+    """One request's continuations, keyed by (patch stack, length, text); the unedited model's
+    are also looked up in and added to ``shared`` (see :class:`UneditedTexts`)."""
+
+    def __init__(self, shared: UneditedTexts | None = None) -> None:
+        super().__init__()
+        self.shared = shared
 
 PROMPT = "prompt"
 REPHRASE = "rephrase"
@@ -71,15 +110,27 @@ class ProbeResult:
 
 def generate_under(backbone: Backbone, patches: Sequence[Patch], texts: Sequence[str],
                    max_new_tokens: int, cache: GenerationCache | None = None) -> dict[str, str]:
-    """Greedy continuations of ``texts`` with exactly ``patches`` active (memoised in ``cache``)."""
-    cache = {} if cache is None else cache
+    """Greedy continuations of ``texts`` with exactly ``patches`` active (memoised in ``cache``;
+    with no patch, also in the cache's ``shared`` store when it has one)."""
+    cache = GenerationCache() if cache is None else cache
     state = tuple(id(p) for p in patches)
-    missing = [t for t in dict.fromkeys(texts) if (state, max_new_tokens, t) not in cache]
+    shared = getattr(cache, "shared", None) if not state else None
+    missing = []
+    for text in dict.fromkeys(texts):
+        if (state, max_new_tokens, text) in cache:
+            continue
+        known = shared.get(max_new_tokens, text) if shared is not None else None
+        if known is None:
+            missing.append(text)
+        else:
+            cache[(state, max_new_tokens, text)] = known
     if missing:
         with PatchEngine.activate(list(patches)):
             outputs = generate(backbone, missing, GenerationConfig(max_new_tokens=max_new_tokens))
         for text, out in zip(missing, outputs, strict=True):
             cache[(state, max_new_tokens, text)] = out
+        if shared is not None and len(missing) == 1:
+            shared.put(max_new_tokens, missing[0], outputs[0])
     return {t: cache[(state, max_new_tokens, t)] for t in texts}
 
 
@@ -104,21 +155,25 @@ def measure_probes(backbone: Backbone, before: Sequence[Patch], after: Sequence[
                    probes: Sequence[Probe], target: str, *, max_new_tokens: int,
                    cache: GenerationCache | None = None, says_target: bool = True,
                    agreement_groups: Collection[str] = (), agreement_tokens: int = 5,
-                   texts: bool = True) -> tuple[ProbeResult, ...]:
+                   texts: bool = True, text_groups: Collection[str] | None = None,
+                   ) -> tuple[ProbeResult, ...]:
     """Measure ``probes`` with ``before`` and with ``after`` active (see the module doc).
 
     ``says_target=False``: verdicts never say "now says <target>" (targets that are responses).
     ``texts=False``: only the continuations the numbers need are generated (before the edit, as
     long as the agreement answer), and no verdicts (re-applying imported edits).
+    ``text_groups``: only these groups' continuations are shown (None: every group's); the
+    others get teacher-forced figures only (what a first, quick look needs).
     """
     if not probes:
         return ()
     tokenizer = backbone.tokenizer
-    prompts = [p.prompt for p in probes]
+    shown = [p.prompt for p in probes if texts and (text_groups is None or p.group in text_groups)]
     read_off = [p.prompt for p in probes if p.answer is None or p.group in agreement_groups]
     pre_tokens = max_new_tokens if texts else agreement_tokens
-    pre = generate_under(backbone, before, prompts if texts else read_off, pre_tokens, cache)
-    post = generate_under(backbone, after, prompts, max_new_tokens, cache) if texts else {}
+    pre = generate_under(backbone, before, list(dict.fromkeys([*shown, *read_off])) if texts else read_off,
+                         pre_tokens, cache)
+    post = generate_under(backbone, after, shown, max_new_tokens, cache) if shown else {}
 
     pairs: list[tuple[str, str]] = []
     rows: list[dict[str, int]] = []
@@ -150,10 +205,11 @@ def measure_probes(backbone: Backbone, before: Sequence[Patch], after: Sequence[
     results = []
     for probe, row, own in zip(probes, rows, answers, strict=True):
         t, o = row["target"], row.get("own", row["target"] if own else None)
-        b, a = pre.get(probe.prompt, "") if texts else "", post.get(probe.prompt, "")
+        seen = probe.prompt in post
+        b, a = pre.get(probe.prompt, "") if seen else "", post.get(probe.prompt, "")
         results.append(ProbeResult(
             prompt=probe.prompt, group=probe.group, before=b, after=a,
-            verdict=verdict(b, a, target if says_target else None) if texts else "",
+            verdict=verdict(b, a, target if says_target else None) if seen else "",
             answer=own, answer_known=probe.answer is not None,
             p_answer_before=p_pre[o] if o is not None else None,
             p_answer_after=p_post[o] if o is not None else None,

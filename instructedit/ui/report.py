@@ -9,7 +9,9 @@ Layout::
 
 (``baseline`` / ``rome``: null when that comparison is not shown, or failed: then its ``_error``
 says why in one sentence, e.g. ROME without a subject in the prompt. While the page shows
-InstructEdit's result before the comparisons are done, ``"pending"`` lists those still computing.)
+InstructEdit's result before the comparisons are done, ``"pending"`` lists what is still computing:
+``"instructedit"`` while InstructEdit's part is a first look at the prompt as typed (it then has
+``"partial": true`` and no rephrases, probes or blast radius yet), then the comparison slots.)
 
     EDITOR = {"editor", "target", "scores": {plain_reliability, generation_success,
               plain_generalization, reliability, generalization, locality},
@@ -60,6 +62,7 @@ def editor_payload(report: EditReport | None) -> dict[str, Any] | None:
                            "reliability": s.reliability, "generalization": s.generalization,
                            "locality": s.locality},
         "edit_ms": round(report.edit_ms, 1), "measure_ms": round(report.measure_ms, 1),
+        **({"partial": True} if report.partial else {}),
     }
 
 

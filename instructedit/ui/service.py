@@ -3,8 +3,10 @@ generate. No Gradio here, so all of it is unit- and stress-testable without a br
 
 An edit is measured as a user sees it (the prompt as typed, see :mod:`.measure`) and as the
 editor read it, then its blast radius is probed (:mod:`.blast`), for InstructEdit and then for
-each comparison editor shown (the baseline, ROME: :mod:`.comparison`); ``on_first`` hands
-InstructEdit's result over before the comparisons are computed, so the page shows it at once.
+each comparison editor shown (the baseline, ROME: :mod:`.comparison`); ``on_update`` hands over
+each step as it is ready, first a look at the prompt as typed before and after InstructEdit's
+edit (two short generations, the one before from a server-wide memory of the unedited model's
+continuations when it has it), so the page shows it at once.
 Causal tracing of a prompt ("Where is this fact?", :mod:`.tracing_view`) runs on the unedited model.
 
 The backbone and editors are shared and never modified; a session's edits are patches that are
@@ -31,11 +33,12 @@ from ..errors import UserFacingError, sentence
 from ..keying import find_subject
 from ..patches import Patch
 from .blast import BlastPlan, BlastPlanner, measure_blast
-from .comparison import BASELINE, ROME, SLOT_INFO, SLOTS, rome_subject_problem
+from .comparison import BASELINE, INSTRUCTEDIT, ROME, SLOT_INFO, SLOTS, rome_subject_problem
 from .config import Limits
 from .errors import UserError
 from .history import HistoryEntry, ImportedEdit, export_payload, parse_history, write_json_atomic
-from .measure import EditReport, GenerationCache, generate_under, measure_edit
+from .measure import EditReport, measure_edit, measure_first_look
+from .probing import GenerationCache, UneditedTexts, generate_under
 from .sessions import Session, SessionStore
 from .tracing_view import TraceView, run_trace
 
@@ -65,9 +68,9 @@ class EditOutcome:
     comparison editors (the baseline, ROME; ``None`` when not shown or failed, with the error's
     sentence), and the session's history.
 
-    ``pending``: the comparison slots still being computed; only the early outcome that
-    :meth:`EditService.edit` hands to ``on_first`` has any (its ``history`` already ends with
-    the new entry).
+    ``pending``: what is still being computed (``instructedit`` while its report is a first
+    look, then the comparison slots); only the early outcomes that :meth:`EditService.edit`
+    hands to ``on_update`` have any (their ``history`` already ends with the new entry).
     """
 
     entry: HistoryEntry
@@ -136,6 +139,7 @@ class EditService:
                                            self.limits.idle_timeout_s, self.limits.max_sessions)
         self.export_dir = Path(export_dir or tempfile.mkdtemp(prefix="instructedit-exports-"))
         self.trace_dir = Path(trace_dir or tempfile.mkdtemp(prefix="instructedit-traces-"))
+        self.unedited = UneditedTexts()
 
     @property
     def model_id(self) -> str:
@@ -195,35 +199,44 @@ class EditService:
 
     def _edit_one(self, request: EditRequest, prior: Sequence[HistoryEntry], *, texts: bool,
                   cache: GenerationCache, progress: Progress, start: float = 0.0, span: float = 1.0,
-                  kind: str | None = None, first: Callable[[HistoryEntry, EditReport], None] | None = None,
+                  kind: str | None = None, update: Callable[[HistoryEntry, EditReport, Compared, tuple[str, ...]],
+                                                          None] | None = None,
                   ) -> tuple[HistoryEntry, EditReport, Compared]:
         """Edit with InstructEdit and every comparison editor on top of ``prior``; the session is
         not changed here.
 
         With ``texts`` (a new edit, not an import) the blast radius is probed too (``kind``: the
-        kind of subject chosen by the user, or guessed). ``first`` gets InstructEdit's entry and
-        report as soon as they are ready, before the comparison editors run.
+        kind of subject chosen by the user, or guessed). ``update`` gets each step's result as
+        soon as it is ready (entry, InstructEdit's report, the comparisons done, the parts still
+        pending): InstructEdit's first look (the prompt as typed), its whole report with the blast
+        radius, then each comparison editor's but the last, whose result is the return value.
         """
         comparisons = self.comparisons()
+        slots = tuple(slot for slot, _ in comparisons)
         share = span / (1 + len(comparisons))
-        if texts and not prior and comparisons:
-            progress(start, "Reading the model's answers before the edit")
-            self._prefill_before(request, cache)
         progress(start, "InstructEdit: computing the edit")
         active = [e.edit for e in prior]
         with user_errors():
             edit = self.editor.edit(request, active=active)
         plan = self.blast.plan(request, kind) if texts else None  # once the request is known valid
+        before = [e.patch for e in active]
+        if texts and update is not None:
+            progress(start + 0.2 * share, "InstructEdit: reading the prompt before and after the edit")
+            quick = measure_first_look(self.backbone, edit, before, self.limits.max_new_tokens, cache=cache)
+            update(HistoryEntry(edit, quick.scores), quick, {}, (INSTRUCTEDIT, *slots))
+        if texts and not prior and comparisons:
+            progress(start + 0.3 * share, "Reading the model's answers before the edit")
+            self._prefill_before(request, cache)
         progress(start + 0.5 * share, "InstructEdit: measuring before and after, probing the blast radius")
-        report = self._measure(self.editor, edit, [e.patch for e in active], plan, texts=texts, cache=cache)
+        report = self._measure(self.editor, edit, before, plan, texts=texts, cache=cache)
         entry = HistoryEntry(edit, report.scores, blast=report.blast)
-        if first is not None and comparisons:
-            first(entry, report)
         compared: Compared = {}
-        for n, (slot, editor) in enumerate(comparisons, 1):
+        for n, (slot, editor) in enumerate(comparisons):
+            if update is not None:
+                update(entry, report, dict(compared), slots[n:])
             other, other_report, error = self._compare(slot, editor, request, prior, plan, texts=texts,
-                                                       cache=cache, progress=progress, at=start + n * share,
-                                                       span=share)
+                                                       cache=cache, progress=progress,
+                                                       at=start + (n + 1) * share, span=share)
             entry.set_compared(slot, other, other_report.scores if other_report else None)
             compared[slot] = (other_report, error)
         return entry, report, compared
@@ -267,13 +280,15 @@ class EditService:
         generate_under(self.backbone, [], [plain, *texts], n, cache)
 
     def edit(self, session_id: str, request: EditRequest, progress: Progress | None = None,
-             kind: str | None = None, on_first: Callable[[EditOutcome], None] | None = None,
+             kind: str | None = None, on_update: Callable[[EditOutcome], None] | None = None,
              ) -> EditOutcome:
         """Apply ``request`` on top of the session's edits; returns reports before/after.
 
         ``kind``: the kind of the edit's subject for its blast radius (None or "auto": guessed).
-        ``on_first``: called (in this thread) with InstructEdit's result as soon as it is measured,
-        before the comparison editors run (its ``pending`` names them); not called without any.
+        ``on_update``: called (in this thread) with each partial result as soon as it is measured
+        (its ``pending`` names what is still computing): InstructEdit's first look at the prompt
+        as typed, then its whole report with the blast radius, then each comparison editor's.
+        The returned outcome is the whole result.
         """
         progress = progress or _no_progress
         start = time.perf_counter()
@@ -283,14 +298,19 @@ class EditService:
             self.store.check_room(session)
             self.check_total(1)
 
-            def first(entry: HistoryEntry, report: EditReport) -> None:
-                if on_first is not None:
-                    on_first(EditOutcome(entry, report, None, None, [*session.entries, entry],
-                                         (time.perf_counter() - start) * 1000,
-                                         pending=tuple(slot for slot, _ in self.comparisons())))
+            def update(entry: HistoryEntry, report: EditReport, compared: Compared,
+                       pending: tuple[str, ...]) -> None:
+                if on_update is not None:
+                    (base_report, base_error), (rome_report, rome_error) = (
+                        compared.get(s, (None, None)) for s in SLOTS)
+                    on_update(EditOutcome(entry, report, base_report, base_error, [*session.entries, entry],
+                                          (time.perf_counter() - start) * 1000, rome_report, rome_error,
+                                          pending=pending))
 
-            entry, report, compared = self._edit_one(request, session.entries, texts=True, cache={},
-                                                     progress=progress, kind=kind, first=first)
+            entry, report, compared = self._edit_one(request, session.entries, texts=True,
+                                                     cache=GenerationCache(self.unedited),
+                                                     progress=progress, kind=kind,
+                                                     update=update if on_update is not None else None)
             session.entries.append(entry)
             history = list(session.entries)
         total = (time.perf_counter() - start) * 1000
@@ -369,7 +389,7 @@ class EditService:
 
     def _recompute(self, items: Sequence[ImportedEdit], progress: Progress) -> list[HistoryEntry]:
         entries: list[HistoryEntry] = []
-        cache: GenerationCache = {}
+        cache = GenerationCache(self.unedited)
         for n, item in enumerate(items):
             span = 1.0 / max(1, len(items))
             try:
@@ -397,7 +417,7 @@ class EditService:
         if not 1 <= n <= self.limits.max_new_tokens:
             raise UserError(f"Tokens to generate must be between 1 and {self.limits.max_new_tokens}.")
         patches = [e.edit.patch for e in self.history(session_id)]
-        without = generate_under(self.backbone, [], [prompt], n)[prompt]
+        without = generate_under(self.backbone, [], [prompt], n, GenerationCache(self.unedited))[prompt]
         with_edits = generate_under(self.backbone, patches, [prompt], n)[prompt] if patches else without
         return without, with_edits
 

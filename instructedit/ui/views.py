@@ -109,6 +109,8 @@ def report_summary(report: EditReport | None, error: str | None = None) -> str:
              f"p({target}) on the prompt: {p2(report.prompt.p_target_before)} → "
              f"**{p2(report.prompt.p_target_after)}**" + "".join(f" · {c}" for c in counts),
              f"edit {report.edit_ms / 1000:.2f} s, measuring {report.measure_ms / 1000:.1f} s"]
+    if report.partial:
+        lines.append("⏳ measuring the rephrases, the locality probes and the blast radius…")
     return "  \n".join(lines)
 
 

@@ -116,21 +116,26 @@ COMPARISONS_DONE = ("() => ['#bl-summary', '#rome-summary'].every(id => { const 
 
 
 def _edit(page) -> float:
+    """Click Edit; return seconds from the click to InstructEdit's first look (the prompt as
+    typed before and after) and print the times to its whole result and to the comparisons."""
     clicked = time.perf_counter()
     page.click("#edit-button")
     page.wait_for_function("() => { const s = document.querySelector('#ie-summary');"
-                           " const b = document.querySelector('#ie-blast-summary');"
-                           " return s && s.innerText.includes('Plain reliability') &&"
-                           " b && b.innerText.includes('Blast radius'); }",
+                           " return s && s.innerText.includes('Plain reliability'); }",
                            timeout=EDIT_TIMEOUT_S * 1000)
-    latency = time.perf_counter() - clicked
+    first = time.perf_counter() - clicked
+    page.wait_for_function("() => { const b = document.querySelector('#ie-blast-summary');"
+                           " return b && b.innerText.includes('Blast radius'); }",
+                           timeout=EDIT_TIMEOUT_S * 1000)
+    whole = time.perf_counter() - clicked
     # InstructEdit's result does not wait for ROME (seconds an edit on a CPU)
     assert "⏳ ROME" in page.inner_text("#rome-summary")
     page.wait_for_function(COMPARISONS_DONE, timeout=EDIT_TIMEOUT_S * 1000)
     total = time.perf_counter() - clicked
-    print(f"[timing] edit latency in the page: InstructEdit with its blast radius {latency:.1f} s, "
-          f"then the baseline and ROME {total:.1f} s")
-    return latency
+    print(f"[timing] edit in the page: click to InstructEdit's first result {first:.1f} s, to its "
+          f"whole result with the blast radius {whole:.1f} s, to the baseline and ROME {total:.1f} s")
+    assert first <= whole <= total
+    return first
 
 
 def test_counterfact_example_edit(app_url, page, tmp_path):
