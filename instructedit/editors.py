@@ -1,8 +1,9 @@
 """One way to turn an editor name into an editor: ``load_editor(spec, backbone)``.
 
 Specs: ``unedited`` (no editor: ``None``), ``gradient`` (one plain gradient step, an identity
-MEND network), ``rome`` (ROME, :mod:`instructedit.rome`; ``rome:identity``, ``rome:data``,
-``rome:generated`` pick its key covariance) or the folder of a trained checkpoint
+MEND network), ``finetune`` (constrained fine-tuning of the edited MLP matrices,
+:mod:`instructedit.finetune`), ``rome`` (ROME, :mod:`instructedit.rome`; ``rome:identity``,
+``rome:data``, ``rome:generated`` pick its key covariance) or the folder of a trained checkpoint
 (MEND multi-task or InstructEdit). The CLI, evaluation, benchmarks and the app all load through
 here; each face keeps its own flag spelling (e.g. ``edit --editor none`` means a gradient step).
 """
@@ -14,9 +15,11 @@ from .editor import Editor
 
 UNEDITED = "unedited"
 GRADIENT = "gradient"
+FINETUNE = "finetune"
 ROME = "rome"
 DEFAULT_RANK = "default"
-"""``patch_rank`` value meaning: full rank for a gradient step, ``DEFAULT_PATCH_RANK`` otherwise."""
+"""``patch_rank`` value meaning: full rank for a gradient step and fine-tuning,
+``DEFAULT_PATCH_RANK`` otherwise."""
 
 
 def load_editor(spec: str, backbone: Backbone, *, step_size: float | None = None,
@@ -24,8 +27,9 @@ def load_editor(spec: str, backbone: Backbone, *, step_size: float | None = None
     """The editor named by ``spec`` bound to ``backbone`` (``None`` for ``unedited``).
 
     ``step_size``: the gradient step's size (default ``DEFAULT_STEP_SIZE``); ``patch_rank``: the
-    rank each edit is kept at; ``use_instructions``: whether a gradient step reads the wrapped
-    input. Raises ValueError for a non-positive step and CheckpointError for a bad checkpoint.
+    rank each edit is kept at (fine-tuning: ``FineTuneConfig.rank``); ``use_instructions``:
+    whether a gradient step reads the wrapped input. Raises ValueError for a non-positive step
+    and CheckpointError for a bad checkpoint.
     """
     key = spec.strip()
     name = key.lower()
@@ -38,6 +42,11 @@ def load_editor(spec: str, backbone: Backbone, *, step_size: float | None = None
         rank = None if patch_rank == DEFAULT_RANK else patch_rank
         return Editor.untrained(backbone, step_size=step, use_instructions=use_instructions,
                                 patch_rank=rank)
+    if name == FINETUNE:
+        from .finetune import FineTuneConfig, FineTuneEditor
+
+        rank = None if patch_rank == DEFAULT_RANK else patch_rank
+        return FineTuneEditor(backbone, FineTuneConfig(rank=rank))
     if name == ROME or name.startswith(ROME + ":"):
         from .rome import COVARIANCE_CHOICES, RomeConfig, RomeEditor
 

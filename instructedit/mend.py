@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-
 EDIT_FROM_CHOICES = ("wrapped", "wrapped+plain")
 
 

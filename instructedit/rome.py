@@ -636,6 +636,7 @@ class RomeEditor:
 
     name = "rome"
     use_instructions = False
+    needs_subject = True
     patch_rank = 1
 
     def __init__(self, backbone: Backbone, config: RomeConfig | None = None,

@@ -1,9 +1,10 @@
 """Section 4: the InstructEdit editor against constrained fine-tuning, on CounterFact test edits.
 
-Fine-tuning trains the same edited matrices (the editor's modules) of a float copy of the
-backbone with Adam on the target's NLL after the raw prompt, keeping every weight within
-``linf`` of its original value, until every target token is the greedy prediction or a step cap;
-the copy is restored before the next edit (the restore is not timed). The editor edits the same
+Fine-tuning (:func:`instructedit.finetune.fine_tune`) trains the same edited matrices (the
+editor's modules) of a float copy of the backbone with Adam on the target's NLL after the raw
+prompt, keeping every weight within ``linf`` of its original value, until every target token is
+the greedy prediction or a step cap; the weight change is scored as a patch on the copy (building
+the patch is not timed), so the copy is unchanged for the next edit. The editor edits the same
 records on the shared backbone with patches. Both are scored by :func:`.workload.score_case`.
 """
 from __future__ import annotations
@@ -13,15 +14,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 
-import torch
 from torch import nn
 
 from ..backbone import Backbone
 from ..data.records import EditRecord
 from ..editor import Editor
+from ..finetune import FineTuneConfig, FineTuneResult, fine_tune
 from ..merge import float_copy
 from ..patches import PatchEngine
-from ..scoring import full_model_answer_logits, score_answers
 from .config import FinetuneConfig
 from .stats import ratio, summarize
 from .workload import (
@@ -39,46 +39,29 @@ log = logging.getLogger(__name__)
 
 
 class ConstrainedFinetuner:
-    """Adam on ``module_names``' weights of a float copy, restored after every edit."""
+    """Constrained fine-tuning (:mod:`instructedit.finetune`) of ``module_names`` of a float copy."""
 
     def __init__(self, backbone: Backbone, module_names: Sequence[str], config: FinetuneConfig) -> None:
         self.backbone = backbone
         self.config = config
-        self.model: nn.Module = float_copy(backbone)
-        self.weights = [self.model.get_submodule(n).weight for n in module_names]
-        self.originals = [w.detach().clone() for w in self.weights]
+        self.model: nn.Module = _without_forward_hooks(float_copy(backbone))
+        self.module_names = list(module_names)
+        self.settings = FineTuneConfig(lr=config.lr, max_steps=config.max_steps, linf=config.linf)
+        PatchEngine.for_model(self.model, self.module_names)
 
-    def restore(self) -> None:
-        with torch.no_grad():
-            for weight, original in zip(self.weights, self.originals, strict=True):
-                weight.copy_(original)
-                weight.grad = None
+    def edit(self, batch) -> FineTuneResult:
+        """Fine-tune on one (prompt, target) batch (the copy's weights are never written)."""
+        return fine_tune(self.model, self.module_names, batch, self.settings)
 
-    def edit(self, batch) -> int:
-        """Fine-tune on one (prompt, target) batch; returns the optimisation steps taken."""
-        cfg = self.config
-        for w in self.weights:
-            w.requires_grad_(True)
-        optimizer = torch.optim.Adam(self.weights, lr=cfg.lr)
-        steps = 0
-        try:
-            with torch.enable_grad():
-                while True:
-                    scores = score_answers(full_model_answer_logits(self.model, batch), batch)
-                    if bool(scores.token_accuracy.min() >= 1.0) or steps >= cfg.max_steps:
-                        break
-                    optimizer.zero_grad(set_to_none=True)
-                    scores.mean_nll.sum().backward()
-                    optimizer.step()
-                    steps += 1
-                    if cfg.linf is not None:
-                        with torch.no_grad():
-                            for w, w0 in zip(self.weights, self.originals, strict=True):
-                                w.copy_(w0 + (w - w0).clamp_(-cfg.linf, cfg.linf))
-        finally:
-            for w in self.weights:
-                w.requires_grad_(False)
-        return steps
+
+def _without_forward_hooks(model: nn.Module) -> nn.Module:
+    """``model`` without forward hooks: a deep copy takes over the backbone's patch and
+    intervention hooks, which would run a second time next to the copy's own."""
+    for module in model.modules():
+        module._forward_hooks.clear()
+        module._forward_hooks_with_kwargs.clear()
+        module._forward_hooks_always_called.clear()
+    return model
 
 
 def compare_with_finetuning(editor: Editor, records: Sequence[EditRecord], config: FinetuneConfig,
@@ -102,11 +85,11 @@ def compare_with_finetuning(editor: Editor, records: Sequence[EditRecord], confi
         raw = case_batches(backbone.tokenizer, raw_case(record), backbone.device)
         pre_raw = locality_argmax(finetuner.model, raw)
         start = time.perf_counter()
-        steps = finetuner.edit(raw.edit)
+        result = finetuner.edit(raw.edit)
         ft_ms.append((time.perf_counter() - start) * 1000)
-        ft_steps.append(steps)
-        ft_scores.append(score_case(finetuner.model, raw, pre_raw))
-        finetuner.restore()
+        ft_steps.append(result.steps[0])
+        with PatchEngine.activate(result.patch(0)):
+            ft_scores.append(score_case(finetuner.model, raw, pre_raw))
     return summarize_comparison(ed_ms, ed_scores, ft_ms, ft_scores, ft_steps, config, goal_speedup)
 
 

@@ -43,7 +43,9 @@ def register_eval(subparsers) -> None:
                     "edit latency, and for ConvSent sentiment success and KL drawdown.")
     add_model_arguments(p)
     p.add_argument("--editor", required=True,
-                   help="editor checkpoint folder, 'gradient' (one plain gradient step), 'rome' "
+                   help="editor checkpoint folder, 'gradient' (one plain gradient step), "
+                        "'finetune' (constrained fine-tuning of the edited MLP matrices on the "
+                        "plain prompt), 'rome' "
                         "(or rome:identity / rome:data / rome:generated to pick its key "
                         "covariance) or 'none' (the unedited model: the floor)")
     p.add_argument("--step-size", type=float, default=None,

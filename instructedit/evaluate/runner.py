@@ -173,15 +173,18 @@ class Evaluator:
 
     def _edit_one_by_one(self, batch: AnswerBatch, items: Sequence[RenderedRecord],
                          ) -> tuple[Patch, torch.Tensor, float]:
-        """Editors that optimise each edit on its own (ROME): one patch per record, stacked.
+        """Editors that optimise each edit on its own (ROME, fine-tuning): one patch per record,
+        stacked.
 
-        A record whose subject is not in its prompt gets no edit (an empty patch row)."""
+        For an editor that edits at the subject (``needs_subject``: ROME), a record whose subject
+        is not in its prompt gets no edit (an empty patch row)."""
         pre_logits = self._logits(batch, None)
         self._sync()
         start = time.perf_counter()
+        needs_subject = getattr(self.editor, "needs_subject", True)
         wanted = [(i, it) for i, it in enumerate(items)
-                  if it.record.subject and it.record.subject.strip() in it.record.prompt]
-        patches = self.editor.patches([(it.record.prompt.strip(), it.record.subject.strip(),
+                  if not needs_subject or (it.record.subject and it.record.subject.strip() in it.record.prompt)]
+        patches = self.editor.patches([(it.record.prompt.strip(), (it.record.subject or "").strip(),
                                         it.record.target_new.strip()) for _, it in wanted])
         rows = [Patch({}) for _ in items]
         for (i, _), patch in zip(wanted, patches, strict=True):

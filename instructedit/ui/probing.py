@@ -28,7 +28,6 @@ from ..scoring import agreement, full_model_answer_logits, score_answers, tokeni
 from .verdicts import SAME_ANSWER, verdict
 
 
-
 class UneditedTexts:
     """Server-wide memory of the unedited model's continuations of single prompts (thread-safe,
     least recently used first out). Only texts generated on their own (one prompt per call, as
