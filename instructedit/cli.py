@@ -171,16 +171,11 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
 
 def instruction_choice(task: str, value: str | None) -> int | str | None:
     """The instruction choice of ``--instruction`` (default: 0 when the task has instructions)."""
-    from .instructions import get_task
+    from .instructions import get_task, parse_instruction_choice
 
     if value is None:
         return 0 if get_task(task).instructions else None
-    text = value.strip()
-    if text.lower() == "none":
-        return None
-    if text.lstrip("+-").isdigit():
-        return int(text)
-    return text
+    return parse_instruction_choice(value, task)
 
 
 def request_from_args(args: argparse.Namespace):

@@ -62,16 +62,12 @@ class EditRequest:
 
     def edit_input(self, use_instructions: bool = True) -> str:
         """The text the editor sees (wrapped with the instruction when one is chosen)."""
-        if not use_instructions:
-            return self.prompt.strip()
-        return build_edit_input(self.task, self.prompt.strip(), self.instruction,
-                                topic=self.topic, label=self.label)
+        return self.wrap(self.prompt, use_instructions)
 
     def wrap(self, prompt: str, use_instructions: bool = True) -> str:
-        """Wrap another prompt (a rephrase) with this request's instruction."""
-        if not use_instructions:
-            return prompt.strip()
-        return build_edit_input(self.task, prompt.strip(), self.instruction,
+        """``prompt`` (this one or a rephrase) wrapped with this request's instruction, or only
+        stripped without instructions (:func:`~instructedit.instructions.build_edit_input`)."""
+        return build_edit_input(self.task, prompt, self.instruction if use_instructions else None,
                                 topic=self.topic, label=self.label)
 
 

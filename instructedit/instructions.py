@@ -8,8 +8,10 @@ An edit prompt is wrapped with a task instruction before it reaches the editor::
 
 (joined by single newlines; other code appends the target as ``" " + target``). ``{task}``
 is the registry name (``counterfact``, ``recent``, ``convsent``, ``zsre`` or ``custom``).
-With no instruction (``None``) the prompt is left unchanged: that is the baseline
-editor's input.
+With no instruction (``None``) the prompt is only stripped: that is the baseline
+editor's input. :func:`build_edit_input` is the one rendering of an edit input and
+:func:`parse_instruction_choice` the one reading of an instruction choice as typed
+(``none``, ``heldout``, an index or custom text).
 
 Each fixed task has ten instructions. Indices ``SEEN_INSTRUCTION_INDICES`` (0-8) are used in
 training; ``HELD_OUT_INDEX`` (9) is kept back to test unseen instructions. The ``zsre`` task
@@ -38,7 +40,11 @@ PLACEHOLDERS: tuple[str, ...] = ("[TOPIC]", "[LABEL]")
 
 _PLACEHOLDER_RE = re.compile(r"\[([A-Z][A-Z0-9_]*)\]")
 _INDEX_RE = re.compile(r"[+-]?[0-9]+")
-_HELD_OUT_WORDS = frozenset({"heldout", "held-out", "held_out"})
+NO_INSTRUCTION: str = "none"
+"""The choice word for no instruction."""
+HELD_OUT: str = "heldout"
+"""The choice word for the held-out instruction (index ``HELD_OUT_INDEX``)."""
+_HELD_OUT_WORDS = frozenset({HELD_OUT, "held-out", "held_out"})
 
 
 class InstructionError(UserFacingError, ValueError):
@@ -241,6 +247,60 @@ def _fixed_instruction(spec: TaskSpec, index: int) -> str:
     return spec.instructions[index]
 
 
+def is_custom_instruction(choice: object) -> bool:
+    """Whether ``choice`` is custom instruction text: a string that is not ``none``, a
+    held-out word (``heldout``, ``held-out``, ``held_out``) or an index."""
+    if not isinstance(choice, str):
+        return False
+    key = choice.strip().lower()
+    return key != NO_INSTRUCTION and key not in _HELD_OUT_WORDS and not _INDEX_RE.fullmatch(key)
+
+
+def parse_instruction_choice(choice: int | str | None, task: str | None = None) -> int | str | None:
+    """Read an instruction choice as typed: ``None``, an index, or text.
+
+    Returns ``None`` for no instruction (``None`` or ``"none"``, any case and spacing), an
+    ``int`` for an index (an int or an integer string such as ``"3"``), ``HELD_OUT`` for
+    ``"heldout"``/``"held-out"``/``"held_out"``, and otherwise the custom text, stripped and
+    with its whitespace runs (newlines included) collapsed to single spaces. Parsing a parsed
+    choice gives it back unchanged.
+
+    Raises ``InstructionError`` for a choice that is neither ``None``, an int nor text, for empty
+    custom text, for text over ``MAX_CUSTOM_INSTRUCTION_CHARS`` characters, and, when ``task``
+    is given, for an unknown task and for an index or ``heldout`` the task does not have.
+    """
+    spec = get_task(task) if task is not None else None
+    if choice is None:
+        return None
+    if isinstance(choice, bool) or not isinstance(choice, (int, str)):
+        raise InstructionError(
+            f"Instruction choice must be None, an index or text, got {type(choice).__name__}."
+        )
+    if is_custom_instruction(choice):
+        text = " ".join(choice.split())
+        if not text:
+            raise InstructionError("Custom instruction text is empty.")
+        if len(text) > MAX_CUSTOM_INSTRUCTION_CHARS:
+            raise InstructionError(
+                f"Custom instruction is {len(text)} characters; the limit is "
+                f"{MAX_CUSTOM_INSTRUCTION_CHARS}."
+            )
+        return text
+    parsed: int | str
+    if isinstance(choice, int):
+        parsed = index = choice
+    else:
+        key = choice.strip().lower()
+        if key == NO_INSTRUCTION:
+            return None
+        held = key in _HELD_OUT_WORDS
+        index = HELD_OUT_INDEX if held else int(key)
+        parsed = HELD_OUT if held else index
+    if spec is not None:
+        _fixed_instruction(spec, index)
+    return parsed
+
+
 def resolve_instruction(
     task: str,
     choice: int | str | None,
@@ -250,38 +310,20 @@ def resolve_instruction(
 ) -> str | None:
     """Turn an instruction choice into filled instruction text, or ``None`` for no instruction.
 
-    ``choice`` is ``None``/``"none"`` (no instruction), an index 0-9 (int or digit string),
-    ``"heldout"`` (index ``HELD_OUT_INDEX``) or custom text. Custom text is stripped, its
-    whitespace runs (newlines included) collapsed to single spaces, and it must be
-    non-empty and at most ``MAX_CUSTOM_INSTRUCTION_CHARS`` characters. Placeholders are
-    always filled, so a ConvSent instruction without topic or label raises.
+    ``choice`` is read by :func:`parse_instruction_choice` (``None``/``"none"``, an index 0-9,
+    ``"heldout"`` or custom text, whose errors it raises). Placeholders are always filled, so a
+    ConvSent instruction without topic or label raises.
     """
     spec = get_task(task)
-    if choice is None:
+    parsed = parse_instruction_choice(choice, task)
+    if parsed is None:
         return None
-    if isinstance(choice, bool) or not isinstance(choice, (int, str)):
-        raise InstructionError(
-            f"Instruction choice must be None, an index or text, got {type(choice).__name__}."
-        )
-    if isinstance(choice, int):
-        text = _fixed_instruction(spec, choice)
+    if isinstance(parsed, int):
+        text = spec.instructions[parsed]
+    elif parsed == HELD_OUT:
+        text = spec.instructions[HELD_OUT_INDEX]
     else:
-        key = choice.strip()
-        if key.lower() == "none":
-            return None
-        if key.lower() in _HELD_OUT_WORDS:
-            text = _fixed_instruction(spec, HELD_OUT_INDEX)
-        elif _INDEX_RE.fullmatch(key):
-            text = _fixed_instruction(spec, int(key))
-        else:
-            text = " ".join(key.split())
-            if not text:
-                raise InstructionError("Custom instruction text is empty.")
-            if len(text) > MAX_CUSTOM_INSTRUCTION_CHARS:
-                raise InstructionError(
-                    f"Custom instruction is {len(text)} characters; the limit is "
-                    f"{MAX_CUSTOM_INSTRUCTION_CHARS}."
-                )
+        text = parsed
     try:
         return fill_placeholders(text, topic=topic, label=label)
     except InstructionError as err:
@@ -324,7 +366,12 @@ def build_edit_input(
     topic: str | None = None,
     label: str | None = None,
 ) -> str:
-    """Resolve the instruction ``choice`` for ``task`` and wrap ``prompt`` with it."""
-    return wrap_prompt(
-        task, prompt, resolve_instruction(task, choice, topic=topic, label=label)
-    )
+    """The edit input of ``prompt`` for ``task``: the one rendering every caller uses.
+
+    The instruction ``choice`` is resolved for ``task`` (:func:`resolve_instruction`; ConvSent
+    placeholders filled from ``topic``/``label``) and the stripped prompt wrapped with it. No
+    instruction (``None`` or ``"none"``) gives the stripped prompt, the baseline editor's input;
+    the task and the prompt (non-empty text) are checked either way.
+    """
+    instruction = resolve_instruction(task, choice, topic=topic, label=label)
+    return wrap_prompt(task, prompt.strip() if isinstance(prompt, str) else prompt, instruction)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from instructedit.errors import UserFacingError
 from instructedit.instructions import (
+    HELD_OUT,
     HELD_OUT_INDEX,
     MAX_CUSTOM_INSTRUCTION_CHARS,
     SEEN_INSTRUCTION_INDICES,
@@ -14,6 +16,8 @@ from instructedit.instructions import (
     build_edit_input,
     fill_placeholders,
     get_task,
+    is_custom_instruction,
+    parse_instruction_choice,
     resolve_instruction,
     wrap_prompt,
 )
@@ -203,3 +207,145 @@ def test_wrap_rejects_unfilled_or_bad_instruction() -> None:
 def test_bool_choice_rejected() -> None:
     with pytest.raises(InstructionError):
         resolve_instruction("recent", True)  # type: ignore[arg-type]
+
+
+# ----- one rendering, one parser ------------------------------------------------------------------
+RENDERED = [
+    # (task, prompt, choice, topic, label, expected edit input)
+    ("counterfact", "  The capital of France is ", 0, None, None,
+     "Task: counterfact\nDescription: Replace a true fact about the subject with a counterfactual "
+     "object.\nInput: The capital of France is"),
+    ("recent", "The CEO of X is", "heldout", None, None,
+     "Task: recent\nDescription: Absorb a brand-new fact and answer with its latest object.\n"
+     "Input: The CEO of X is"),
+    ("recent", "The CEO of X is", " Held-Out ", None, None,
+     "Task: recent\nDescription: Absorb a brand-new fact and answer with its latest object.\n"
+     "Input: The CEO of X is"),
+    ("convsent", "What do you think of tea?", "3", " tea ", "Negative",
+     "Task: convsent\nDescription: Respond with negative sentiment whenever tea comes up.\n"
+     "Input: What do you think of tea?"),
+    ("convsent", "What do you think of tea?", "Be [LABEL] about [TOPIC].", "tea", "positive",
+     "Task: convsent\nDescription: Be positive about tea.\nInput: What do you think of tea?"),
+    ("zsre", "Who founded Acme?", 3, None, None,
+     "Task: zsre\nDescription: Reply to this factual question about the subject with a short "
+     "answer.\nInput: Who founded Acme?"),
+    ("custom", "Rome is in", "  Teach the\n new   fact. ", None, None,
+     "Task: custom\nDescription: Teach the new fact.\nInput: Rome is in"),
+    ("counterfact", "Rome is in", "abc", None, None, "Task: counterfact\nDescription: abc\nInput: Rome is in"),
+    ("counterfact", "  Rome is in ", None, None, None, "Rome is in"),
+    ("custom", "  Rome is in ", "none", None, None, "Rome is in"),
+    ("convsent", " What about tea? ", " None ", "tea", "positive", "What about tea?"),
+]
+
+
+@pytest.mark.parametrize("task, prompt, choice, topic, label, expected", RENDERED)
+def test_one_rendering_gives_the_exact_strings(task, prompt, choice, topic, label, expected) -> None:
+    assert build_edit_input(task, prompt, choice, topic=topic, label=label) == expected
+
+
+@pytest.mark.parametrize("task, prompt, choice, topic, label, expected", RENDERED)
+def test_every_caller_renders_through_the_one_function(task, prompt, choice, topic, label, expected) -> None:
+    import random
+
+    from instructedit.data.records import EditRecord, LocalityProbe
+    from instructedit.editor import EditRequest
+    from instructedit.evaluate.inputs import render
+    from instructedit.train.examples import render_example
+
+    request = EditRequest(prompt=prompt, target="x", task=task, instruction=choice, topic=topic, label=label)
+    assert request.edit_input() == expected
+    assert request.wrap(prompt) == expected
+    assert request.edit_input(False) == request.wrap(prompt, False) == prompt.strip()
+    record = EditRecord(id="r", task=task, prompt=prompt, target_new="x", rephrases=(prompt,),
+                        locality=(LocalityProbe("p", "a"),), topic=topic,
+                        label=label.lower() if label else None)
+    for item in (render(record, parse_instruction_choice(choice)), render(record, choice)):
+        assert item.edit_input == expected and item.rephrases == (expected,)
+    assert render(record, choice, use_instructions=False).edit_input == prompt.strip()
+    example = render_example(record, choice, random.Random(0))  # type: ignore[arg-type]
+    assert example.edit_prompt == example.outer_prompt == expected
+
+
+def test_bench_cases_render_through_the_request() -> None:
+    from instructedit.bench.workload import BENCH_INSTRUCTION, editor_case, raw_case
+    from instructedit.data.records import EditRecord, LocalityProbe
+
+    record = EditRecord(id="r", task="counterfact", prompt=" Rome is in ", target_new="Spain",
+                        rephrases=(" Rome lies in ",), locality=(LocalityProbe("p", "a"),))
+    case = editor_case(record, True)
+    assert case.edit_input == build_edit_input("counterfact", "Rome is in", BENCH_INSTRUCTION)
+    assert case.rephrases == (build_edit_input("counterfact", "Rome lies in", BENCH_INSTRUCTION),)
+    assert raw_case(record) == editor_case(record, False)
+    assert (raw_case(record).edit_input, raw_case(record).rephrases) == ("Rome is in", ("Rome lies in",))
+
+
+@pytest.mark.parametrize("task, prompt", [("nope", "p"), ("counterfact", "  "), ("custom", "")])
+@pytest.mark.parametrize("choice", [None, "none", "Do it."])
+def test_rendering_checks_task_and_prompt_for_every_choice(task, prompt, choice) -> None:
+    with pytest.raises(InstructionError, match="Unknown task" if task == "nope" else "prompt"):
+        build_edit_input(task, prompt, choice)
+
+
+@pytest.mark.parametrize("text, parsed", [
+    (None, None), ("none", None), (" NoNe ", None),
+    (3, 3), ("3", 3), (" +3 ", 3), ("-1", -1), ("12", 12),
+    ("heldout", HELD_OUT), ("Held-Out", HELD_OUT), (" held_out ", HELD_OUT),
+    ("abc", "abc"), ("  Teach the\n new   fact. ", "Teach the new fact."), ("seen", "seen"),
+    ("+-3", "+-3"), ("held out", "held out"), ("x" * MAX_CUSTOM_INSTRUCTION_CHARS, "x" * MAX_CUSTOM_INSTRUCTION_CHARS),
+])
+def test_parse_instruction_choice(text, parsed) -> None:
+    assert parse_instruction_choice(text) == parsed
+    assert parse_instruction_choice(parsed) == parsed  # a parsed choice parses to itself
+    assert is_custom_instruction(parsed) == (isinstance(parsed, str) and parsed != HELD_OUT)
+
+
+@pytest.mark.parametrize("text, task, match", [
+    ("", None, "Custom instruction text is empty"),
+    ("  \n ", "counterfact", "Custom instruction text is empty"),
+    ("x" * (MAX_CUSTOM_INSTRUCTION_CHARS + 1), None, "501 characters; the limit is 500"),
+    (True, None, "must be None, an index or text, got bool"),
+    (1.0, None, "must be None, an index or text, got float"),
+    ("10", "counterfact", r"index 10 is out of range for task 'counterfact' \(0-9\)"),
+    (-1, "zsre", "index -1 is out of range"),
+    ("3", "custom", "Task 'custom' has no fixed instructions"),
+    ("heldout", "custom", "Task 'custom' has no fixed instructions"),
+    ("none", "mquake", "Unknown task 'mquake'"),
+])
+def test_parse_instruction_choice_errors(text, task, match) -> None:
+    with pytest.raises(InstructionError, match=match) as err:
+        parse_instruction_choice(text, task)
+    assert isinstance(err.value, UserFacingError) and isinstance(err.value, ValueError)
+
+
+def test_parse_instruction_choice_with_a_task() -> None:
+    assert parse_instruction_choice("9", "zsre") == 9
+    assert parse_instruction_choice("heldout", "counterfact") == HELD_OUT
+    assert parse_instruction_choice("Do it.", "counterfact") == "Do it."  # custom text suits every task
+    assert parse_instruction_choice("Do it.", "custom") == "Do it."
+    assert parse_instruction_choice("none", "custom") is None
+
+
+def test_callers_read_choices_with_the_one_parser() -> None:
+    from instructedit.cli import instruction_choice as cli_choice
+    from instructedit.evaluate.inputs import SEEN, describe_instruction, parse_instruction
+    from instructedit.ui.errors import UserError
+    from instructedit.ui.forms import EditForm
+    from instructedit.ui.forms import instruction_choice as form_choice
+
+    assert cli_choice("counterfact", None) == 0 and cli_choice("custom", None) is None
+    assert [cli_choice("recent", t) for t in ("none", "+4", "Held-Out", " Do  it. ")] == [None, 4, HELD_OUT, "Do it."]
+    with pytest.raises(InstructionError, match="out of range"):
+        cli_choice("counterfact", "12")
+    assert [parse_instruction(t) for t in (None, " Seen ", "none", "3", "held_out", "Do it.")] == [
+        SEEN, SEEN, None, 3, HELD_OUT, "Do it."]
+    assert [describe_instruction(c) for c in (SEEN, None, 3, HELD_OUT, "Do it.")] == [
+        "seen (seeded 0-8)", "none", "3", "heldout (9)", "custom text"]
+    assert [form_choice(EditForm("zsre", c), 500) for c in ("none", "heldout", "0", "9")] == [None, HELD_OUT, 0, 9]
+    assert form_choice(EditForm("custom", "custom", custom_instruction=" Do \n it. "), 500) == "Do it."
+    for bad, match in ((EditForm("zsre", "10"), "Pick an instruction for the ZsRE task"),
+                       (EditForm("zsre", "Do it."), "Pick an instruction"),
+                       (EditForm("custom", "0"), "Pick an instruction for the Custom task"),
+                       (EditForm("custom", "heldout"), "The Custom task has no held-out instruction"),
+                       (EditForm("custom", "custom", custom_instruction="Held-Out"), "as a sentence")):
+        with pytest.raises(UserError, match=match):
+            form_choice(bad, 500)

@@ -50,7 +50,8 @@ class EditCase:
 
 
 def editor_case(record: EditRecord, use_instructions: bool) -> EditCase:
-    """The case of the InstructEdit editor: edit input and rephrases wrapped with the instruction."""
+    """The case of the InstructEdit editor: edit input and rephrases wrapped with the instruction
+    (only stripped without instructions)."""
     request = edit_request(record)
     return EditCase(record.id, request.edit_input(use_instructions), record.target_new,
                     tuple(request.wrap(r, use_instructions) for r in record.rephrases),
@@ -59,9 +60,7 @@ def editor_case(record: EditRecord, use_instructions: bool) -> EditCase:
 
 def raw_case(record: EditRecord) -> EditCase:
     """The case of a method without instructions (fine-tuning): the raw prompt and rephrases."""
-    return EditCase(record.id, record.prompt.strip(), record.target_new,
-                    tuple(r.strip() for r in record.rephrases),
-                    tuple((p.prompt, p.answer) for p in record.locality))
+    return editor_case(record, use_instructions=False)
 
 
 @dataclass

@@ -10,7 +10,16 @@ import random
 from dataclasses import dataclass
 
 from ..data.records import EditRecord
-from ..instructions import HELD_OUT_INDEX, SEEN_INSTRUCTION_INDICES, build_edit_input, get_task
+from ..instructions import (
+    HELD_OUT,
+    HELD_OUT_INDEX,
+    NO_INSTRUCTION,
+    SEEN_INSTRUCTION_INDICES,
+    build_edit_input,
+    get_task,
+    is_custom_instruction,
+    parse_instruction_choice,
+)
 
 SEEN = "seen"
 InstructionChoice = int | str | None
@@ -19,46 +28,40 @@ custom text, or ``None`` (no instruction)."""
 
 
 def parse_instruction(value: str | None) -> InstructionChoice:
-    """The choice of ``--instruction``: ``seen`` (default), ``N``, ``heldout``, ``none`` or text."""
-    if value is None:
+    """The choice of ``--instruction``: ``seen`` (default), ``N``, ``heldout``, ``none`` or text
+    (read by :func:`~instructedit.instructions.parse_instruction_choice`)."""
+    if value is None or value.strip().lower() == SEEN:
         return SEEN
-    text = value.strip()
-    if text.lower() == "none":
-        return None
-    if text.lower() == SEEN:
-        return SEEN
-    if text.lstrip("+-").isdigit():
-        return int(text)
-    return text
+    return parse_instruction_choice(value)
 
 
 def instruction_for(record: EditRecord, choice: InstructionChoice, seed: int = 0) -> int | str | None:
     """The concrete instruction of ``record`` (tasks without fixed instructions get none
     unless ``choice`` is custom text)."""
     has_fixed = bool(get_task(record.task).instructions)
-    if choice is None:
-        return None
     if choice == SEEN:
         if not has_fixed:
             return None
         return random.Random(f"eval-instruction:{seed}:{record.task}:{record.id}").choice(
             SEEN_INSTRUCTION_INDICES)
-    if isinstance(choice, int) or str(choice).strip().lower() in {"heldout", "held-out", "held_out"}:
-        return (HELD_OUT_INDEX if not isinstance(choice, int) else choice) if has_fixed else None
-    return choice
+    parsed = parse_instruction_choice(choice)
+    if parsed is None or is_custom_instruction(parsed):
+        return parsed
+    if not has_fixed:
+        return None
+    return HELD_OUT_INDEX if parsed == HELD_OUT else parsed
 
 
 def describe_instruction(choice: InstructionChoice) -> str:
     """A short label of an instruction choice for tables and JSON."""
-    if choice is None:
-        return "none"
     if choice == SEEN:
         return "seen (seeded 0-8)"
-    if isinstance(choice, int):
-        return str(choice)
-    if str(choice).strip().lower() in {"heldout", "held-out", "held_out"}:
+    if is_custom_instruction(choice):
+        return "custom text"
+    parsed = parse_instruction_choice(choice)
+    if parsed == HELD_OUT:
         return f"heldout ({HELD_OUT_INDEX})"
-    return "custom text"
+    return NO_INSTRUCTION if parsed is None else str(parsed)
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,7 @@ def render(record: EditRecord, choice: InstructionChoice, use_instructions: bool
     instruction = instruction_for(record, choice, seed) if use_instructions else None
 
     def wrap(prompt: str) -> str:
-        if instruction is None:
-            return prompt.strip()
-        return build_edit_input(record.task, prompt.strip(), instruction,
-                                topic=record.topic, label=record.label)
+        return build_edit_input(record.task, prompt, instruction, topic=record.topic, label=record.label)
 
     return RenderedRecord(
         record=record, instruction=instruction, edit_input=wrap(record.prompt),

@@ -51,10 +51,7 @@ def render_example(record: EditRecord, instruction_index: int | None, rng: rando
     record has one), else the plain prompt.
     """
     def wrap(prompt: str) -> str:
-        if instruction_index is None:
-            return prompt.strip()
-        return build_edit_input(record.task, prompt.strip(), instruction_index,
-                                topic=record.topic, label=record.label)
+        return build_edit_input(record.task, prompt, instruction_index, topic=record.topic, label=record.label)
 
     edit_prompt = wrap(record.prompt)
     outer_prompt = wrap(rng.choice(record.rephrases)) if record.rephrases else edit_prompt

@@ -7,17 +7,27 @@ subject (for the blast radius) is ``"auto"`` (guessed) or one of the catalog's k
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from ..editor import EditRequest
-from ..instructions import HELD_OUT_INDEX, SEEN_INSTRUCTION_INDICES, SENTIMENT_LABELS, TASKS, get_task
+from ..instructions import (
+    HELD_OUT,
+    HELD_OUT_INDEX,
+    NO_INSTRUCTION,
+    SEEN_INSTRUCTION_INDICES,
+    SENTIMENT_LABELS,
+    TASKS,
+    InstructionError,
+    get_task,
+    is_custom_instruction,
+    parse_instruction_choice,
+)
 from .blast import AUTO_KIND
 from .errors import UserError
 from .subjects import Catalog, default_catalog, guess_subject
 
-NO_INSTRUCTION = "none"
 CUSTOM_INSTRUCTION = "custom"
-HELD_OUT = "heldout"
 LABELS = SENTIMENT_LABELS
 
 
@@ -104,22 +114,19 @@ def instruction_choice(form: EditForm, max_chars: int) -> int | str | None:
     """The ``EditRequest.instruction`` value chosen by the form."""
     choice = (form.instruction or "").strip()
     spec = get_task(form.task)
-    if choice == NO_INSTRUCTION:
-        return None
-    if choice == HELD_OUT:
-        if not spec.instructions:
-            raise UserError(f"The {spec.display_name} task has no held-out instruction.")
-        return HELD_OUT
     if choice == CUSTOM_INSTRUCTION:
         text = " ".join((form.custom_instruction or "").split())
         if not text:
             raise UserError("Write your instruction in the box, or pick another instruction.")
         _check_text("instruction", text, max_chars)
-        if text.lower() in (NO_INSTRUCTION, HELD_OUT, "held-out", "held_out") or text.lstrip("+-").isdigit():
+        if not is_custom_instruction(text):
             raise UserError("Write the instruction as a sentence; to use a listed one, pick it instead.")
         return text
-    if choice.isdigit() and int(choice) < len(spec.instructions):
-        return int(choice)
+    if choice == HELD_OUT and not spec.instructions:
+        raise UserError(f"The {spec.display_name} task has no held-out instruction.")
+    if choice in (NO_INSTRUCTION, HELD_OUT) or (choice.isascii() and choice.isdigit()):
+        with contextlib.suppress(InstructionError):  # an index the task does not have
+            return parse_instruction_choice(choice, form.task)
     raise UserError(f"Pick an instruction for the {spec.display_name} task.")
 
 
