@@ -247,46 +247,41 @@ def register_edit(subparsers) -> None:
     parser.set_defaults(func=cmd_edit)
 
 
-def target_scores(backbone, prompt: str, target: str, patch=None) -> dict:
-    """Teacher-forced probability and token accuracy of ``target`` after ``prompt``."""
-    import torch
+def target_scores(result) -> dict:
+    """Teacher-forced probability and token accuracy of the edit's target after one measured probe
+    (a :class:`~instructedit.measuring.probing.ProbeResult`), before (``pre``) and after (``post``)."""
+    return {"pre": {"probability": result.p_target_before, "token_accuracy": result.target_accuracy_before},
+            "post": {"probability": result.p_target_after, "token_accuracy": result.target_accuracy}}
 
-    from .editor import MAX_TARGET_TOKENS
-    from .patches import PatchEngine
-    from .scoring import full_model_answer_logits, score_answers, tokenize_answers
 
-    batch = tokenize_answers(backbone.tokenizer, [prompt], [target],
-                             max_answer_tokens=MAX_TARGET_TOKENS).to(backbone.device)
-    with torch.no_grad(), PatchEngine.activate(patch):
-        scores = score_answers(full_model_answer_logits(backbone.model, batch), batch)
-    return {"probability": float(scores.probability[0]), "token_accuracy": float(scores.token_accuracy[0])}
+def _continuation(result) -> dict:
+    """``pre``/``post``: the greedy continuations before and after the edit; ``verdict``: the
+    studio's verdict on them; ``changed``: the verdict is not "same answer"."""
+    return {"pre": result.before, "post": result.after, "changed": not result.unchanged,
+            "verdict": result.verdict}
 
 
 def edit_report(editor, request, max_new_tokens: int = 20) -> tuple[Any, dict]:
-    """Make the edit of ``request`` and measure it; returns ``(edit, report)`` (report: JSON-able)."""
-    from .generation import GenerationConfig, generate
-    from .patches import PatchEngine
+    """Make the edit of ``request`` and measure it; returns ``(edit, report)`` (report: JSON-able).
+
+    The edit is measured exactly as the studio measures it
+    (:func:`~instructedit.measuring.single.measure_edit` on the unedited model, fresh cache): the
+    same continuations (the prompt as typed generated on its own, the rest in one batch), the same
+    teacher-forced scores (``scores``: the plain and the paper protocol) and the same verdicts.
+    ``changed`` means what the studio's verdict means: the two continuations do not give the
+    same answer (verdict ``changed`` or ``now says <target>``; :mod:`instructedit.measuring.verdicts`),
+    not merely that the texts differ. ``rephrases``: their continuations wrapped as the editor
+    reads them (``wrapped``), and ``as_typed``: the rephrase as typed (the studio's rephrases).
+    """
+    from .measuring.probing import GenerationCache
+    from .measuring.single import measure_edit
 
     if max_new_tokens < 1:
         raise CliError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     backbone = editor.backbone
     edit = editor.edit(request)  # validates the request first: nothing is generated for bad input
-    prompt = request.prompt.strip()
-    wrapped_rephrases = [request.wrap(r, editor.use_instructions) for r in request.rephrases]
-    texts = list(dict.fromkeys([prompt, edit.wrapped_input, *wrapped_rephrases, *request.probes]))
-    config = GenerationConfig(max_new_tokens=max_new_tokens)
-    with PatchEngine.activate(None):
-        pre = dict(zip(texts, generate(backbone, texts, config), strict=False))
-    with PatchEngine.activate(edit.patch):
-        post = dict(zip(texts, generate(backbone, texts, config), strict=False))
-
-    def cont(text: str) -> dict:
-        return {"pre": pre[text], "post": post[text], "changed": pre[text] != post[text]}
-
-    def scores(text: str) -> dict:
-        return {"pre": target_scores(backbone, text, request.target),
-                "post": target_scores(backbone, text, request.target, edit.patch)}
-
+    measured = measure_edit(backbone, edit, editor.use_instructions, [], max_new_tokens=max_new_tokens,
+                            cache=GenerationCache())
     report = {
         "model_id": backbone.model_id,
         "quantization": backbone.config.quant,
@@ -297,12 +292,14 @@ def edit_report(editor, request, max_new_tokens: int = 20) -> tuple[Any, dict]:
         "target": request.target,
         "wrapped_input": edit.wrapped_input,
         "latency_ms": round(edit.latency_ms, 3),
-        "continuation": cont(prompt),
-        "wrapped_continuation": cont(edit.wrapped_input),
-        "target_scores": {"wrapped": scores(edit.wrapped_input), "raw": scores(prompt)},
-        "rephrases": [{"prompt": r, "wrapped": w, **cont(w)}
-                      for r, w in zip(request.rephrases, wrapped_rephrases, strict=False)],
-        "probes": [{"prompt": p, **cont(p)} for p in request.probes],
+        "continuation": _continuation(measured.prompt),
+        "wrapped_continuation": _continuation(measured.wrapped),
+        "target_scores": {"wrapped": target_scores(measured.wrapped), "raw": target_scores(measured.prompt)},
+        "scores": measured.scores.to_dict(),
+        "rephrases": [{"prompt": typed.prompt, "wrapped": wrapped.prompt, **_continuation(wrapped),
+                       "as_typed": _continuation(typed)}
+                      for typed, wrapped in zip(measured.rephrases, measured.wrapped_rephrases, strict=True)],
+        "probes": [{"prompt": p.prompt, **_continuation(p)} for p in measured.probes],
         "patch": {"modules": sorted(edit.patch.layers), "nbytes": edit.patch.nbytes(),
                   "rank": max(layer.u.shape[0] for layer in edit.patch.layers.values())},
     }
@@ -313,18 +310,26 @@ def _format_edit(report: dict) -> str:
     def sc(d: dict) -> str:
         return f"p={d['probability']:.4f} acc={d['token_accuracy']:.2f}"
 
+    def pct(value) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    s = report["scores"]
     lines = [f"model     {report['model_id']} ({report['quantization']}), editor {report['editor']}",
              f"input     {report['wrapped_input']!r}",
              f"target    {report['target']!r}  ({report['latency_ms']:.0f} ms)",
              f"before    {report['continuation']['pre']!r}",
-             f"after     {report['continuation']['post']!r}"]
+             f"after     {report['continuation']['post']!r}  ({report['continuation']['verdict']})"]
     for key in ("wrapped", "raw"):
-        s = report["target_scores"][key]
-        lines.append(f"{key:<9} {sc(s['pre'])} -> {sc(s['post'])}")
+        t = report["target_scores"][key]
+        lines.append(f"{key:<9} {sc(t['pre'])} -> {sc(t['post'])}")
+    lines.append(f"as typed  reliability {pct(s['plain_reliability'])}, generation success "
+                 f"{pct(s['generation_success'])}, generalization {pct(s['plain_generalization'])}")
+    lines.append(f"paper     reliability {pct(s['reliability'])}, generalization "
+                 f"{pct(s['generalization'])}, locality {pct(s['locality'])}")
     for kind in ("rephrases", "probes"):
         for item in report[kind]:
-            mark = "changed" if item["changed"] else "same"
-            lines.append(f"{kind[:-1]:<9} {item['prompt']!r}: {item['pre']!r} -> {item['post']!r} ({mark})")
+            lines.append(f"{kind[:-1]:<9} {item['prompt']!r}: {item['pre']!r} -> {item['post']!r} "
+                         f"({item['verdict']})")
     return "\n".join(lines)
 
 

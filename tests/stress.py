@@ -518,7 +518,7 @@ def _single_user_reference(url: str, config: StressConfig, stop_at: float, work_
 def run_stress(service, config: StressConfig | None = None, status: str = "**Model** under test",
                ) -> StressReport:
     """Launch the app around ``service`` on loopback, load it, check it, close it; see the module doc."""
-    from instructedit.ui.measure import generate_under
+    from instructedit.measuring.probing import generate_under
 
     config = config or StressConfig()
     limits = service.limits

@@ -19,7 +19,7 @@ INFO_KEYS = {"model_id", "source", "family", "model_type", "parameters", "quanti
              "edited_modules"}
 EDIT_KEYS = {"model_id", "quantization", "editor", "task", "instruction", "prompt", "target",
              "wrapped_input", "latency_ms", "continuation", "wrapped_continuation", "target_scores",
-             "rephrases", "probes", "patch"}
+             "scores", "rephrases", "probes", "patch"}
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -84,7 +84,7 @@ def test_edit_json_subprocess(tiny_llama_dir):
     assert set(report) == EDIT_KEYS
     assert report["wrapped_input"] == "The Eiffel Tower is located in"  # custom task: no wrapping
     assert report["editor"] == "gradient-step(1)" and report["latency_ms"] > 0
-    assert set(report["continuation"]) == {"pre", "post", "changed"}
+    assert set(report["continuation"]) == {"pre", "post", "changed", "verdict"}
     scores = report["target_scores"]
     for key in ("wrapped", "raw"):
         assert set(scores[key]["pre"]) == {"probability", "token_accuracy"}
@@ -92,8 +92,8 @@ def test_edit_json_subprocess(tiny_llama_dir):
     assert [r["prompt"] for r in report["rephrases"]] == ["Where is the Eiffel Tower? It is in"]
     assert [p["prompt"] for p in report["probes"]] == ["Berlin is in"]
     for item in report["rephrases"] + report["probes"]:
-        assert {"pre", "post", "changed"} <= set(item)
-        assert item["changed"] == (item["pre"] != item["post"])
+        assert {"pre", "post", "changed", "verdict"} <= set(item)
+        assert item["changed"] == (item["verdict"] != "same answer")  # the studio's verdict
     assert len(report["patch"]["modules"]) == 9
     assert report["patch"]["rank"] > 2  # a plain gradient step is kept at full rank
 

@@ -8,8 +8,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "instructedit"
 
 CORE_AND_GROUND = (
     "adapters", "backbone", "checkpoint", "defaults", "editor", "editors", "errors", "generation",
-    "instructions", "io_utils", "keying", "logs", "mend", "merge", "patches", "preconditioning",
-    "rome", "scoring", "tracing", "data",
+    "instructions", "io_utils", "keying", "logs", "measuring", "mend", "merge", "patches",
+    "preconditioning", "rome", "scoring", "tracing", "data",
 )
 FACES = ("instructedit.ui", "instructedit.cli", "instructedit.tracing_cli", "gradio", "argparse")
 WORKFLOWS = ("instructedit.train", "instructedit.evaluate", "instructedit.bench",

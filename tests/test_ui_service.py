@@ -13,6 +13,8 @@ from instructedit.data.neighbours import NeighbourIndex
 from instructedit.data.records import EditRecord
 from instructedit.editor import Editor, EditRequest
 from instructedit.evaluate.plain import contains_answer
+from instructedit.measuring.probing import generate_under
+from instructedit.measuring.verdicts import SAME_ANSWER
 from instructedit.rome import RomeConfig, RomeEditor
 from instructedit.tracing import summarise
 from instructedit.ui.blast import (
@@ -27,13 +29,11 @@ from instructedit.ui.config import Limits
 from instructedit.ui.errors import UserError
 from instructedit.ui.forms import EditForm, build_request, instruction_options, preview_inputs
 from instructedit.ui.history import FORMAT
-from instructedit.ui.measure import generate_under
 from instructedit.ui.report import edit_payload
 from instructedit.ui.service import EditService
 from instructedit.ui.sessions import SessionStore
 from instructedit.ui.subjects import Catalog, Kind
 from instructedit.ui.tracing_view import PANEL_KINDS, PANEL_SAMPLES, trace_markdown
-from instructedit.ui.verdicts import SAME_ANSWER
 
 PROMPT = "The Eiffel Tower is located in"
 TARGET = "Paris"
@@ -468,7 +468,7 @@ def test_trace_refuses_bad_input_with_a_sentence(rome_service, prompt, subject, 
 
 
 def test_unedited_continuations_are_remembered_across_requests(service, backbone):
-    from instructedit.ui.probing import GenerationCache, UneditedTexts
+    from instructedit.measuring.probing import GenerationCache, UneditedTexts
 
     n = service.limits.max_new_tokens
     without, _ = service.generate("u", PROMPT)

@@ -9,6 +9,9 @@ import pytest
 import app as app_module
 from instructedit.backbone import load_backbone
 from instructedit.checkpoint import CheckpointError
+from instructedit.measuring.probing import ProbeResult
+from instructedit.measuring.single import EditReport, EditScores
+from instructedit.measuring.verdicts import CHANGED, SAME_ANSWER, same_answer, verdict
 from instructedit.ui.blast import BlastRadius
 from instructedit.ui.charts import blast_chart
 from instructedit.ui.config import AppConfig, Limits, cpu_threads
@@ -22,12 +25,9 @@ from instructedit.ui.loading import (
     resolve_quant,
     status_line,
 )
-from instructedit.ui.measure import EditReport, EditScores
 from instructedit.ui.pages import MISSING_RESULTS, diagram_html, load_results
-from instructedit.ui.probing import ProbeResult
 from instructedit.ui.subjects import default_catalog, guess_subject
 from instructedit.ui.tracing_view import trace_markdown
-from instructedit.ui.verdicts import CHANGED, SAME_ANSWER, same_answer, verdict
 from instructedit.ui.views import (
     HISTORY_HEADERS,
     blast_cell,

@@ -16,6 +16,7 @@ from torch import nn
 from ..data.records import EditRecord
 from ..data.tasks import load_split
 from ..editor import MAX_TARGET_TOKENS, EditRequest
+from ..measuring.single import mean_known
 from ..scoring import AnswerBatch, agreement, full_model_answer_logits, score_answers, tokenize_answers
 
 BENCH_TASK = "counterfact"
@@ -116,8 +117,8 @@ def score_case(model: nn.Module, batches: CaseBatches, pre_locality: torch.Tenso
 def mean_scores(scores: Sequence[CaseScores]) -> dict:
     """Mean reliability, generalization and locality over cases (None where none was scored)."""
     def mean(values):
-        values = [v for v in values if v is not None]
-        return round(sum(values) / len(values), 4) if values else None
+        value = mean_known(values)
+        return round(value, 4) if value is not None else None
 
     return {"reliability": mean(s.reliability for s in scores),
             "generalization": mean(s.generalization for s in scores),

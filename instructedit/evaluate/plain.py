@@ -18,16 +18,13 @@ then read off plain text:
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from importlib import resources
 
 from ..data.neighbours import Neighbour, NeighbourIndex
 from ..data.records import EditRecord
-
-CONTINUATION_TASKS = ("counterfact", "recent", "zsre", "custom")
-"""Tasks whose target is a short answer a continuation can contain (not ConvSent's responses)."""
+from ..measuring.verdicts import CONTINUATION_TASKS, contains_answer
 
 
 @lru_cache(maxsize=1)
@@ -35,16 +32,6 @@ def unrelated_prompts() -> tuple[str, ...]:
     """The fixed panel of unrelated facts (``instructedit/assets/unrelated_facts.json``)."""
     text = resources.files("instructedit").joinpath("assets/unrelated_facts.json").read_text()
     return tuple(json.loads(text)["prompts"])
-
-
-def contains_answer(text: str, answer: str) -> bool:
-    """Whether ``answer`` occurs in ``text`` as a whole word (case-insensitive)."""
-    answer = answer.strip()
-    if not answer:
-        return False
-    left = r"\b" if answer[0].isalnum() else ""
-    right = r"\b" if answer[-1].isalnum() else ""
-    return re.search(left + re.escape(answer) + right, text, flags=re.IGNORECASE) is not None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import gradio as gr
 
 from ..data.examples import load_examples
 from ..instructions import TASKS, get_task
+from ..measuring.single import EditReport
 from .blast import AUTO_KIND
 from .charts import blast_chart
 from .comparison import SLOT_INFO, SLOTS
@@ -40,7 +41,6 @@ from .forms import (
     subject_for,
     task_options,
 )
-from .measure import EditReport
 from .pages import ABOUT, CITATION, INTRO, MISSING_RESULTS, TITLE, ResultsContent, diagram_html
 from .report import edit_payload
 from .service import EditOutcome, EditService

@@ -10,7 +10,8 @@ batched: one generation call before the edit and one after, one teacher-forced p
 - facts: other facts about the same subject (a few templates per kind);
 - unrelated: the evaluation's fixed panel of unrelated facts.
 
-A probe counts as changed when its verdict is not "same answer" (:mod:`.verdicts`).
+A probe counts as changed when its verdict is not "same answer"
+(:mod:`instructedit.measuring.verdicts`).
 """
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ from ..data.records import EditRecord
 from ..editor import EditRequest
 from ..evaluate.plain import unrelated_prompts
 from ..instructions import get_task
+from ..measuring.probing import GenerationCache, Probe, ProbeResult, measure_probes
+from ..measuring.verdicts import NOW_SAYS
 from ..patches import Patch
-from .probing import GenerationCache, Probe, ProbeResult, measure_probes
 from .subjects import Catalog, default_catalog, guess_subject
-from .verdicts import NOW_SAYS
 
 log = logging.getLogger(__name__)
 

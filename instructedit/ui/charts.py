@@ -7,8 +7,8 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch as Swatch
 
+from ..measuring.verdicts import CHANGED, NOW_SAYS, SAME_ANSWER
 from .blast import FACT, NEIGHBOUR, UNRELATED, BlastRadius
-from .verdicts import CHANGED, NOW_SAYS, SAME_ANSWER
 
 GROUP_LABELS = {NEIGHBOUR: "other subject", FACT: "same subject", UNRELATED: "unrelated"}
 BEFORE_COLOR = "#9ca3af"

@@ -16,10 +16,10 @@ from typing import Any
 from ..editor import Edit, EditRequest
 from ..instructions import TASKS
 from ..io_utils import atomic_file
+from ..measuring.single import EditScores
 from .blast import BlastRadius
 from .comparison import BASELINE, ROME
 from .errors import UserError
-from .measure import EditScores
 
 FORMAT = "instructedit-studio-history"
 VERSION = 1

@@ -24,16 +24,17 @@ InstructEdit's result before the comparisons are done, ``"pending"`` lists what 
               "edit_ms", "measure_ms"}
 
     PROBE = {prompt, group, before, after, verdict, answer, answer_known, p_answer_before,
-             p_answer_after, p_target_before, p_target_after, target_accuracy, agreement}
+             p_answer_after, p_target_before, p_target_after, target_accuracy, agreement,
+             target_accuracy_before}
 """
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Any
 
+from ..measuring.single import EditReport
 from .blast import GROUPS, BlastRadius
 from .history import request_to_dict
-from .measure import EditReport
 from .views import blast_summary
 
 

@@ -1,9 +1,9 @@
 """Every user action of the app, given a session id: edit, undo, remove, reset, export, import,
 generate. No Gradio here, so all of it is unit- and stress-testable without a browser.
 
-An edit is measured as a user sees it (the prompt as typed, see :mod:`.measure`) and as the
-editor read it, then its blast radius is probed (:mod:`.blast`), for InstructEdit and then for
-each comparison editor shown (the baseline, ROME: :mod:`.comparison`); ``on_update`` hands over
+An edit is measured (:mod:`instructedit.measuring.single`) as a user sees it (the prompt as
+typed) and as the editor read it, then its blast radius is probed (:mod:`.blast`), for
+InstructEdit and then for each comparison editor shown (the baseline, ROME: :mod:`.comparison`); ``on_update`` hands over
 each step as it is ready, first a look at the prompt as typed before and after InstructEdit's
 edit (two short generations, the one before from a server-wide memory of the unedited model's
 continuations when it has it), so the page shows it at once.
@@ -31,14 +31,14 @@ from ..backbone import Backbone
 from ..editor import Edit, Editor, EditRequest
 from ..errors import UserFacingError, sentence
 from ..keying import find_subject
+from ..measuring.probing import GenerationCache, UneditedTexts, generate_under
+from ..measuring.single import EditReport, measure_edit, measure_first_look
 from ..patches import Patch
 from .blast import BlastPlan, BlastPlanner, measure_blast
 from .comparison import BASELINE, INSTRUCTEDIT, ROME, SLOT_INFO, SLOTS, rome_subject_problem
 from .config import Limits
 from .errors import UserError
 from .history import HistoryEntry, ImportedEdit, export_payload, parse_history, write_json_atomic
-from .measure import EditReport, measure_edit, measure_first_look
-from .probing import GenerationCache, UneditedTexts, generate_under
 from .sessions import Session, SessionStore
 from .tracing_view import TraceView, run_trace
 

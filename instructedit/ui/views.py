@@ -11,12 +11,12 @@ from collections.abc import Sequence
 import pandas as pd
 
 from ..instructions import HELD_OUT_INDEX, get_task
+from ..measuring.probing import ProbeResult
+from ..measuring.single import EditReport, EditScores
+from ..measuring.verdicts import NOW_SAYS, SAME_ANSWER
 from .blast import FACT, NEIGHBOUR, UNRELATED, BlastRadius
 from .comparison import BASELINE, SLOT_INFO
 from .history import HistoryEntry
-from .measure import EditReport, EditScores
-from .probing import ProbeResult
-from .verdicts import NOW_SAYS, SAME_ANSWER
 
 PAPER_PROTOCOL = "paper protocol (instruction-wrapped inputs)"
 REPHRASE_HEADERS = ["rephrase", "before", "after", "verdict", "teacher-forced"]

@@ -1,10 +1,11 @@
-"""What one edit did, measured with the evaluation's definitions.
+"""What one edit did, measured with the evaluation's definitions: the one measure of a single edit,
+shared by the studio and the CLI's ``edit`` command (the evaluation measures the same batched).
 
 What a user sees first (the plain protocol of :mod:`instructedit.evaluate.plain`):
 
 - plain reliability: teacher-forced token accuracy of the target on the prompt as typed;
 - generation success: the greedy continuation of the prompt as typed contains the target
-  (:func:`~instructedit.evaluate.plain.contains_answer`; short-answer tasks only);
+  (:func:`~instructedit.measuring.verdicts.contains_answer`; short-answer tasks only);
 - plain generalization: the same accuracy on the rephrases as typed;
 - a verdict per rephrase and locality probe (:mod:`.verdicts`).
 
@@ -16,19 +17,20 @@ What the editor read (the paper protocol, instruction-wrapped inputs):
   free text without an answer, so its answer is the first few tokens of its pre-edit greedy
   continuation.
 
-"Before" means the session's model before this edit (its earlier edits on): edits stack.
+"Before" means the model before this edit with the patches ``before`` on (a studio session's
+earlier edits: edits stack; none for the CLI). A probe is *changed* when its verdict is not
+"same answer" (:mod:`.verdicts`), in the studio and in the CLI alike.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from ..backbone import Backbone
 from ..editor import Edit
-from ..evaluate.plain import CONTINUATION_TASKS, contains_answer
 from ..patches import Patch
-from .blast import BlastRadius
 from .probing import (
     LOCALITY,
     PROMPT,
@@ -41,9 +43,10 @@ from .probing import (
     generate_under,
     measure_probes,
 )
+from .verdicts import CONTINUATION_TASKS, contains_answer
 
-__all__ = ["EditReport", "EditScores", "GenerationCache", "ProbeResult", "generate_under", "measure_edit",
-           "measure_first_look"]
+__all__ = ["EditReport", "EditScores", "GenerationCache", "ProbeResult", "generate_under", "mean_known",
+           "measure_edit", "measure_first_look"]
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ class EditReport:
 
     ``prompt``: the sentence as typed; ``rephrases`` and ``probes``: the rephrases and locality
     probes as typed; ``wrapped`` and ``wrapped_rephrases``: what the editor read (paper protocol);
-    ``blast``: the blast radius (other subjects, other facts, unrelated facts), when measured.
+    ``blast``: the blast radius (other subjects, other facts, unrelated facts), when the studio
+    measured it (a :class:`instructedit.ui.blast.BlastRadius`; the studio adds it).
     ``partial``: a first look (:func:`measure_first_look`): the prompt as typed only; rephrases,
     probes and the blast radius are still being measured.
     """
@@ -87,7 +91,7 @@ class EditReport:
     edit_ms: float
     measure_ms: float
     says_target: bool = True
-    blast: BlastRadius | None = None
+    blast: Any = None
     partial: bool = False
 
     @property
@@ -96,7 +100,8 @@ class EditReport:
         return self.wrapped.prompt
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
+def mean_known(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are not ``None`` (``None`` if there are none)."""
     known = [v for v in values if v is not None]
     return sum(known) / len(known) if known else None
 
@@ -139,11 +144,11 @@ def measure_edit(backbone: Backbone, edit: Edit, use_instructions: bool, before:
     locality = tuple(by_group.get(LOCALITY, ()))
     scores = EditScores(
         reliability=wrapped.target_accuracy,
-        generalization=_mean([r.target_accuracy for r in wrapped_rephrases]),
-        locality=_mean([p.agreement for p in locality]),
+        generalization=mean_known([r.target_accuracy for r in wrapped_rephrases]),
+        locality=mean_known([p.agreement for p in locality]),
         plain_reliability=prompt.target_accuracy,
         generation_success=float(contains_answer(plain_after, target)) if says else None,
-        plain_generalization=_mean([r.target_accuracy for r in rephrases]))
+        plain_generalization=mean_known([r.target_accuracy for r in rephrases]))
     return EditReport(editor=edit.editor_name, target=target, prompt=prompt, rephrases=rephrases,
                       probes=locality, wrapped=wrapped, wrapped_rephrases=wrapped_rephrases,
                       scores=scores, edit_ms=edit.latency_ms,
@@ -152,7 +157,7 @@ def measure_edit(backbone: Backbone, edit: Edit, use_instructions: bool, before:
 
 def measure_first_look(backbone: Backbone, edit: Edit, before: Sequence[Patch], max_new_tokens: int = 20,
                        *, cache: GenerationCache | None = None) -> EditReport:
-    """What the page shows first, as fast as it can: the continuation of the prompt as typed
+    """What the studio shows first, as fast as it can: the continuation of the prompt as typed
     before and after ``edit`` (each generated on its own, as :func:`measure_edit` does, so the
     full report reuses them) and the teacher-forced scores of the prompt and of the editor's
     input. Rephrases, probes and the blast radius come with :func:`measure_edit`."""

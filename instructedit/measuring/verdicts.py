@@ -1,19 +1,21 @@
-"""The verdict on one probe, read off the two continuations the page shows.
+"""The verdict on one probe, read off its two continuations (the studio's and the CLI's), and
+the test for a continuation that says an answer (the evaluation's, :mod:`instructedit.evaluate.plain`).
 
 - ``now says <target>``: the continuation after the edit contains the target (as a whole word,
-  :func:`~instructedit.evaluate.plain.contains_answer`, the evaluation's test) and the one before
-  did not: the evaluation counts exactly these as bleed;
+  :func:`contains_answer`) and the one before did not: the evaluation counts exactly these as
+  bleed;
 - ``same answer``: the continuations are identical, or their first sentences are, or their first
   few words are (punctuation and case aside): the probe's answer did not move;
 - ``changed``: anything else.
 
-A probe is *unchanged* when its verdict is ``same answer``.
+A probe is *unchanged* when its verdict is ``same answer``, *changed* otherwise.
 """
 from __future__ import annotations
 
 import re
 
-from ..evaluate.plain import contains_answer
+CONTINUATION_TASKS = ("counterfact", "recent", "zsre", "custom")
+"""Tasks whose target is a short answer a continuation can contain (not ConvSent's responses)."""
 
 SAME_ANSWER = "same answer"
 CHANGED = "changed"
@@ -21,6 +23,16 @@ NOW_SAYS = "now says"
 FIRST_WORDS = 3
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 _WORD = re.compile(r"\w+")
+
+
+def contains_answer(text: str, answer: str) -> bool:
+    """Whether ``answer`` occurs in ``text`` as a whole word (case-insensitive)."""
+    answer = answer.strip()
+    if not answer:
+        return False
+    left = r"\b" if answer[0].isalnum() else ""
+    right = r"\b" if answer[-1].isalnum() else ""
+    return re.search(left + re.escape(answer) + right, text, flags=re.IGNORECASE) is not None
 
 
 def _normal(text: str) -> str:

@@ -1,10 +1,12 @@
-"""Probes measured before and after an edit, batched: what the page shows for each prompt.
+"""Probes measured before and after an edit, batched: what the studio and the CLI show for each
+prompt.
 
 For a list of probes, :func:`measure_probes` makes one generation call before the edit and one
 after (memoised per patch stack, so texts already generated are not generated again) and one
 teacher-forced pass each, with the evaluation's scoring (:mod:`instructedit.scoring`):
 
-- p(target): probability of the edit's target after the probe (and its token accuracy after);
+- p(target): probability of the edit's target after the probe (and its token accuracy, before and
+  after);
 - p(own answer): probability of the probe's own answer where known (data neighbours), else of the
   first token of its continuation before the edit;
 - agreement (for the groups asked, the paper's locality): share of the first few tokens of the
@@ -86,6 +88,8 @@ class ProbeResult:
     """One probe before and after the edit (probabilities teacher-forced; see the module doc).
 
     ``before``/``after``/``verdict`` are empty when texts were not generated (imports).
+    ``target_accuracy``: the target's token accuracy after the edit (``target_accuracy_before``:
+    before it).
     """
 
     prompt: str
@@ -101,9 +105,11 @@ class ProbeResult:
     p_target_after: float
     target_accuracy: float
     agreement: float | None = None
+    target_accuracy_before: float | None = None
 
     @property
     def unchanged(self) -> bool:
+        """The verdict is ``same answer`` (a probe is *changed* otherwise)."""
         return self.verdict == SAME_ANSWER
 
 
@@ -199,7 +205,7 @@ def measure_probes(backbone: Backbone, before: Sequence[Patch], after: Sequence[
     s_pre, s_post = score_answers(logits_pre, batch), score_answers(logits_post, batch)
     agree = agreement(s_pre.argmax, s_post.argmax, batch).tolist()
     p_pre, p_post = s_pre.probability.tolist(), s_post.probability.tolist()
-    accuracy = s_post.token_accuracy.tolist()
+    accuracy, accuracy_pre = s_post.token_accuracy.tolist(), s_pre.token_accuracy.tolist()
 
     results = []
     for probe, row, own in zip(probes, rows, answers, strict=True):
@@ -213,5 +219,6 @@ def measure_probes(backbone: Backbone, before: Sequence[Patch], after: Sequence[
             p_answer_before=p_pre[o] if o is not None else None,
             p_answer_after=p_post[o] if o is not None else None,
             p_target_before=p_pre[t], p_target_after=p_post[t], target_accuracy=accuracy[t],
-            agreement=agree[row["agree"]] if "agree" in row else None))
+            agreement=agree[row["agree"]] if "agree" in row else None,
+            target_accuracy_before=accuracy_pre[t]))
     return tuple(results)
