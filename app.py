@@ -18,9 +18,9 @@ from instructedit.defaults import QUANT_MODES
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from instructedit.cli import add_patch_rank_argument, trained_patch_rank  # noqa: E402
+from instructedit.cli.common import add_patch_rank_argument, trained_patch_rank  # noqa: E402
 from instructedit.logs import setup_logging  # noqa: E402
-from instructedit.ui.config import (  # noqa: E402
+from instructedit.web.config import (  # noqa: E402
     COMPARE_CHOICES,
     AppConfig,
     Limits,
@@ -112,14 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     from transformers.utils import logging as hf_logging
 
-    from instructedit.backbone import BackboneError
-    from instructedit.checkpoint import CheckpointError
-    from instructedit.ui.loading import load_models, status_line
+    from instructedit.editing.checkpoint import CheckpointError
+    from instructedit.model.backbone import BackboneError
+    from instructedit.web.loading import load_models, status_line
 
     hf_logging.disable_progress_bar()
     import torch
 
-    from instructedit.ui.config import cpu_threads
+    from instructedit.web.config import cpu_threads
 
     torch.set_num_threads(cpu_threads(config))
     try:
@@ -129,10 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log.info("model and editors loaded in %.1f s", models.seconds)
 
-    from instructedit.ui.app import build_demo, launch
-    from instructedit.ui.blast import BlastPlanner, load_neighbour_indexes
-    from instructedit.ui.pages import load_results
-    from instructedit.ui.service import EditService
+    from instructedit.web.app import build_demo, launch
+    from instructedit.web.blast import BlastPlanner, load_neighbour_indexes
+    from instructedit.web.pages import load_results
+    from instructedit.web.service import EditService
 
     blast = BlastPlanner(indexes=load_neighbour_indexes(config.data_dir))
     service = EditService(models.backbone, models.editor, models.baseline, config.limits, blast=blast,

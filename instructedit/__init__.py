@@ -16,25 +16,25 @@ __version__ = "0.1.0"
 
 # public name -> the submodule that defines it
 _LAZY: dict[str, str] = {
-    "load_backbone": "backbone",
-    "Backbone": "backbone",
-    "Editor": "editor",
-    "EditRequest": "editor",
-    "Edit": "editor",
-    "PatchEngine": "patches",
-    "Patch": "patches",
-    "generate": "generation",
-    "GenerationConfig": "generation",
+    "load_backbone": "model.backbone",
+    "Backbone": "model.backbone",
+    "Editor": "editing.editor",
+    "EditRequest": "editing.editor",
+    "Edit": "editing.editor",
+    "PatchEngine": "editing.patches",
+    "Patch": "editing.patches",
+    "generate": "model.generation",
+    "GenerationConfig": "model.generation",
 }
 
 __all__ = ["Backbone", "Edit", "EditRequest", "Editor", "GenerationConfig", "Patch", "PatchEngine",
            "__version__", "generate", "load_backbone"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
-    from .backbone import Backbone, load_backbone
-    from .editor import Edit, Editor, EditRequest
-    from .generation import GenerationConfig, generate
-    from .patches import Patch, PatchEngine
+    from .editing.editor import Edit, Editor, EditRequest
+    from .editing.patches import Patch, PatchEngine
+    from .model.backbone import Backbone, load_backbone
+    from .model.generation import GenerationConfig, generate
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,7 @@ which hidden states carry a fact from the subject to the answer.
 middle and last subject token, first subsequent token, further tokens, last token), which is how
 ROME's layer is chosen: the layer whose MLP, restored at the last subject token, recovers most.
 Every restoration of one (kind, layer) runs as one batch. Interventions go through
-:func:`instructedit.adapters.intervene` (per context: other users of a shared model are unaffected).
+:func:`instructedit.model.adapters.intervene` (per context: other users of a shared model are unaffected).
 """
 from __future__ import annotations
 
@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .adapters import intervene
-from .backbone import Backbone
 from .defaults import TRACE_KINDS
-from .patches import PatchEngine
-from .rome import SubjectError, subject_span
+from .editing.patches import PatchEngine
+from .editing.rome import SubjectError, subject_span
+from .model.adapters import intervene
+from .model.backbone import Backbone
 from .scoring import answer_text
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ def trace(backbone: Backbone, prompt: str, subject: str, answer: str | None = No
     to ``mlp`` and ``attn``. ``tokens``: the positions restored, ``"all"``, ``"last_subject"``
     (enough to choose ROME's layer, many times faster) or a list; the others are NaN (positions
     before the subject are not run: restoring them changes nothing, they get ``p_corrupted``).
-    Runs without active edits. Raises :class:`~instructedit.rome.SubjectError` when the subject
+    Runs without active edits. Raises :class:`~instructedit.editing.rome.SubjectError` when the subject
     is not in the prompt.
     """
     if window < 1:

@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # makes every small matmul ~1000x slower (16 ms instead of 0.02 ms measured with 2 threads).
 torch.set_num_threads(1)
 
-from instructedit.backbone import load_backbone  # noqa: E402  (after the offline settings)
+from instructedit.model.backbone import load_backbone  # noqa: E402  (after the offline settings)
 from tests.tiny_models import build_tiny_model  # noqa: E402
 
 

@@ -270,9 +270,9 @@ def heartbeat_interval(seconds: float) -> Iterator[None]:
 @contextlib.contextmanager
 def launched_app(service, status: str = "**Model** under test") -> Iterator[str]:
     """Build the app around ``service``, launch it on 127.0.0.1 (free port), yield its URL, close it."""
-    from instructedit.ui.app import build_demo, launch
-    from instructedit.ui.config import AppConfig
-    from instructedit.ui.pages import ResultsContent
+    from instructedit.web.app import build_demo, launch
+    from instructedit.web.config import AppConfig
+    from instructedit.web.pages import ResultsContent
 
     demo = build_demo(service, status, ResultsContent(None))
     config = AppConfig(host=LOOPBACK, port=free_port(), share=False, limits=service.limits)
@@ -625,9 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _tiny_service(limits, work_dir: str):
     """An EditService on the test suite's tiny random LLaMA (needs the repository's tests/)."""
-    from instructedit.backbone import load_backbone
-    from instructedit.editor import Editor
-    from instructedit.ui.service import EditService
+    from instructedit.editing.editor import Editor
+    from instructedit.model.backbone import load_backbone
+    from instructedit.web.service import EditService
 
     try:
         from tests.tiny_models import build_tiny_model
@@ -642,9 +642,9 @@ def _tiny_service(limits, work_dir: str):
 
 
 def _real_service(args, limits):
-    from instructedit.ui.config import AppConfig
-    from instructedit.ui.loading import load_models, status_line
-    from instructedit.ui.service import EditService
+    from instructedit.web.config import AppConfig
+    from instructedit.web.loading import load_models, status_line
+    from instructedit.web.service import EditService
 
     config = replace(AppConfig(), model=args.model, quant=args.quant, device=args.device, limits=limits)
     if args.editor:
@@ -664,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from instructedit.ui.config import Limits
+    from instructedit.web.config import Limits
 
     hf_logging.disable_progress_bar()
     if args.threads:

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from instructedit import cli
-from instructedit.analysis import (
+from instructedit.data import load_records
+from instructedit.editing.editor import Editor
+from instructedit.evaluate.analysis import (
     GradientFeatures,
     analyze,
     analyze_features,
@@ -17,9 +19,7 @@ from instructedit.analysis import (
     silhouette,
     silhouette_by_label,
 )
-from instructedit.backbone import load_backbone
-from instructedit.data import load_records
-from instructedit.editor import Editor
+from instructedit.model.backbone import load_backbone
 
 DATA = Path(__file__).parent / "data"
 

@@ -14,13 +14,13 @@ _ = anyio.open_file
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from instructedit.backbone import load_backbone  # noqa: E402
-from instructedit.editor import Editor  # noqa: E402
-from instructedit.rome import RomeConfig, RomeEditor  # noqa: E402
-from instructedit.ui.app import EDIT_OUTPUTS, build_demo, launch  # noqa: E402
-from instructedit.ui.config import AppConfig, Limits  # noqa: E402
-from instructedit.ui.pages import ResultsContent  # noqa: E402
-from instructedit.ui.service import EditService  # noqa: E402
+from instructedit.editing.editor import Editor  # noqa: E402
+from instructedit.editing.rome import RomeConfig, RomeEditor  # noqa: E402
+from instructedit.model.backbone import load_backbone  # noqa: E402
+from instructedit.web.app import EDIT_OUTPUTS, build_demo, launch  # noqa: E402
+from instructedit.web.config import AppConfig, Limits  # noqa: E402
+from instructedit.web.pages import ResultsContent  # noqa: E402
+from instructedit.web.service import EditService  # noqa: E402
 
 PROMPT = "The Eiffel Tower is located in"
 FORM = dict(task="counterfact", instruction="0", custom="", topic="", label="positive", prompt=PROMPT,

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from instructedit.backbone import BackboneError, load_backbone
-from instructedit.generation import GenerationConfig, generate
-from instructedit.patches import PatchEngine
+from instructedit.editing.patches import PatchEngine
+from instructedit.model.backbone import BackboneError, load_backbone
+from instructedit.model.generation import GenerationConfig, generate
 from instructedit.scoring import answer_logits_from_hidden, score_answers, tokenize_answers
 
 QUANT_CLASS = {"none": None, "8bit": "Linear8bitLt", "4bit": "Linear4bit"}

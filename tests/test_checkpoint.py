@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import instructedit.checkpoint as checkpoint_module
-from instructedit.backbone import load_backbone
-from instructedit.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
-from instructedit.editor import Editor, EditRequest
+import instructedit.editing.checkpoint as checkpoint_module
+from instructedit.editing.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
+from instructedit.editing.editor import Editor, EditRequest
+from instructedit.model.backbone import load_backbone
 
 REQUEST = EditRequest("The Eiffel Tower is located in", "Rome", task="counterfact", instruction=3)
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from instructedit.data import cli as data_cli
+from instructedit.cli import data as data_cli
 from instructedit.data import tasks
 from instructedit.data.stats import compute_stats, token_counter
 from tests.data.layout import make_data_dir
@@ -19,7 +19,7 @@ def data_dir(tmp_path):
 
 def run_cli(argv):
     parser = argparse.ArgumentParser()
-    data_cli.add_data_cli(parser.add_subparsers(dest="command"))
+    data_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return args.func(args)
 

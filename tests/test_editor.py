@@ -5,9 +5,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from instructedit.backbone import load_backbone
-from instructedit.editor import MAX_PROMPT_CHARS, EditError, Editor, EditRequest
-from instructedit.patches import PatchEngine
+from instructedit.editing.editor import MAX_PROMPT_CHARS, EditError, Editor, EditRequest
+from instructedit.editing.patches import PatchEngine
+from instructedit.model.backbone import load_backbone
 from instructedit.scoring import full_model_answer_logits, score_answers, tokenize_answers
 
 
@@ -108,9 +108,9 @@ def test_instruction_wrapping(llama):
 
 
 def test_load_editor_names_every_kind_of_editor(tiny_llama_dir, tmp_path):
-    from instructedit.backbone import load_backbone
-    from instructedit.editors import load_editor
-    from instructedit.rome import RomeEditor
+    from instructedit.editing.editors import load_editor
+    from instructedit.editing.rome import RomeEditor
+    from instructedit.model.backbone import load_backbone
 
     backbone = load_backbone(str(tiny_llama_dir), device="cpu")
     assert load_editor("unedited", backbone) is None
@@ -131,7 +131,7 @@ def test_load_editor_names_every_kind_of_editor(tiny_llama_dir, tmp_path):
 def test_edit_from_wrapped_and_plain_sums_both_gradient_steps(llama, use_instructions):
     """An editor that edits from the wrapped input and the prompt as typed makes the sum of the
     two gradient steps; without instructions the two are one text, counted once."""
-    from instructedit.mend import EditorConfig, MendNetwork
+    from instructedit.editing.mend import EditorConfig, MendNetwork
 
     eta = 0.5
     names = llama.edited_module_names()
@@ -151,7 +151,7 @@ def test_edit_from_wrapped_and_plain_sums_both_gradient_steps(llama, use_instruc
 
 
 def test_join_halves_sums_the_paired_rows():
-    from instructedit.patches import LayerPatch, Patch
+    from instructedit.editing.patches import LayerPatch, Patch
 
     torch.manual_seed(0)
     u, d = torch.randn(4, 3, 5), torch.randn(4, 3, 2)

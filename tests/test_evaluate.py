@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from instructedit.backbone import load_backbone
 from instructedit.data import load_records
-from instructedit.editor import DEFAULT_PATCH_RANK, Editor
+from instructedit.editing.editor import DEFAULT_PATCH_RANK, Editor
+from instructedit.editing.patches import PatchEngine
 from instructedit.evaluate import (
     SEEN,
     EvalConfig,
@@ -22,9 +22,9 @@ from instructedit.evaluate import (
 from instructedit.evaluate.inputs import instruction_for
 from instructedit.evaluate.runner import make_forward
 from instructedit.instructions import HELD_OUT_INDEX
-from instructedit.patches import PatchEngine
+from instructedit.model.backbone import load_backbone
+from instructedit.model.forward import FullForward
 from instructedit.scoring import full_model_answer_logits, score_answers, tokenize_answers
-from instructedit.train.forward import FullForward
 from tests.cli_helpers import run_main
 
 DATA = Path(__file__).parent / "data"
@@ -161,7 +161,7 @@ def test_patch_rows_belong_to_their_records(backbone, cf_records):
     editor = Editor.untrained(backbone, 1.0)
     record = cf_records[1]
     res = Evaluator(backbone, editor, quiet(instruction=0)).run(cf_records).records[1]
-    from instructedit.editor import EditRequest
+    from instructedit.editing.editor import EditRequest
 
     edit = editor.edit(EditRequest(record.prompt, record.target_new, task="counterfact", instruction=0))
     batch = tokenize_answers(backbone.tokenizer, [edit.wrapped_input], [record.target_new], 64)

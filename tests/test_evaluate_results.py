@@ -6,11 +6,11 @@ import re
 import pytest
 
 from instructedit import cli
-from instructedit.backbone import load_backbone
-from instructedit.editor import Editor
+from instructedit.editing.editor import Editor
 from instructedit.evaluate.report import pct, table
 from instructedit.evaluate.results import FRESH_INSTRUCTIONS, harmonic
 from instructedit.instructions import TASKS
+from instructedit.model.backbone import load_backbone
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from instructedit.adapters import intervene
-from instructedit.backbone import load_backbone
 from instructedit.bench.config import FinetuneConfig
 from instructedit.bench.finetune import ConstrainedFinetuner
 from instructedit.data import load_records
-from instructedit.editor import EditError, EditRequest
-from instructedit.editors import load_editor
+from instructedit.editing.editor import EditError, EditRequest
+from instructedit.editing.editors import load_editor
+from instructedit.editing.finetune import FineTuneConfig, FineTuneEditor, delta_patch
+from instructedit.editing.patches import PatchEngine, active_patches
 from instructedit.evaluate import EvalConfig, Evaluator, load_eval_editor
-from instructedit.finetune import FineTuneConfig, FineTuneEditor, delta_patch
-from instructedit.patches import PatchEngine, active_patches
+from instructedit.model.adapters import intervene
+from instructedit.model.backbone import load_backbone
 from instructedit.scoring import full_model_answer_logits, score_answers, tokenize_answers
 from tests.cli_helpers import run_main
 from tests.test_rome import DANIELLE, EIFFEL, _logits  # the same facts and logits helper as ROME's
@@ -252,7 +252,7 @@ def test_fine_tuning_edits_records_without_a_subject(llama):
     """Fine-tuning does not need a subject: the evaluator edits every record with it (ROME skips
     records whose subject is not in their prompt)."""
     from instructedit.data.records import EditRecord
-    from instructedit.finetune import FineTuneConfig, FineTuneEditor
+    from instructedit.editing.finetune import FineTuneConfig, FineTuneEditor
 
     record = EditRecord(id="x", task="counterfact", prompt="The best drink is", target_new="tea",
                         subject="")

@@ -248,7 +248,7 @@ def test_every_caller_renders_through_the_one_function(task, prompt, choice, top
     import random
 
     from instructedit.data.records import EditRecord, LocalityProbe
-    from instructedit.editor import EditRequest
+    from instructedit.editing.editor import EditRequest
     from instructedit.evaluate.inputs import render
     from instructedit.train.examples import render_example
 
@@ -326,11 +326,11 @@ def test_parse_instruction_choice_with_a_task() -> None:
 
 
 def test_callers_read_choices_with_the_one_parser() -> None:
-    from instructedit.cli import instruction_choice as cli_choice
+    from instructedit.cli.common import instruction_choice as cli_choice
     from instructedit.evaluate.inputs import SEEN, describe_instruction, parse_instruction
-    from instructedit.ui.errors import UserError
-    from instructedit.ui.forms import EditForm
-    from instructedit.ui.forms import instruction_choice as form_choice
+    from instructedit.web.errors import UserError
+    from instructedit.web.forms import EditForm
+    from instructedit.web.forms import instruction_choice as form_choice
 
     assert cli_choice("counterfact", None) == 0 and cli_choice("custom", None) is None
     assert [cli_choice("recent", t) for t in ("none", "+4", "Held-Out", " Do  it. ")] == [None, 4, HELD_OUT, "Do it."]

@@ -5,14 +5,14 @@ import json
 
 import pytest
 
-from instructedit.backbone import load_backbone
-from instructedit.editor import EditRequest
-from instructedit.editors import GRADIENT, load_editor
+from instructedit.editing.editor import EditRequest
+from instructedit.editing.editors import GRADIENT, load_editor
 from instructedit.measuring.probing import ProbeResult
 from instructedit.measuring.single import mean_known
 from instructedit.measuring.verdicts import SAME_ANSWER
-from instructedit.ui.config import Limits
-from instructedit.ui.service import EditService
+from instructedit.model.backbone import load_backbone
+from instructedit.web.config import Limits
+from instructedit.web.service import EditService
 from tests.cli_helpers import run_main
 
 PROMPT = "The Eiffel Tower is located in"

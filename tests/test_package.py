@@ -27,11 +27,11 @@ def requirement_lines(name: str) -> list[str]:
 
 def test_library_api_is_importable_from_the_package_top():
     from instructedit import Editor, EditRequest, PatchEngine, generate, load_backbone
-    from instructedit.backbone import load_backbone as real_load_backbone
-    from instructedit.editor import Editor as RealEditor
-    from instructedit.editor import EditRequest as RealEditRequest
-    from instructedit.generation import generate as real_generate
-    from instructedit.patches import PatchEngine as RealPatchEngine
+    from instructedit.editing.editor import Editor as RealEditor
+    from instructedit.editing.editor import EditRequest as RealEditRequest
+    from instructedit.editing.patches import PatchEngine as RealPatchEngine
+    from instructedit.model.backbone import load_backbone as real_load_backbone
+    from instructedit.model.generation import generate as real_generate
 
     assert (load_backbone, Editor, EditRequest, PatchEngine, generate) == (
         real_load_backbone, RealEditor, RealEditRequest, RealPatchEngine, real_generate)

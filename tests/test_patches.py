@@ -8,11 +8,11 @@ import threading
 import pytest
 import torch
 
-from instructedit.backbone import load_backbone
-from instructedit.editor import Editor, EditRequest
-from instructedit.generation import GenerationConfig, generate
-from instructedit.merge import MODEL_MARKER, merge_patches
-from instructedit.patches import LayerPatch, NonFiniteEditError, Patch, PatchEngine, active_patches
+from instructedit.editing.editor import Editor, EditRequest
+from instructedit.editing.merge import MODEL_MARKER, merge_patches
+from instructedit.editing.patches import LayerPatch, NonFiniteEditError, Patch, PatchEngine, active_patches
+from instructedit.model.backbone import load_backbone
+from instructedit.model.generation import GenerationConfig, generate
 from instructedit.scoring import full_model_answer_logits, score_answers, tokenize_answers
 
 PROMPTS = ["The Eiffel Tower is located in", "The mother tongue of Danielle Darrieux is", "Rome is in"]
@@ -190,7 +190,7 @@ def test_edits_stack(llama):
 
 def test_stacked_patches_are_folded_into_one_matmul_pair(tiny_llama_dir):
     """N active edits cost one factor pair per module, with the same outputs as N separate pairs."""
-    from instructedit.patches import combine_patches
+    from instructedit.editing.patches import combine_patches
 
     backbone = load_backbone(str(tiny_llama_dir))
     editor = Editor.untrained(backbone, step_size=0.5)
@@ -265,7 +265,7 @@ def test_editor_stores_edits_at_its_patch_rank(tiny_llama_dir):
 def test_stack_patches_gives_each_row_its_own_unbatched_output():
     import torch
 
-    from instructedit.patches import LayerPatch, Patch, stack_patches
+    from instructedit.editing.patches import LayerPatch, Patch, stack_patches
 
     torch.manual_seed(0)
     a = Patch({"m": LayerPatch(torch.randn(1, 5), torch.randn(1, 3), torch.tensor(2.0))})

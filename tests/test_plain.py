@@ -4,13 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from instructedit.backbone import load_backbone
 from instructedit.data.neighbours import NeighbourIndex, template_of, true_answer
 from instructedit.data.records import EditRecord, LocalityProbe
-from instructedit.editor import Editor
+from instructedit.editing.editor import Editor
 from instructedit.evaluate import EvalConfig, Evaluator
 from instructedit.evaluate.metrics import ngram_entropy
 from instructedit.evaluate.plain import bleed, contains_answer, plain_probes, unrelated_prompts
+from instructedit.model.backbone import load_backbone
 from instructedit.scoring import full_model_answer_logits, score_answers, tokenize_answers
 
 

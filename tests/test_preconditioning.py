@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from instructedit.mend import EditorConfig, MendNetwork, whiten
+from instructedit.editing.mend import EditorConfig, MendNetwork, whiten
 from instructedit.train.config import TrainConfig
 
 

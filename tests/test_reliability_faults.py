@@ -16,18 +16,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import instructedit.backbone as backbone_module
-import instructedit.checkpoint as checkpoint_module
+import instructedit.editing.checkpoint as checkpoint_module
 import instructedit.io_utils as io_utils_module
-import instructedit.ui.history as history_module
-import instructedit.ui.service as service_module
-from instructedit.backbone import BackboneError, convert_embedded_model, load_backbone
-from instructedit.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
-from instructedit.editor import Editor, EditRequest
+import instructedit.model.backbone as backbone_module
+import instructedit.web.history as history_module
+import instructedit.web.service as service_module
+from instructedit.editing.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
+from instructedit.editing.editor import Editor, EditRequest
+from instructedit.model.backbone import BackboneError, convert_embedded_model, load_backbone
 from instructedit.train.trainer import _save_state
-from instructedit.ui.config import Limits
-from instructedit.ui.history import write_json_atomic
-from instructedit.ui.service import EditService
+from instructedit.web.config import Limits
+from instructedit.web.history import write_json_atomic
+from instructedit.web.service import EditService
 from tests.stress import launched_app, spans_text, table_rows
 
 gradio_client = pytest.importorskip("gradio_client")

@@ -16,16 +16,16 @@ import pytest
 import torch
 
 import app as app_module
-from instructedit.backbone import BackboneError, load_backbone
-from instructedit.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
-from instructedit.editor import Editor, EditRequest
-from instructedit.patches import active_patches
-from instructedit.ui.config import AppConfig, Limits
-from instructedit.ui.errors import UserError
-from instructedit.ui.forms import EditForm, build_request
-from instructedit.ui.history import FORMAT
-from instructedit.ui.loading import load_app_editor, load_models
-from instructedit.ui.service import EditService
+from instructedit.editing.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
+from instructedit.editing.editor import Editor, EditRequest
+from instructedit.editing.patches import active_patches
+from instructedit.model.backbone import BackboneError, load_backbone
+from instructedit.web.config import AppConfig, Limits
+from instructedit.web.errors import UserError
+from instructedit.web.forms import EditForm, build_request
+from instructedit.web.history import FORMAT
+from instructedit.web.loading import load_app_editor, load_models
+from instructedit.web.service import EditService
 
 PROMPT = "The Eiffel Tower is located in"
 PROBES = [PROMPT, "Rome is in", "The capital of France is"]

@@ -1,25 +1,24 @@
 """ROME: the rank-one update maps k* to v*, exact undo, stacking, subject errors, batches,
-quantized backbones, the key covariance and its cache; one real-model edit (slow)."""
+quantized backbones, the key covariance (editing/covariance.py) and its cache; one real-model edit (slow)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from instructedit.backbone import load_backbone
-from instructedit.editor import EditError, EditRequest
-from instructedit.patches import PatchEngine, active_patches
-from instructedit.rome import (
+from instructedit.editing.covariance import estimate_key_covariance, key_covariance
+from instructedit.editing.editor import EditError, EditRequest
+from instructedit.editing.patches import PatchEngine, active_patches
+from instructedit.editing.rome import (
     RomeConfig,
     RomeEditor,
     RomeRequest,
     SubjectError,
     compute_rome,
     compute_rome_patches,
-    estimate_key_covariance,
-    key_covariance,
     rank_one_patch,
     subject_span,
 )
+from instructedit.model.backbone import load_backbone
 
 FAST = RomeConfig(covariance="identity", n_prefixes=2, prefix_tokens=4, v_steps=6)
 EIFFEL = ("The Eiffel Tower is located in", "Eiffel Tower", "Rome")
@@ -217,10 +216,10 @@ def test_key_covariance_is_the_second_moment_and_is_cached(llama, tmp_path, monk
     assert len(files) == 1 and "generated" in files[0].name and "layer1" in files[0].name
     assert torch.allclose(first, first.t()) and torch.linalg.eigvalsh(first.double()).min() > 0
 
-    import instructedit.rome as rome
+    import instructedit.editing.covariance as covariance
 
-    monkeypatch.setattr(rome, "_COV_MEMORY", type(rome._COV_MEMORY)())
-    monkeypatch.setattr(rome, "estimate_key_covariance", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(covariance, "_COV_MEMORY", type(covariance._COV_MEMORY)())
+    monkeypatch.setattr(covariance, "estimate_key_covariance", lambda *a, **k: pytest.fail("recomputed"))
     assert torch.equal(key_covariance(llama, layer, config, cache_dir=tmp_path / "cache"), first)
     assert key_covariance(llama, layer, RomeConfig(covariance="identity")) is None
 
@@ -234,7 +233,7 @@ def test_config_is_validated():
 
 @pytest.mark.slow
 def test_real_model_rome_edit():
-    from instructedit.generation import GenerationConfig, generate
+    from instructedit.model.generation import GenerationConfig, generate
 
     backbone = load_backbone("smollm2-135m", device="cpu")
     editor = RomeEditor(backbone)

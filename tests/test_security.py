@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 import app as app_module
-from instructedit.backbone import load_backbone
-from instructedit.editor import DEFAULT_PATCH_RANK, Editor, EditRequest
-from instructedit.ui.app import launch
-from instructedit.ui.config import AppConfig, Limits
-from instructedit.ui.errors import UserError
-from instructedit.ui.service import EditService
+from instructedit.editing.editor import DEFAULT_PATCH_RANK, Editor, EditRequest
+from instructedit.model.backbone import load_backbone
+from instructedit.web.app import launch
+from instructedit.web.config import AppConfig, Limits
+from instructedit.web.errors import UserError
+from instructedit.web.service import EditService
 from tests.stress import launched_app
 
 gradio_client = pytest.importorskip("gradio_client")

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from instructedit.backbone import load_backbone
-from instructedit.editor import Editor
-from instructedit.ui.config import Limits
-from instructedit.ui.service import EditService
+from instructedit.editing.editor import Editor
+from instructedit.model.backbone import load_backbone
+from instructedit.web.config import Limits
+from instructedit.web.service import EditService
 from tests import stress
 from tests.stress import StressConfig, StressReport, compare_round, latency_summary, run_stress
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from instructedit.adapters import intervene
-from instructedit.backbone import load_backbone
 from instructedit.data.formats import load_records
-from instructedit.rome import SubjectError
+from instructedit.editing.rome import SubjectError
+from instructedit.model.adapters import intervene
+from instructedit.model.backbone import load_backbone
 from instructedit.tracing import (
     CATEGORIES,
     AverageEffect,

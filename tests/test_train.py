@@ -7,13 +7,13 @@ import random
 import pytest
 import torch
 
-from instructedit.backbone import load_backbone
-from instructedit.editor import Editor, EditRequest
-from instructedit.mend import EditorConfig, MendNetwork
-from instructedit.patches import PatchEngine
+from instructedit.editing.editor import Editor, EditRequest
+from instructedit.editing.mend import EditorConfig, MendNetwork
+from instructedit.editing.patches import PatchEngine
+from instructedit.model.backbone import load_backbone
+from instructedit.model.forward import CachedTopForward, FullForward
 from instructedit.train.config import TrainConfig
 from instructedit.train.examples import render_example
-from instructedit.train.forward import CachedTopForward, FullForward
 from instructedit.train.step import LossWeights, meta_step
 from instructedit.train.trainer import Trainer, validation_score
 from tests.data.layout import make_data_dir

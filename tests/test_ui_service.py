@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from instructedit.backbone import load_backbone
 from instructedit.data.neighbours import NeighbourIndex
 from instructedit.data.records import EditRecord
-from instructedit.editor import Editor, EditRequest
+from instructedit.editing.editor import Editor, EditRequest
+from instructedit.editing.rome import RomeConfig, RomeEditor
 from instructedit.evaluate.plain import contains_answer
 from instructedit.measuring.probing import generate_under
 from instructedit.measuring.verdicts import SAME_ANSWER
-from instructedit.rome import RomeConfig, RomeEditor
+from instructedit.model.backbone import load_backbone
 from instructedit.tracing import summarise
-from instructedit.ui.blast import (
+from instructedit.web.blast import (
     FACT,
     NEIGHBOUR,
     UNRELATED,
@@ -25,15 +25,15 @@ from instructedit.ui.blast import (
     load_neighbour_indexes,
     measure_blast,
 )
-from instructedit.ui.config import Limits
-from instructedit.ui.errors import UserError
-from instructedit.ui.forms import EditForm, build_request, instruction_options, preview_inputs
-from instructedit.ui.history import FORMAT
-from instructedit.ui.report import edit_payload
-from instructedit.ui.service import EditService
-from instructedit.ui.sessions import SessionStore
-from instructedit.ui.subjects import Catalog, Kind
-from instructedit.ui.tracing_view import PANEL_KINDS, PANEL_SAMPLES, trace_markdown
+from instructedit.web.config import Limits
+from instructedit.web.errors import UserError
+from instructedit.web.forms import EditForm, build_request, instruction_options, preview_inputs
+from instructedit.web.history import FORMAT
+from instructedit.web.report import edit_payload
+from instructedit.web.service import EditService
+from instructedit.web.sessions import SessionStore
+from instructedit.web.subjects import Catalog, Kind
+from instructedit.web.tracing_view import PANEL_KINDS, PANEL_SAMPLES, trace_markdown
 
 PROMPT = "The Eiffel Tower is located in"
 TARGET = "Paris"

@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 
 import app as app_module
-from instructedit.backbone import load_backbone
-from instructedit.checkpoint import CheckpointError
+from instructedit.editing.checkpoint import CheckpointError
 from instructedit.measuring.probing import ProbeResult
 from instructedit.measuring.single import EditReport, EditScores
 from instructedit.measuring.verdicts import CHANGED, SAME_ANSWER, same_answer, verdict
-from instructedit.ui.blast import BlastRadius
-from instructedit.ui.charts import blast_chart
-from instructedit.ui.config import AppConfig, Limits, cpu_threads
-from instructedit.ui.diff import ADDED, REMOVED, word_diff
-from instructedit.ui.forms import EditForm, build_request, kind_choice, kind_options, subject_for
-from instructedit.ui.loading import (
+from instructedit.model.backbone import load_backbone
+from instructedit.web.blast import BlastRadius
+from instructedit.web.charts import blast_chart
+from instructedit.web.config import AppConfig, Limits, cpu_threads
+from instructedit.web.diff import ADDED, REMOVED, word_diff
+from instructedit.web.forms import EditForm, build_request, kind_choice, kind_options, subject_for
+from instructedit.web.loading import (
     LoadedModels,
     compared_editors,
     load_app_editor,
@@ -25,10 +25,10 @@ from instructedit.ui.loading import (
     resolve_quant,
     status_line,
 )
-from instructedit.ui.pages import MISSING_RESULTS, diagram_html, load_results
-from instructedit.ui.subjects import default_catalog, guess_subject
-from instructedit.ui.tracing_view import trace_markdown
-from instructedit.ui.views import (
+from instructedit.web.pages import MISSING_RESULTS, diagram_html, load_results
+from instructedit.web.subjects import default_catalog, guess_subject
+from instructedit.web.tracing_view import trace_markdown
+from instructedit.web.views import (
     HISTORY_HEADERS,
     blast_cell,
     blast_markdown,
@@ -278,7 +278,7 @@ def test_missing_shipped_editor_falls_back_with_a_warning(tiny_llama_dir, tmp_pa
 
 
 def test_rome_loads_with_its_covariance_or_stays_hidden_with_a_warning(tiny_llama_dir, monkeypatch):
-    from instructedit.rome import RomeEditor
+    from instructedit.editing.rome import RomeEditor
 
     backbone = load_backbone(str(tiny_llama_dir), device="cpu")
     monkeypatch.setattr(RomeEditor, "covariance", lambda self: None)

@@ -2,18 +2,18 @@
 
 Two loops over the same records: the project's evaluator (:func:`instructedit.evaluate.evaluate`,
 batched: each batch of records edited in one pass, each record with its own patch), timed per
-batch, when that module is present; and a sequential loop (one edit, then its scoring, per
-record, as an interactive user would) with the bench's scoring functions (:mod:`.workload`).
+batch; and a sequential loop (one edit, then its scoring, per record, as an interactive user
+would) with the bench's scoring functions (:mod:`.workload`).
 """
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 
 from ..data.records import EditRecord
-from ..editor import Editor
-from ..patches import PatchEngine
+from ..editing.editor import Editor
+from ..editing.patches import PatchEngine
+from ..evaluate.runner import EvalConfig, evaluate
 from .stats import summarize
 from .workload import (
     BENCH_INSTRUCTION,
@@ -24,8 +24,6 @@ from .workload import (
     mean_scores,
     score_case,
 )
-
-log = logging.getLogger(__name__)
 
 
 def sequential_loop(editor: Editor, records: Sequence[EditRecord]) -> dict:
@@ -47,13 +45,8 @@ def sequential_loop(editor: Editor, records: Sequence[EditRecord]) -> dict:
             "scores": mean_scores(scores)}
 
 
-def evaluator_loop(editor: Editor, records: Sequence[EditRecord], batch_size: int) -> dict | None:
-    """The project's evaluator on batches of ``batch_size`` records (None if it is absent)."""
-    try:
-        from ..evaluate import EvalConfig, evaluate
-    except ImportError as exc:
-        log.info("instructedit.evaluate unavailable (%s): sequential loop only", exc)
-        return None
+def evaluator_loop(editor: Editor, records: Sequence[EditRecord], batch_size: int) -> dict:
+    """The project's evaluator on batches of ``batch_size`` records."""
     config = EvalConfig(instruction=BENCH_INSTRUCTION, batch_size=batch_size, sentiment=False,
                         progress=False)
     per_batch, results = [], []
@@ -81,7 +74,7 @@ def measure_evaluation(editor: Editor, records: Sequence[EditRecord], batch_size
     """Records/s of the evaluator (if present) and of the sequential loop on ``records``."""
     evaluator = evaluator_loop(editor, records, batch_size)
     sequential = sequential_loop(editor, records)
-    primary = evaluator or sequential
+    primary = evaluator
     return {"quantization": editor.backbone.config.quant, "records": len(records),
             "records_per_s": primary["records_per_s"], "implementation": primary["implementation"],
             "evaluator": evaluator, "sequential": sequential}

@@ -1,6 +1,6 @@
 """Section 4: the InstructEdit editor against constrained fine-tuning, on CounterFact test edits.
 
-Fine-tuning (:func:`instructedit.finetune.fine_tune`) trains the same edited matrices (the
+Fine-tuning (:func:`instructedit.editing.finetune.fine_tune`) trains the same edited matrices (the
 editor's modules) of a float copy of the backbone with Adam on the target's NLL after the raw
 prompt, keeping every weight within ``linf`` of its original value, until every target token is
 the greedy prediction or a step cap; the weight change is scored as a patch on the copy (building
@@ -16,12 +16,12 @@ from dataclasses import asdict
 
 from torch import nn
 
-from ..backbone import Backbone
 from ..data.records import EditRecord
-from ..editor import Editor
-from ..finetune import FineTuneConfig, FineTuneResult, fine_tune
-from ..merge import float_copy
-from ..patches import PatchEngine
+from ..editing.editor import Editor
+from ..editing.finetune import FineTuneConfig, FineTuneResult, fine_tune
+from ..editing.merge import float_copy
+from ..editing.patches import PatchEngine
+from ..model.backbone import Backbone
 from .config import FinetuneConfig
 from .stats import ratio, summarize
 from .workload import (
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 class ConstrainedFinetuner:
-    """Constrained fine-tuning (:mod:`instructedit.finetune`) of ``module_names`` of a float copy."""
+    """Constrained fine-tuning (:mod:`instructedit.editing.finetune`) of ``module_names`` of a float copy."""
 
     def __init__(self, backbone: Backbone, module_names: Sequence[str], config: FinetuneConfig) -> None:
         self.backbone = backbone

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ..backbone import Backbone
-from ..patches import Patch, PatchEngine
+from ..editing.patches import Patch, PatchEngine
+from ..model.backbone import Backbone
 from .profiling import top_ops
 from .stats import summarize
 

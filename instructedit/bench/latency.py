@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..editor import MAX_TARGET_TOKENS, Edit, Editor, EditRequest
-from ..patches import PatchEngine
+from ..editing.editor import MAX_TARGET_TOKENS, Edit, Editor, EditRequest
+from ..editing.patches import PatchEngine
 from ..scoring import AnswerBatch, answer_logits_from_hidden, score_answers, tokenize_answers
 from .profiling import top_ops
 from .stats import Summary, ratio, summarize

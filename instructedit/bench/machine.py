@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from .. import __version__
+
 PACKAGES = ("torch", "transformers", "bitsandbytes", "accelerate", "safetensors", "instructedit")
 
 
@@ -35,8 +37,6 @@ def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in PACKAGES:
         if name == "instructedit":
-            from .. import __version__
-
             out[name] = __version__
             continue
         try:

@@ -4,7 +4,7 @@ A session in our design holds its edits' low-rank factors and shares one backbon
 this replaces keeps a weight copy per session (an original and an edited model). Quantized
 weights cannot take a float delta in place, so such a copy is a float model (fp32 here).
 Compression: factors stored in bf16, and each layer's update ``scale * D^T U`` truncated by SVD
-to rank ``k`` (:meth:`~instructedit.patches.Patch.truncated`), scored with the same functions as
+to rank ``k`` (:meth:`~instructedit.editing.patches.Patch.truncated`), scored with the same functions as
 everything else; the editor stores edits at :data:`~instructedit.defaults.DEFAULT_PATCH_RANK`.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..backbone import Backbone
-from ..editor import Edit
-from ..patches import Patch, PatchEngine
+from ..editing.editor import Edit
+from ..editing.patches import Patch, PatchEngine
+from ..model.backbone import Backbone
 from .stats import summarize
 from .workload import CaseBatches, case_batches, locality_argmax, score_case
 

@@ -12,8 +12,8 @@ import logging
 import time
 from collections.abc import Sequence
 
-from ..editor import Editor, EditRequest
-from ..rome import RomeEditor
+from ..editing.editor import Editor, EditRequest
+from ..editing.rome import RomeEditor
 from .stats import ratio, summarize
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,9 @@ from contextlib import contextmanager
 
 import torch
 
-from ..backbone import load_backbone
-from ..editor import Edit, Editor
-from ..editors import DEFAULT_RANK
+from ..editing.editor import Edit, Editor
+from ..editing.editors import DEFAULT_RANK, GRADIENT, load_editor
+from ..model.backbone import load_backbone
 from .config import BenchConfig
 from .evaluation import measure_evaluation
 from .finetune import compare_with_finetuning
@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 
 def make_editor(backbone, config: BenchConfig) -> Editor:
     """The editor under test (a checkpoint, or one plain gradient step for ``none``)."""
-    from ..editors import GRADIENT, load_editor
-
     spec = GRADIENT if config.editor.strip().lower() == "none" else config.editor
     return load_editor(spec, backbone, step_size=config.step_size,
                        patch_rank=None if spec == GRADIENT else DEFAULT_RANK)

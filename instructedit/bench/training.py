@@ -17,11 +17,11 @@ from dataclasses import replace
 
 import torch
 
-from ..backbone import Backbone
 from ..data.mixing import iter_mixed
+from ..model.backbone import Backbone
+from ..model.forward import CachedTopForward, FullForward
 from ..train.config import TrainConfig
 from ..train.examples import TrainingExample
-from ..train.forward import CachedTopForward, FullForward
 from ..train.trainer import Trainer
 from .profiling import top_ops
 from .stats import Stopwatch, ratio, summarize

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..data.records import EditRecord
 from ..data.tasks import load_split
-from ..editor import MAX_TARGET_TOKENS, EditRequest
+from ..editing.editor import MAX_TARGET_TOKENS, EditRequest
 from ..measuring.single import mean_known
 from ..scoring import AnswerBatch, agreement, full_model_answer_logits, score_answers, tokenize_answers
 

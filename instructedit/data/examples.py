@@ -3,7 +3,7 @@
 The file is a JSON list of canonical records, so ``load_records`` reads it too. Rebuild it
 from a data folder with::
 
-    python -m instructedit.data.examples --data data --out instructedit/assets/examples.json
+    python -m instructedit data examples --data data --out instructedit/assets/examples.json
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from instructedit.data.formats import load_records
 from instructedit.data.records import EditRecord
+from instructedit.data.tasks import load_split
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "assets" / "examples.json"
 
@@ -64,8 +65,6 @@ def compact_dict(record: EditRecord) -> dict:
 
 def select_examples(data_dir: str | Path, seed: int = 0) -> list[EditRecord]:
     """The :data:`EXAMPLE_IDS` records from each task's test split, slimmed."""
-    from instructedit.data.tasks import load_split
-
     chosen: list[EditRecord] = []
     for task, ids in EXAMPLE_IDS.items():
         test = load_split(data_dir, task, "test", seed)

@@ -8,7 +8,7 @@ the largest weights are kept, so the weights ship as a small JSON file
 
 Rebuild::
 
-    python -m instructedit.data.sentiment --data data --out instructedit/assets/sentiment_lexicon.json
+    python -m instructedit data lexicon --data data --out instructedit/assets/sentiment_lexicon.json
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from instructedit.data.tasks import load_split
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ class SentimentScorer:
         path = Path(path) if path is not None else DEFAULT_PATH
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no sentiment weights; rebuild them with "
-                                    "python -m instructedit.data.sentiment --data data --out "
+                                    "python -m instructedit data lexicon --data data --out "
                                     f"{path}")
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("format") != FORMAT:
@@ -171,8 +173,6 @@ def labelled_responses(records: Iterable[Any]) -> tuple[list[str], list[int]]:
 def build(data_dir: str | Path, out: str | Path | None, *, seed: int = 0, top_n: int = 6000,
           l2: float = 3e-5) -> tuple[SentimentScorer, dict[str, float]]:
     """Train on the ConvSent train split, measure val and test accuracy, save to ``out``."""
-    from instructedit.data.tasks import load_split
-
     train = labelled_responses(load_split(data_dir, "convsent", "train", seed))
     val = labelled_responses(load_split(data_dir, "convsent", "val", seed))
     test = labelled_responses(load_split(data_dir, "convsent", "test", seed))

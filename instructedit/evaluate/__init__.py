@@ -1,9 +1,11 @@
 """Evaluation: reliability, generalization, locality, portability (and ConvSent extras) of edits,
-the plain protocol (what a user sees), the ``eval`` command, and the ``results`` report
-(``docs/results.md``).
+the plain protocol (what a user sees), the ``results`` report (``docs/results.md``) and the
+analysis of an editor's transformed gradients (:mod:`.analysis`); the commands ``eval``,
+``results`` and ``analyze`` are in :mod:`instructedit.cli`.
 
 Names are imported on first use (module ``__getattr__``), so ``python -m instructedit --help``,
-which imports this package's ``cli`` module, does not load torch.
+which imports the torch-free :mod:`.config` (the results settings) and :mod:`.inputs`, does not
+load torch.
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jinja2
 
+from ..defaults import DEFAULT_PATCH_RANK
 from ..instructions import BENCHMARK_TASKS, TASKS, TRAINING_TASKS, table_name
 from .inputs import SEEN
 from .results import (
@@ -28,6 +29,7 @@ from .results import (
     _mean,
     harmonic,
 )
+from .runner import EvalConfig
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +169,7 @@ def method_row_note(data: ResultsData, method: str) -> str:
     if method == "Gradient step":
         return f"one plain gradient step, size {data.step_size or 0:g}"
     if method == "ROME":
-        return ("rank-one locate-and-edit (Meng et al. 2022; `instructedit/rome.py`): no training; one "
+        return ("rank-one locate-and-edit (Meng et al. 2022; `instructedit/editing/rome.py`): no training; one "
                 "optimisation per edit on the plain prompt; needs the subject; n/a on ConvSent")
     card = data.editors.get(method)
     if not card:
@@ -668,8 +670,6 @@ def section_user(data: ResultsData) -> str:
 
 
 def cfg_tokens() -> int:
-    from .runner import EvalConfig
-
     return EvalConfig().generation_tokens
 
 
@@ -724,8 +724,6 @@ def setup_table(data: ResultsData) -> str:
 
 
 def section_setup(data: ResultsData) -> str:
-    from ..editor import DEFAULT_PATCH_RANK
-
     return _section("setup.md.j2", data, table=setup_table(data), patch_rank=DEFAULT_PATCH_RANK)
 
 

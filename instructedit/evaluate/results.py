@@ -1,4 +1,5 @@
-"""``python -m instructedit results``: run every evaluation of ``docs/results.md`` and write it.
+"""The results report: run every evaluation of ``docs/results.md`` (``python -m instructedit results``,
+:mod:`instructedit.cli.evaluate`; its settings are :mod:`.config`) and write it.
 
 Sections: (1) Table 3 in kind (unedited, plain gradient step, multi-task MEND, InstructEdit on
 CounterFact, Recent, ConvSent and the held-out ZsRE); (2) seen vs unseen instructions; (3) fp32 /
@@ -8,26 +9,41 @@ Optionally each evaluation's summary is cached (``--cache-dir``) so an interrupt
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import hashlib
 import json
 import logging
+import os
+import platform
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+import transformers
+
 from ..data.tasks import TASKS, TRAINING_TASKS
-from ..defaults import DEFAULT_MODEL, QUANT_MODES, SHIPPED_BASELINE, SHIPPED_EDITOR
+from ..defaults import DEFAULT_PATCH_RANK
+from ..editing.checkpoint import CheckpointError, read_checkpoint_config
+from ..editing.editor import Editor
+from ..editing.rome import TRACED_LAYERS, default_layer
+from ..model.backbone import BackboneError, load_backbone
+from ..tracing import LAST_SUBJECT, average_indirect_effect, save_heatmap
+from .analysis import analysis_records, analyze
+from .config import ROME_TASKS, SECTIONS, ResultsConfig
+from .editors import editor_label, load_eval_editor
 from .inputs import SEEN, InstructionChoice, describe_instruction
+from .metrics import RecordResult, summarize
+from .runner import EvalConfig, Evaluator
+from .selection import limit_records, load_eval_records
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
 EVAL_TASKS: tuple[str, ...] = TASKS  # counterfact, recent, convsent, zsre (held out)
-QUANTS: tuple[str, ...] = QUANT_MODES
 STEP_CANDIDATES: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
 """Plain gradient step sizes tried on the val splits; the best harmonic mean of reliability and
 locality wins (the criterion the trained editors were validated with)."""
@@ -41,54 +57,8 @@ FRESH_INSTRUCTIONS: dict[str, str] = {
 """Instructions written for this report only: never seen in training and not among the ten."""
 
 METHODS: tuple[str, ...] = ("Unedited", "Gradient step", "MEND multi-task", "InstructEdit", "ROME")
-ROME_TASKS: tuple[str, ...] = ("counterfact", "recent", "zsre")
-"""ROME rewrites a subject's fact; ConvSent's opinion edits have no fact to locate (n/a there)."""
 USER_TASKS: tuple[str, ...] = ("counterfact", "recent", "zsre")
 """Tasks of the plain protocol (short answers a continuation can contain; ConvSent has none)."""
-SECTIONS: tuple[str, ...] = ("user", "table3", "instructions", "analysis", "scaling", "ranks", "quant",
-                             "trace")
-"""Sections of the report, in run order (``--sections`` picks some)."""
-
-
-@dataclass
-class ResultsConfig:
-    """Settings of a results run (all recorded in the report)."""
-
-    data: str = "data"
-    out: str = "docs/results.md"
-    figures: str = "docs/figures"
-    model: str = DEFAULT_MODEL
-    instructedit: str = str(SHIPPED_EDITOR)
-    baseline: str = str(SHIPPED_BASELINE)
-    step_size: float | None = None
-    limit: int = 100
-    quant_limit: int | None = 50
-    pca_limit: int = 100
-    sweep_limit: int = 12
-    split: str = "test"
-    seed: int = 0
-    batch_size: int = 8
-    quants: tuple[str, ...] = QUANTS
-    patch_ranks: tuple[int | None, ...] = (1, 4, None)
-    """Storage ranks of InstructEdit's edits compared with the default (None: full rank)."""
-    device: str = "auto"
-    threads: int | None = None
-    cache_dir: str | None = None
-    progress: bool = True
-    user_quant: str = "4bit"
-    """Backbone of the "what a user sees" section (as the app runs it by default)."""
-    user_limit: int = 100
-    sections: tuple[str, ...] = SECTIONS
-    rome: bool = True
-    """Run ROME beside the trained editors (sections 'user' and 'table3')."""
-    rome_tasks: tuple[str, ...] = ROME_TASKS
-    """Tasks ROME runs on (a subset saves time: ROME optimises every edit)."""
-    trace_limit: int = 20
-    """CounterFact test records the model knows, averaged by causal tracing (section 'trace')."""
-
-    @property
-    def quant_records(self) -> int:
-        return self.quant_limit if self.quant_limit is not None else self.limit
 
 
 @dataclass(frozen=True)
@@ -159,12 +129,6 @@ class ResultsData:
 
 def environment(device: str) -> dict:
     """Machine and library versions (for the report header)."""
-    import os
-    import platform
-
-    import torch
-    import transformers
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -181,8 +145,6 @@ def environment(device: str) -> dict:
 
 def checkpoint_card(path: str) -> dict | None:
     """Name, instructions flag and training provenance of a checkpoint (None if absent)."""
-    from ..checkpoint import CheckpointError, read_checkpoint_config
-
     try:
         config = read_checkpoint_config(path)
     except CheckpointError:
@@ -209,8 +171,6 @@ class ResultsRunner:
     # ----- resources -------------------------------------------------------------------------
     def backbone(self, quant: str):
         if quant not in self._backbones:
-            from ..backbone import load_backbone
-
             log.info("loading %s (%s)", self.config.model, quant)
             self._backbones[quant] = load_backbone(self.config.model, quant, device=self.config.device)
         return self._backbones[quant]
@@ -224,8 +184,6 @@ class ResultsRunner:
 
     def records(self, task: str, split: str, limit: int | None = None):
         """A seeded sample of ``limit`` records of a split (all of it when ``limit`` is None)."""
-        from .selection import limit_records, load_eval_records
-
         key = (task, split, limit)
         if key not in self._records:
             if limit is None:
@@ -235,8 +193,6 @@ class ResultsRunner:
         return self._records[key]
 
     def editor(self, spec: RunSpec):
-        from .editors import load_eval_editor
-
         key = (spec.editor, spec.quant, spec.step_size, spec.patch_rank)
         if key not in self._editors:
             self._editors[key] = load_eval_editor(spec.editor, self.backbone(spec.quant), spec.step_size,
@@ -247,8 +203,6 @@ class ResultsRunner:
     def _cache_file(self, spec: RunSpec) -> Path | None:
         if not self.config.cache_dir:
             return None
-        from ..editor import DEFAULT_PATCH_RANK
-
         stamp = None
         weights = Path(spec.editor) / "editor.safetensors"
         if weights.is_file():
@@ -264,11 +218,6 @@ class ResultsRunner:
     # ----- running ---------------------------------------------------------------------------
     def run(self, spec: RunSpec) -> Outcome:
         """Evaluate ``spec`` (or read its cached summary); never raises for a missing checkpoint."""
-        from ..backbone import BackboneError
-        from ..checkpoint import CheckpointError
-        from .editors import editor_label
-        from .runner import EvalConfig, Evaluator
-
         if spec.editor not in ("none", "gradient", "rome") and checkpoint_card(spec.editor) is None:
             outcome = Outcome(spec, reason=f"no editor checkpoint at {spec.editor}")
             self.runs.append(outcome)
@@ -381,11 +330,6 @@ def run_user(runner: ResultsRunner, data: ResultsData) -> None:
 def run_trace(runner: ResultsRunner, data: ResultsData) -> None:
     """Causal tracing averaged over CounterFact test records the model knows: where facts live,
     and so which layer ROME edits (the MLP restoration at the last subject token)."""
-    import random
-
-    from ..rome import TRACED_LAYERS, default_layer
-    from ..tracing import LAST_SUBJECT, average_indirect_effect, save_heatmap
-
     cfg = runner.config
     backbone = runner.backbone("none")
     records = [r for r in runner.records("counterfact", cfg.split) if r.subject.strip()]
@@ -428,8 +372,6 @@ def subset(outcome: Outcome, ids: set[str]) -> Outcome | None:
 
     Seconds are scaled by the share of records kept.
     """
-    from .metrics import RecordResult, summarize
-
     rows = [RecordResult(**r) for r in outcome.records if r["id"] in ids]
     if not outcome.ok or len(rows) != len(ids):
         return None
@@ -467,8 +409,6 @@ def run_quantization(runner: ResultsRunner, data: ResultsData) -> None:
 
 def run_patch_ranks(runner: ResultsRunner, data: ResultsData) -> None:
     """InstructEdit with its edits stored at other ranks; the default row reuses section 1's records."""
-    from ..editor import DEFAULT_PATCH_RANK
-
     cfg = runner.config
     data.default_patch_rank = DEFAULT_PATCH_RANK
     ranks = [DEFAULT_PATCH_RANK] + [r for r in cfg.patch_ranks if r != DEFAULT_PATCH_RANK]
@@ -485,9 +425,6 @@ def run_patch_ranks(runner: ResultsRunner, data: ResultsData) -> None:
 
 
 def run_analysis(runner: ResultsRunner, data: ResultsData) -> None:
-    from ..analysis import analysis_records, analyze
-    from ..editor import Editor
-
     cfg = runner.config
     records = analysis_records(cfg.data, cfg.pca_limit, cfg.split, cfg.seed)
     settings = (("InstructEdit", cfg.instructedit, "pca_instructedit.png"),
@@ -528,8 +465,6 @@ def run_scaling(runner: ResultsRunner, data: ResultsData) -> None:
 
 def run_all(config: ResultsConfig) -> ResultsData:
     """Run every section and return what the report shows."""
-    import torch
-
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.perf_counter()
@@ -552,86 +487,3 @@ def run_all(config: ResultsConfig) -> ResultsData:
     data.finished = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     data.environment["torch_threads"] = torch.get_num_threads()
     return data
-
-
-# ----- command line ------------------------------------------------------------------------------
-def register_results(subparsers) -> None:
-    """Add the ``results`` subcommand."""
-    from ..cli import _add_verbose
-
-    d = ResultsConfig()
-    p = subparsers.add_parser(
-        "results", help="regenerate docs/results.md and its figures",
-        description="Run every evaluation of the results report (Table 3 in kind, seen vs unseen "
-                    "instructions, quantized backbones, PCA of transformed gradients, task scaling) "
-                    "and write the markdown report and its figures. Every number comes from this run.")
-    p.add_argument("--data", default=d.data, help="data folder (default: %(default)s)")
-    p.add_argument("--out", default=d.out, help="markdown file to write (default: %(default)s)")
-    p.add_argument("--figures", default=d.figures, help="folder for PNG figures (default: %(default)s)")
-    p.add_argument("--model", default=d.model, help="backbone (default: %(default)s)")
-    p.add_argument("--instructedit", default=d.instructedit, help="InstructEdit checkpoint (default: %(default)s)")
-    p.add_argument("--baseline", default=d.baseline,
-                   help="multi-task MEND checkpoint without instructions (default: %(default)s)")
-    p.add_argument("--step-size", type=float, default=None,
-                   help="plain gradient step size (default: chosen by a sweep on the val splits)")
-    p.add_argument("--limit", type=int, default=d.limit, help="records per task and run (default: %(default)s)")
-    p.add_argument("--quant-limit", type=int, default=d.quant_limit,
-                   help="records per task for the 8/4-bit backbones (default: %(default)s; 8-bit is "
-                        "slow on a CPU)")
-    p.add_argument("--pca-limit", type=int, default=d.pca_limit, help="records per task for the PCA (default: %(default)s)")
-    p.add_argument("--sweep-limit", type=int, default=d.sweep_limit,
-                   help="val records per task for the step-size sweep (default: %(default)s)")
-    p.add_argument("--split", default=d.split, choices=("val", "test"), help="evaluation split (default: %(default)s)")
-    p.add_argument("--quants", default=",".join(d.quants), help="backbones of section 3 (default: %(default)s)")
-    p.add_argument("--device", default=d.device, help="cpu, cuda or auto (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="records per pass (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--user-quant", default=d.user_quant, choices=QUANTS,
-                   help="backbone of the 'what a user sees' section (default: %(default)s, as the app)")
-    p.add_argument("--user-limit", type=int, default=d.user_limit,
-                   help="records per task of the 'what a user sees' section (default: %(default)s)")
-    p.add_argument("--sections", default=",".join(SECTIONS),
-                   help="sections to run, comma-separated (default: all: %(default)s)")
-    p.add_argument("--no-rome", action="store_true", help="leave ROME out of the comparisons")
-    p.add_argument("--rome-tasks", default=",".join(ROME_TASKS),
-                   help="tasks ROME runs on (default: %(default)s)")
-    p.add_argument("--trace-limit", type=int, default=d.trace_limit,
-                   help="known CounterFact records averaged by causal tracing (default: %(default)s)")
-    p.add_argument("--cache-dir", default=None,
-                   help="cache each evaluation's summary here and reuse it (resume an interrupted run)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_verbose(p)
-    p.set_defaults(func=cmd_results)
-
-
-def cmd_results(args: argparse.Namespace) -> int:
-    from ..cli import CliError
-    from .report import write_report
-
-    quants = tuple(q.strip() for q in args.quants.split(",") if q.strip())
-    bad = [q for q in quants if q not in QUANTS]
-    if bad:
-        raise CliError(f"unknown --quants {bad}; choose from {QUANTS}")
-    for name in ("limit", "pca_limit", "sweep_limit", "batch_size"):
-        if getattr(args, name) < 1 or (name == "pca_limit" and args.pca_limit < 2):
-            raise CliError(f"--{name.replace('_', '-')} is too small: {getattr(args, name)}")
-    if not Path(args.data).is_dir():
-        raise CliError(f"--data {args.data} is not a data folder")
-    sections = tuple(x.strip() for x in args.sections.split(",") if x.strip())
-    unknown = [x for x in sections if x not in SECTIONS]
-    if unknown or not sections:
-        raise CliError(f"unknown --sections {unknown}; choose from {', '.join(SECTIONS)}")
-    config = ResultsConfig(
-        data=args.data, out=args.out, figures=args.figures, model=args.model,
-        instructedit=args.instructedit, baseline=args.baseline, step_size=args.step_size,
-        limit=args.limit, quant_limit=args.quant_limit, pca_limit=args.pca_limit,
-        sweep_limit=args.sweep_limit, split=args.split, seed=args.seed, batch_size=args.batch_size,
-        quants=quants, device=args.device, threads=args.threads, cache_dir=args.cache_dir,
-        progress=not args.no_progress, user_quant=args.user_quant, user_limit=args.user_limit,
-        sections=sections, rome=not args.no_rome, trace_limit=args.trace_limit,
-        rome_tasks=tuple(t.strip() for t in args.rome_tasks.split(",") if t.strip()))
-    data = run_all(config)
-    path = write_report(data)
-    print(f"wrote {path} ({data.seconds / 60:.1f} min)")
-    return 0

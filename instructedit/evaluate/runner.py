@@ -1,9 +1,9 @@
 """Batched evaluation: each record edited independently from the unedited model.
 
 A batch of B records is edited in one pass (each row gets its own patch, see
-:func:`~instructedit.editor.patch_from_inputs`); then every scored text of record ``i``
+:func:`~instructedit.editing.editor.patch_from_inputs`); then every scored text of record ``i``
 (its edit input, rephrases, portability questions, locality probes) runs with row ``i`` of the
-patch via :meth:`~instructedit.patches.Patch.select_rows`. With no editor the same passes run
+patch via :meth:`~instructedit.editing.patches.Patch.select_rows`. With no editor the same passes run
 unpatched, so the unedited model's scores come from the same code.
 """
 from __future__ import annotations
@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from ..backbone import Backbone
 from ..data.neighbours import NeighbourIndex
 from ..data.records import EditRecord
-from ..editor import MAX_TARGET_TOKENS, Editor, patch_from_inputs, tokenize_edit_inputs
-from ..generation import GenerationConfig, generate
-from ..patches import Patch, PatchEngine, stack_patches
+from ..data.sentiment import SentimentScorer
+from ..editing.editor import MAX_TARGET_TOKENS, Editor, patch_from_inputs, tokenize_edit_inputs
+from ..editing.patches import Patch, PatchEngine, stack_patches
+from ..model.backbone import Backbone
+from ..model.forward import CachedTopForward
+from ..model.generation import GenerationConfig, generate
 from ..scoring import (
     AnswerBatch,
     agreement,
@@ -30,7 +32,6 @@ from ..scoring import (
     score_answers,
     tokenize_answers,
 )
-from ..train.forward import CachedTopForward
 from .inputs import SEEN, InstructionChoice, RenderedRecord, render
 from .metrics import EvalSummary, RecordResult, mean_or_none, ngram_entropy, summarize
 from .plain import PlainProbes, PlainResult, bleed, contains_answer, plain_probes
@@ -123,8 +124,6 @@ class Evaluator:
     @property
     def scorer(self):
         if self._scorer is None:
-            from ..data.sentiment import SentimentScorer
-
             self._scorer = SentimentScorer.load()
         return self._scorer
 

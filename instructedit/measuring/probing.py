@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backbone import Backbone
-from ..editor import MAX_TARGET_TOKENS
-from ..generation import GenerationConfig, generate
-from ..patches import Patch, PatchEngine
+from ..editing.editor import MAX_TARGET_TOKENS
+from ..editing.patches import Patch, PatchEngine
+from ..model.backbone import Backbone
+from ..model.generation import GenerationConfig, generate
 from ..scoring import agreement, full_model_answer_logits, score_answers, tokenize_answers
 from .verdicts import SAME_ANSWER, verdict
 

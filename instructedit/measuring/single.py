@@ -28,9 +28,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..backbone import Backbone
-from ..editor import Edit
-from ..patches import Patch
+from ..editing.editor import Edit
+from ..editing.patches import Patch
+from ..model.backbone import Backbone
 from .probing import (
     LOCALITY,
     PROMPT,
@@ -75,7 +75,7 @@ class EditReport:
     ``prompt``: the sentence as typed; ``rephrases`` and ``probes``: the rephrases and locality
     probes as typed; ``wrapped`` and ``wrapped_rephrases``: what the editor read (paper protocol);
     ``blast``: the blast radius (other subjects, other facts, unrelated facts), when the studio
-    measured it (a :class:`instructedit.ui.blast.BlastRadius`; the studio adds it).
+    measured it (a :class:`instructedit.web.blast.BlastRadius`; the studio adds it).
     ``partial``: a first look (:func:`measure_first_look`): the prompt as typed only; rephrases,
     probes and the blast radius are still being measured.
     """

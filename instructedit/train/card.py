@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_config
+from ..editing.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_config
 from ..io_utils import atomic_write_text
 
 CARD_FILE = "README.md"

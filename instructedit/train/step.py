@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..editor import EditInputs, patch_from_inputs, tokenize_edit_inputs
-from ..mend import MendNetwork
-from ..patches import PatchEngine
+from ..editing.editor import EditInputs, patch_from_inputs, tokenize_edit_inputs
+from ..editing.mend import MendNetwork
+from ..editing.patches import PatchEngine
 from ..scoring import (
     AnswerBatch,
     agreement,

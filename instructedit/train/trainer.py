@@ -15,22 +15,23 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..backbone import Backbone, load_backbone
-from ..checkpoint import save_editor_checkpoint
 from ..data.mixing import iter_mixed
 from ..data.neighbours import NeighbourIndex
 from ..data.records import EditRecord
 from ..data.tasks import load_split
-from ..editor import Editor
+from ..editing.checkpoint import CONFIG_FILE, save_editor_checkpoint
+from ..editing.editor import Editor
+from ..editing.mend import EditorConfig, MendNetwork
+from ..editing.patches import PatchEngine
+from ..editing.preconditioning import attach_preconditioners
 from ..instructions import SEEN_INSTRUCTION_INDICES
 from ..io_utils import atomic_replace, atomic_write_text
-from ..mend import EditorConfig, MendNetwork
-from ..patches import PatchEngine
-from ..preconditioning import attach_preconditioners
+from ..model.backbone import Backbone, load_backbone
+from ..model.forward import CachedTopForward, FullForward
+from .card import write_card
 from .config import TrainConfig
 from .distributed import DistributedContext
 from .examples import TrainingExample, render_example
-from .forward import CachedTopForward, FullForward
 from .step import LossWeights, meta_step, tokenize_examples
 
 log = logging.getLogger(__name__)
@@ -336,8 +337,6 @@ class Trainer:
 
     def save_best_card(self, command: str) -> None:
         """Refresh the checkpoint's provenance (wall time, steps) after training ends."""
-        from ..checkpoint import CONFIG_FILE
-
         cfg_file = self.out_dir / CONFIG_FILE
         if not cfg_file.is_file():
             return
@@ -346,6 +345,4 @@ class Trainer:
         config["provenance"]["total_wall_time_s"] = round(self.wall_time, 1)
         config["provenance"]["stopped_early"] = self.step < self.config.steps
         atomic_write_text(cfg_file, json.dumps(config, indent=2) + "\n")
-        from .card import write_card
-
         write_card(self.out_dir)

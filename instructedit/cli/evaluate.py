@@ -1,0 +1,232 @@
+"""``python -m instructedit eval`` (one evaluation) and ``python -m instructedit results`` (every
+evaluation of ``docs/results.md``: :mod:`instructedit.evaluate.results`).
+
+The evaluation code is imported inside the command functions (it needs torch), so that ``--help``
+stays fast; the parser shows the defaults of the torch-free :mod:`instructedit.evaluate.config`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from ..data.records import RecordError
+from ..data.tasks import SplitError
+from ..defaults import DEFAULT_STEP_SIZE as DEFAULT_GRADIENT_STEP
+from ..evaluate.config import QUANTS, ROME_TASKS, SECTIONS, ResultsConfig
+from ..evaluate.inputs import describe_instruction, parse_instruction
+from ..evaluate.selection import SelectionError, limit_records, load_eval_records
+from .common import CliError, add_model_arguments, add_patch_rank_argument, add_verbose, backbone_from_args
+
+log = logging.getLogger(__name__)
+
+SUMMARY_ROWS = ("n", "task", "reliability", "reliability_pre", "generalization", "locality",
+                "locality_kl", "portability", "target_prob_pre", "target_prob_post",
+                "target_prob_lift", "sentiment_success", "kl_drawdown", "fluency",
+                "plain_reliability", "plain_generalization", "generation_success",
+                "neighbourhood_score", "neighbour_unchanged", "neighbour_bleed", "unrelated_bleed",
+                "plain_fluency_pre", "plain_fluency", "fluency_ratio",
+                "edit_latency_ms", "seconds")
+
+
+def register(subparsers) -> None:
+    """Add the ``eval`` and ``results`` subcommands."""
+    register_eval(subparsers)
+    register_results(subparsers)
+
+
+def add_eval_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``eval`` and ``results``: batching, seed, threads."""
+    parser.add_argument("--batch-size", type=int, default=8, help="records edited per pass (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds splits, samples and instructions (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+
+
+def register_eval(subparsers) -> None:
+    """Add the ``eval`` subcommand."""
+    p = subparsers.add_parser(
+        "eval", help="measure reliability, generalization, locality, portability of edits",
+        description="Edit each record independently (batched) from the unedited model and report "
+                    "reliability, generalization, locality, portability, target-probability lift, "
+                    "edit latency, and for ConvSent sentiment success and KL drawdown.")
+    add_model_arguments(p)
+    p.add_argument("--editor", required=True,
+                   help="editor checkpoint folder, 'gradient' (one plain gradient step), "
+                        "'finetune' (constrained fine-tuning of the edited MLP matrices on the "
+                        "plain prompt), 'rome' "
+                        "(or rome:identity / rome:data / rome:generated to pick its key "
+                        "covariance) or 'none' (the unedited model: the floor)")
+    p.add_argument("--step-size", type=float, default=None,
+                   help=f"step size of --editor gradient (default: {DEFAULT_GRADIENT_STEP})")
+    add_patch_rank_argument(p)
+    p.add_argument("--data", required=True, help="a data file (any supported format) or a data folder")
+    p.add_argument("--task", default=None, help="task of a data folder (or override a file's task)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"),
+                   help="split of a data folder (default: %(default)s)")
+    p.add_argument("--instruction", default=None,
+                   help="seen (default: a seeded choice among 0-8), an index 0-9, heldout, none, "
+                        "or your own instruction text")
+    p.add_argument("--limit", type=int, default=None, help="evaluate a seeded sample of N records")
+    p.add_argument("--max-probes", type=int, default=4,
+                   help="at most N rephrases/portability/locality probes per record (default: %(default)s)")
+    p.add_argument("--generation-tokens", type=int, default=20,
+                   help="greedy tokens for ConvSent sentiment success (default: %(default)s)")
+    p.add_argument("--no-sentiment", action="store_true", help="skip ConvSent generations")
+    p.add_argument("--no-plain", action="store_true",
+                   help="skip the plain protocol (what a user sees: plain prompts, neighbours, "
+                        "continuations; needs generation: slower)")
+    add_eval_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out", default=None, help="also write the JSON object to this file")
+    p.add_argument("--records-out", default=None, help="write per-record results (JSON lines) to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_verbose(p)
+    p.set_defaults(func=cmd_eval)
+
+
+def summary_table(result: dict) -> str:
+    """The summary as a two-column pandas table."""
+    import pandas as pd
+
+    rows = [(k, result[k]) for k in SUMMARY_ROWS if result.get(k) is not None]
+    frame = pd.DataFrame(rows, columns=["metric", "value"]).set_index("metric")
+    with pd.option_context("display.float_format", "{:.4f}".format):
+        return frame.to_string()
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..evaluate.editors import editor_label, load_eval_editor
+    from ..evaluate.runner import EvalConfig, Evaluator
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    try:
+        pool = load_eval_records(args.data, args.task, args.split, args.seed)
+        records = limit_records(pool, args.limit, args.seed)
+    except (SelectionError, SplitError, RecordError, OSError) as exc:
+        raise CliError(str(exc)) from exc
+    if not records:
+        raise CliError(f"no records in {args.data}")
+    backbone = backbone_from_args(args)
+    try:
+        editor = load_eval_editor(args.editor, backbone, args.step_size,
+                                  getattr(args, "patch_rank", "default"))
+    except ValueError as exc:
+        if exc.__class__ is ValueError:
+            raise CliError(str(exc)) from exc
+        raise
+    instruction = parse_instruction(args.instruction)
+    config = EvalConfig(instruction=instruction, batch_size=args.batch_size, seed=args.seed,
+                        max_probes=args.max_probes, generation_tokens=args.generation_tokens,
+                        sentiment=not args.no_sentiment, progress=not args.no_progress,
+                        plain=not args.no_plain)
+    # same-template neighbours come from the whole split, not only the sampled records
+    result = Evaluator(backbone, editor, config, neighbour_pool=pool).run(records)
+    out = {**result.summary.to_dict(), "model_id": backbone.model_id,
+           "quantization": backbone.config.quant, "editor": editor_label(editor),
+           "use_instructions": True if editor is None else editor.use_instructions,
+           "patch_rank": None if editor is None else editor.patch_rank,
+           "instruction": describe_instruction(instruction), "data": str(args.data),
+           "split": args.split if Path(args.data).is_dir() else None, "seed": args.seed,
+           "limit": args.limit, "batch_size": args.batch_size}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    if args.records_out:
+        with open(args.records_out, "w", encoding="utf-8") as handle:
+            for record in result.records:
+                handle.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        print(f"{out['model_id']} ({out['quantization']}), editor {out['editor']}, "
+              f"instruction {out['instruction']}, {out['n']} records of {args.data}")
+        print(summary_table(out))
+    return 0
+
+
+def register_results(subparsers) -> None:
+    """Add the ``results`` subcommand."""
+    from ..cli.common import add_verbose
+
+    d = ResultsConfig()
+    p = subparsers.add_parser(
+        "results", help="regenerate docs/results.md and its figures",
+        description="Run every evaluation of the results report (Table 3 in kind, seen vs unseen "
+                    "instructions, quantized backbones, PCA of transformed gradients, task scaling) "
+                    "and write the markdown report and its figures. Every number comes from this run.")
+    p.add_argument("--data", default=d.data, help="data folder (default: %(default)s)")
+    p.add_argument("--out", default=d.out, help="markdown file to write (default: %(default)s)")
+    p.add_argument("--figures", default=d.figures, help="folder for PNG figures (default: %(default)s)")
+    p.add_argument("--model", default=d.model, help="backbone (default: %(default)s)")
+    p.add_argument("--instructedit", default=d.instructedit, help="InstructEdit checkpoint (default: %(default)s)")
+    p.add_argument("--baseline", default=d.baseline,
+                   help="multi-task MEND checkpoint without instructions (default: %(default)s)")
+    p.add_argument("--step-size", type=float, default=None,
+                   help="plain gradient step size (default: chosen by a sweep on the val splits)")
+    p.add_argument("--limit", type=int, default=d.limit, help="records per task and run (default: %(default)s)")
+    p.add_argument("--quant-limit", type=int, default=d.quant_limit,
+                   help="records per task for the 8/4-bit backbones (default: %(default)s; 8-bit is "
+                        "slow on a CPU)")
+    p.add_argument("--pca-limit", type=int, default=d.pca_limit, help="records per task for the PCA (default: %(default)s)")
+    p.add_argument("--sweep-limit", type=int, default=d.sweep_limit,
+                   help="val records per task for the step-size sweep (default: %(default)s)")
+    p.add_argument("--split", default=d.split, choices=("val", "test"), help="evaluation split (default: %(default)s)")
+    p.add_argument("--quants", default=",".join(d.quants), help="backbones of section 3 (default: %(default)s)")
+    p.add_argument("--device", default=d.device, help="cpu, cuda or auto (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="records per pass (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--user-quant", default=d.user_quant, choices=QUANTS,
+                   help="backbone of the 'what a user sees' section (default: %(default)s, as the app)")
+    p.add_argument("--user-limit", type=int, default=d.user_limit,
+                   help="records per task of the 'what a user sees' section (default: %(default)s)")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help="sections to run, comma-separated (default: all: %(default)s)")
+    p.add_argument("--no-rome", action="store_true", help="leave ROME out of the comparisons")
+    p.add_argument("--rome-tasks", default=",".join(ROME_TASKS),
+                   help="tasks ROME runs on (default: %(default)s)")
+    p.add_argument("--trace-limit", type=int, default=d.trace_limit,
+                   help="known CounterFact records averaged by causal tracing (default: %(default)s)")
+    p.add_argument("--cache-dir", default=None,
+                   help="cache each evaluation's summary here and reuse it (resume an interrupted run)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_verbose(p)
+    p.set_defaults(func=cmd_results)
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from ..evaluate.report import write_report
+    from ..evaluate.results import run_all
+
+    quants = tuple(q.strip() for q in args.quants.split(",") if q.strip())
+    bad = [q for q in quants if q not in QUANTS]
+    if bad:
+        raise CliError(f"unknown --quants {bad}; choose from {QUANTS}")
+    for name in ("limit", "pca_limit", "sweep_limit", "batch_size"):
+        if getattr(args, name) < 1 or (name == "pca_limit" and args.pca_limit < 2):
+            raise CliError(f"--{name.replace('_', '-')} is too small: {getattr(args, name)}")
+    if not Path(args.data).is_dir():
+        raise CliError(f"--data {args.data} is not a data folder")
+    sections = tuple(x.strip() for x in args.sections.split(",") if x.strip())
+    unknown = [x for x in sections if x not in SECTIONS]
+    if unknown or not sections:
+        raise CliError(f"unknown --sections {unknown}; choose from {', '.join(SECTIONS)}")
+    config = ResultsConfig(
+        data=args.data, out=args.out, figures=args.figures, model=args.model,
+        instructedit=args.instructedit, baseline=args.baseline, step_size=args.step_size,
+        limit=args.limit, quant_limit=args.quant_limit, pca_limit=args.pca_limit,
+        sweep_limit=args.sweep_limit, split=args.split, seed=args.seed, batch_size=args.batch_size,
+        quants=quants, device=args.device, threads=args.threads, cache_dir=args.cache_dir,
+        progress=not args.no_progress, user_quant=args.user_quant, user_limit=args.user_limit,
+        sections=sections, rome=not args.no_rome, trace_limit=args.trace_limit,
+        rome_tasks=tuple(t.strip() for t in args.rome_tasks.split(",") if t.strip()))
+    data = run_all(config)
+    path = write_report(data)
+    print(f"wrote {path} ({data.seconds / 60:.1f} min)")
+    return 0

@@ -1,0 +1,323 @@
+"""The editor: turns an edit request into a low-rank :class:`~instructedit.editing.patches.Patch`.
+
+An edit is one forward and backward pass of the (instruction-wrapped) edit input + target with
+the edited modules' inputs ``u_t`` and output gradients ``d_t`` captured, then the MEND network
+maps them to update factors. The base model is never modified.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import torch
+
+from ..defaults import DEFAULT_PATCH_RANK
+from ..errors import UserFacingError
+from ..instructions import build_edit_input
+from ..model.backbone import Backbone
+from ..scoring import (
+    AnswerBatch,
+    answer_logits_from_hidden,
+    concat_batches,
+    score_answers,
+    tokenize_answers,
+)
+from .checkpoint import load_editor_checkpoint, save_editor_checkpoint
+from .keying import KEY_ON_SUBJECT, key_mask
+from .mend import EditorConfig, MendNetwork
+from .patches import LayerPatch, Patch, PatchEngine
+from .preconditioning import attach_preconditioners
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPT_CHARS = 1000
+MAX_TARGET_TOKENS = 64
+
+
+class EditError(UserFacingError, ValueError):
+    """An edit request cannot be carried out; nothing changed."""
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """What to edit: a prompt, the new target, and how to instruct the editor.
+
+    ``instruction``: an index into the task's instructions, ``"heldout"``, custom text, or
+    ``None`` for no instruction. ``topic``/``label`` fill ConvSent placeholders. ``subject``:
+    what the fact is about (editors keyed on the subject need it; see :mod:`instructedit.editing.keying`).
+    """
+
+    prompt: str
+    target: str
+    task: str = "custom"
+    instruction: int | str | None = None
+    topic: str | None = None
+    label: str | None = None
+    rephrases: tuple[str, ...] = ()
+    probes: tuple[str, ...] = ()
+    subject: str | None = None
+
+    def edit_input(self, use_instructions: bool = True) -> str:
+        """The text the editor sees (wrapped with the instruction when one is chosen)."""
+        return self.wrap(self.prompt, use_instructions)
+
+    def wrap(self, prompt: str, use_instructions: bool = True) -> str:
+        """``prompt`` (this one or a rephrase) wrapped with this request's instruction, or only
+        stripped without instructions (:func:`~instructedit.instructions.build_edit_input`)."""
+        return build_edit_input(self.task, prompt, self.instruction if use_instructions else None,
+                                topic=self.topic, label=self.label)
+
+
+@dataclass
+class Edit:
+    """One applied edit: its request, the wrapped input, and its low-rank patch."""
+
+    request: EditRequest
+    wrapped_input: str
+    patch: Patch
+    editor_name: str
+    model_id: str
+    latency_ms: float
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def validate_request(request: EditRequest, tokenizer, max_target_tokens: int = MAX_TARGET_TOKENS) -> None:
+    """Raise :class:`EditError` with a readable message for bad prompts or targets."""
+    for name in ("prompt", "target"):
+        value = getattr(request, name)
+        if not isinstance(value, str) or not value.strip():
+            raise EditError(f"the {name} is empty: type some text")
+        if len(value) > MAX_PROMPT_CHARS:
+            raise EditError(f"the {name} is too long ({len(value)} characters; the limit is {MAX_PROMPT_CHARS})")
+        if any(ord(c) < 32 and c not in "\t\n" for c in value):
+            raise EditError(f"the {name} contains control characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise EditError(f"the {name} is not valid text (it contains unpaired surrogate "
+                            "characters)") from None
+    n_target = len(tokenizer(" " + request.target.strip(), add_special_tokens=False)["input_ids"])
+    if n_target > max_target_tokens:
+        raise EditError(f"the target is {n_target} tokens long; the limit is {max_target_tokens} "
+                        "(an edit teaches a short answer, not a text)")
+
+
+HiddenFn = Callable[[AnswerBatch], torch.Tensor]
+
+
+def compute_batched_patch(network: MendNetwork, module_names: Sequence[str], batch: AnswerBatch,
+                          final_hidden: HiddenFn, head_model, edit_rows: int | None = None,
+                          key_mask: torch.Tensor | None = None) -> tuple[Patch, torch.Tensor]:
+    """One patch per row of ``batch`` (factors with a leading batch dimension).
+
+    ``final_hidden(batch)`` runs the model (all of it, or only its top from cached states) and
+    returns final hidden states; the edited modules must be hooked by a :class:`PatchEngine`.
+    The loss is the mean NLL of each row's answer tokens, summed over the first ``edit_rows``
+    rows (all by default; rows are independent, so each row's gradients are its own; other rows
+    get all-zero factors). ``key_mask`` (B, T) keeps only those positions' (u, d) in the update
+    (see :mod:`instructedit.editing.keying`; default: every real token). Also returns the detached answer
+    logits of the unpatched pass.
+    """
+    with torch.enable_grad(), PatchEngine.capture(module_names) as capture:
+        hidden = final_hidden(batch)
+        logits = answer_logits_from_hidden(head_model, hidden, batch)
+        nll = score_answers(logits, batch).mean_nll
+        loss = nll.sum() if edit_rows is None else nll[:edit_rows].sum()
+        grads = capture.output_gradients(loss)
+    mask = batch.attention_mask.bool()
+    if key_mask is not None:
+        mask = mask & key_mask.to(mask.device)
+    layers = {}
+    for name in module_names:
+        u = capture.inputs[name].float()
+        d = grads[name].float()
+        valid = mask & (d.abs().sum(-1) > 0)
+        u_t, d_t = network.transform(name, u[valid], d[valid])
+        u_out = torch.zeros(u.shape, dtype=u_t.dtype, device=u.device).index_put((valid,), u_t)
+        d_out = torch.zeros(d.shape, dtype=d_t.dtype, device=d.device).index_put((valid,), d_t)
+        layers[name] = LayerPatch(u_out, d_out, network.step_size(name))
+    return Patch(layers), logits.detach()
+
+
+@dataclass
+class EditInputs:
+    """The tokenized inputs a batch of edits is computed from (one edit per row of ``wrapped``).
+
+    ``wrapped``: the edit inputs as the editor reads them (wrapped in the instruction when it uses
+    instructions), with their targets. ``plain``: the prompts as typed, same targets, present
+    when the editor edits from both (``EditorConfig.edit_from == "wrapped+plain"``); a row whose
+    plain prompt equals its wrapped input is masked out there, so it counts once. ``*_keys``: the
+    (B, T) positions whose (u, d) build the update (None: every real token).
+    """
+
+    wrapped: AnswerBatch
+    wrapped_keys: torch.Tensor | None = None
+    plain: AnswerBatch | None = None
+    plain_keys: torch.Tensor | None = None
+
+    def to(self, device) -> EditInputs:
+        def move(x):
+            return None if x is None else x.to(device)
+        return EditInputs(self.wrapped.to(device), move(self.wrapped_keys), move(self.plain),
+                          move(self.plain_keys))
+
+
+def tokenize_edit_inputs(tokenizer, network: MendNetwork, wrapped: Sequence[str],
+                         plain: Sequence[str], targets: Sequence[str],
+                         subjects: Sequence[str | None],
+                         max_answer_tokens: int = MAX_TARGET_TOKENS) -> EditInputs:
+    """Tokenize a batch of edits for ``network`` (its ``key_on`` and ``edit_from`` settings)."""
+    def tokenize(prompts: Sequence[str]) -> tuple[AnswerBatch, torch.Tensor | None]:
+        batch = tokenize_answers(tokenizer, prompts, targets, max_answer_tokens=max_answer_tokens)
+        keys = (key_mask(tokenizer, batch, prompts, subjects)
+                if network.config.key_on == KEY_ON_SUBJECT else None)
+        return batch, keys
+
+    wrapped_batch, wrapped_keys = tokenize(wrapped)
+    if network.config.edit_from != "wrapped+plain":
+        return EditInputs(wrapped_batch, wrapped_keys)
+    plain_batch, plain_keys = tokenize([p.strip() for p in plain])
+    if plain_keys is None:
+        plain_keys = plain_batch.attention_mask.bool().clone()
+    for row, (w, p) in enumerate(zip(wrapped, plain, strict=True)):
+        if w.strip() == p.strip():
+            plain_keys[row] = False
+    return EditInputs(wrapped_batch, wrapped_keys, plain_batch, plain_keys)
+
+
+def patch_from_inputs(network: MendNetwork, module_names: Sequence[str], inputs: EditInputs,
+                      final_hidden: HiddenFn, head_model, pad_id: int = 0,
+                      ) -> tuple[Patch, torch.Tensor]:
+    """One patch per edit of ``inputs`` (batched factors) and the unpatched answer logits of its
+    wrapped rows (see :func:`compute_batched_patch`)."""
+    if inputs.plain is None:
+        return compute_batched_patch(network, module_names, inputs.wrapped, final_hidden, head_model,
+                                     key_mask=inputs.wrapped_keys)
+    both = concat_batches(inputs.wrapped, inputs.plain, pad_id=pad_id)
+    width = both.input_ids.shape[1]
+    wrapped_keys = (inputs.wrapped_keys if inputs.wrapped_keys is not None
+                    else inputs.wrapped.attention_mask.bool())
+
+    def widen(mask: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(mask, (0, width - mask.shape[1]), value=False)
+
+    keys = torch.cat([widen(wrapped_keys.bool()), widen(inputs.plain_keys.bool())])
+    patch, logits = compute_batched_patch(network, module_names, both, final_hidden, head_model,
+                                          key_mask=keys)
+    return patch.join_halves(), logits[: inputs.wrapped.answer_tokens.numel()]
+
+
+def unbatch_patch(patch: Patch, row: int) -> Patch:
+    """The single-row patch of ``row`` with all-zero factor rows dropped."""
+    layers = {}
+    for name, layer in patch.layers.items():
+        u, d = layer.u[row], layer.d[row]
+        keep = (u.abs().sum(-1) > 0) | (d.abs().sum(-1) > 0)
+        layers[name] = LayerPatch(u[keep].detach(), d[keep].detach(), layer.scale.detach())
+    return Patch(layers)
+
+
+class Editor:
+    """An instruction-conditioned MEND editor bound to one backbone.
+
+    Build one with :meth:`from_pretrained` (a trained checkpoint) or :meth:`untrained` (an
+    identity network: one plain gradient step of a given size).
+    """
+
+    def __init__(self, backbone: Backbone, network: MendNetwork, *, name: str = "editor",
+                 use_instructions: bool = True, metadata: dict | None = None,
+                 patch_rank: int | None = DEFAULT_PATCH_RANK) -> None:
+        if patch_rank is not None and patch_rank < 1:
+            raise ValueError(f"patch_rank must be at least 1 (or None for full rank), got {patch_rank}")
+        self.backbone = backbone
+        self.patch_rank = patch_rank
+        self.network = network.to(backbone.device).eval()
+        self.network.requires_grad_(False)
+        self.name = name
+        self.use_instructions = use_instructions
+        self.metadata = metadata or {}
+        self.module_names = list(network.module_names)
+        self.engine = PatchEngine.for_model(backbone.model, self.module_names)
+        if not network.preconditioners:
+            attach_preconditioners(network, backbone)
+
+    # ----- construction -------------------------------------------------------------------
+    @staticmethod
+    def module_shapes(backbone: Backbone, module_names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        return {n: backbone.adapter.in_out_features(backbone.module(n)) for n in module_names}
+
+    @classmethod
+    def untrained(cls, backbone: Backbone, step_size: float = 1e-3, *, normalize: bool = False,
+                  last_n_layers: int = 3, use_instructions: bool = True, rank: int = 8,
+                  patch_rank: int | None = None) -> Editor:
+        """An identity editor: with ``normalize=False`` its patch is ``-step_size * grad``.
+
+        Its patches are kept at full rank by default, so it is exactly one plain gradient step.
+        """
+        names = backbone.edited_module_names(last_n_layers)
+        config = EditorConfig(rank=rank, n_blocks=1, init_lr=step_size, normalize=normalize)
+        network = MendNetwork(cls.module_shapes(backbone, names), config)
+        return cls(backbone, network, name=f"gradient-step({step_size:g})",
+                   use_instructions=use_instructions, patch_rank=patch_rank)
+
+    @classmethod
+    def from_pretrained(cls, path, backbone: Backbone, *, strict: bool = True,
+                        patch_rank: int | None = DEFAULT_PATCH_RANK) -> Editor:
+        """Load a checkpoint folder, validated against ``backbone`` (see :mod:`.checkpoint`).
+
+        ``patch_rank``: each edit's per-module update is stored as its best rank-k approximation
+        (None keeps the full update; see ``DEFAULT_PATCH_RANK``).
+        """
+        network, meta = load_editor_checkpoint(path, backbone, strict=strict)
+        return cls(backbone, network, name=meta.get("name", str(path)),
+                   use_instructions=bool(meta.get("use_instructions", True)), metadata=meta,
+                   patch_rank=patch_rank)
+
+    def with_patch_rank(self, patch_rank: int | None) -> Editor:
+        """The same editor (shared network) storing its edits at ``patch_rank`` (None: full)."""
+        return Editor(self.backbone, self.network, name=self.name,
+                      use_instructions=self.use_instructions, metadata=self.metadata,
+                      patch_rank=patch_rank)
+
+    def save_pretrained(self, path, provenance: dict | None = None) -> None:
+        save_editor_checkpoint(path, self.network, self.backbone, name=self.name,
+                               use_instructions=self.use_instructions, provenance=provenance)
+
+    # ----- editing --------------------------------------------------------------------------
+    @property
+    def keyed_on_subject(self) -> bool:
+        return self.network.config.key_on == KEY_ON_SUBJECT
+
+    def full_hidden(self, batch: AnswerBatch) -> torch.Tensor:
+        model = self.backbone.model
+        batch = batch.to(self.backbone.device)
+        return model.base_model(input_ids=batch.input_ids,
+                                attention_mask=batch.attention_mask).last_hidden_state
+
+    def edit(self, request: EditRequest, active: Sequence[Edit] = ()) -> Edit:
+        """Compute the edit of ``request`` with ``active`` edits applied (they stack).
+
+        Raises :class:`EditError` for bad input and
+        :class:`~instructedit.editing.patches.NonFiniteEditError` for a NaN/inf result; in both cases
+        nothing changes.
+        """
+        start = time.perf_counter()
+        validate_request(request, self.backbone.tokenizer)
+        wrapped = request.edit_input(self.use_instructions)
+        inputs = tokenize_edit_inputs(self.backbone.tokenizer, self.network, [wrapped],
+                                      [request.prompt], [request.target],
+                                      [request.subject or request.topic]).to(self.backbone.device)
+        with PatchEngine.activate([e.patch for e in active]):
+            batched, _ = patch_from_inputs(self.network, self.module_names, inputs,
+                                           self.full_hidden, self.backbone.model,
+                                           pad_id=self.backbone.tokenizer.pad_token_id or 0)
+        patch = unbatch_patch(batched, 0)
+        patch.check_finite()
+        patch = patch.truncated(self.patch_rank)
+        latency = (time.perf_counter() - start) * 1000
+        return Edit(request, wrapped, patch, self.name, self.backbone.model_id, latency)
