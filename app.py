@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest prompt, target, instruction, topic or list line accepted (default: %(default)s)")
     g.add_argument("--idle-timeout", type=float, default=limits.idle_timeout_s,
                    help="seconds after which an unused session's edits are forgotten (default: %(default)s)")
+    g.add_argument("--batch-window-ms", type=float, default=limits.batch_window_ms, metavar="MS",
+                   help="batch generation calls of different sessions that arrive within MS milliseconds "
+                        "into one model call, each row under its own session's edits (0: only calls "
+                        "that queue while the model is busy); calls without edits always run on their "
+                        "own (default: off)")
+    g.add_argument("--batch-max-rows", type=int, default=limits.batch_max_rows,
+                   help="most prompts in one batched generation call (default: %(default)s)")
     g.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads per request (default: CPU cores / concurrency limit, so "
                         "concurrent requests do not fight over the cores)")
@@ -93,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> AppConfig:
     limits = Limits(max_new_tokens=args.max_new_tokens, max_edits_per_session=args.max_edits_per_session,
                     queue_size=args.queue_size, concurrency_limit=args.concurrency_limit,
-                    max_input_chars=args.max_input_chars, idle_timeout_s=args.idle_timeout)
+                    max_input_chars=args.max_input_chars, idle_timeout_s=args.idle_timeout,
+                    batch_window_ms=args.batch_window_ms, batch_max_rows=args.batch_max_rows)
     return replace(AppConfig(), model=args.model, quant=args.quant, device=args.device,
                    editor=args.editor, baseline_editor=args.baseline_editor, compare=args.compare,
                    patch_rank=trained_patch_rank(args), host=args.host,

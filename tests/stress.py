@@ -17,6 +17,9 @@ whole run a deadline, and the server is closed at the end: the command stops by 
 
 Run ``python -m tests.stress --help`` for the options; ``--tiny`` uses the tiny random
 model of the test suite (seconds), the default is the embedded SmolLM2-135M in 4 bit.
+``--batched`` turns on the app's cross-session batching of generation
+(:mod:`instructedit.serving.batcher`); the checks are the same, and the report adds how many calls
+were batched.
 """
 from __future__ import annotations
 
@@ -147,6 +150,7 @@ class StressReport:
     peak_active_edits: int = 0
     patch_bytes_per_edit: float = 0.0
     seconds: float = 0.0
+    batching: dict[str, int] = field(default_factory=dict)
 
     @property
     def memory_ok(self) -> bool:
@@ -184,6 +188,11 @@ class StressReport:
             f"errors {len(self.errors)} · isolation mismatches {len(self.mismatches)} · "
             f"total {self.seconds:.1f} s · {'PASS' if self.ok else 'FAIL'}",
         ]
+        if self.batching:
+            b = self.batching
+            lines.insert(-1, f"batching: {b['requests']} generation calls, {b['batched_requests']} of them "
+                             f"in {b['batches']} batched calls (largest {b['largest_batch']} prompts), "
+                             f"{b['alone']} alone, {b['fallbacks']} failed batches")
         lines += [f"  error: {x}" for x in self.errors[:20]]
         lines += [f"  mismatch: {x}" for x in self.mismatches[:20]]
         return "\n".join(lines)
@@ -563,6 +572,8 @@ def run_stress(service, config: StressConfig | None = None, status: str = "**Mod
 
         log.info("fresh session after the load")
         _fresh_session_check(url, config, stop_at, work_dir, references, base, report, service)
+    if getattr(service, "batcher", None) is not None:
+        report.batching = service.batcher.stats()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -617,6 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model requests run at once by the app (default: the app's)")
     p.add_argument("--memory-tolerance", type=float, default=defaults.memory_tolerance,
                    help="allowed RSS growth after close over post-warm-up (default: %(default)s)")
+    p.add_argument("--batched", nargs="?", type=float, const=20.0, default=None, metavar="WINDOW_MS",
+                   help="batch generation calls of different sessions (the app's --batch-window-ms; "
+                        "default window when given without a value: %(const)s ms; default: off)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", dest="json_out", default=None, help="also write the report as JSON here")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
@@ -673,7 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = StressConfig(users=args.users, rounds=args.rounds, warmup_rounds=args.warmup_rounds,
                               request_timeout_s=args.request_timeout, deadline_s=args.deadline,
                               memory_tolerance=args.memory_tolerance, max_new_tokens=args.max_new_tokens)
-        limits = Limits()
+        limits = Limits(batch_window_ms=args.batched)
         if args.concurrency_limit:
             limits = replace(limits, concurrency_limit=args.concurrency_limit)
     except ValueError as exc:

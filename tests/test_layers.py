@@ -14,6 +14,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("scoring", ("scoring",)),
     ("model", ("model",)),
     ("editing", ("editing",)),
+    ("serving", ("serving",)),  # cross-session batching of generation, each row under its own edits
     ("measure", ("measuring", "tracing")),
     ("api", ("__init__",)),  # the package top: lazy re-exports of the model and editing layers
     ("workflows", ("train", "evaluate", "bench")),

@@ -27,6 +27,7 @@ from ..editing.patches import Patch, PatchEngine
 from ..model.backbone import Backbone
 from ..model.generation import GenerationConfig, generate
 from ..scoring import agreement, full_model_answer_logits, score_answers, tokenize_answers
+from ..serving.batcher import current_batcher
 from .verdicts import SAME_ANSWER, verdict
 
 
@@ -116,7 +117,9 @@ class ProbeResult:
 def generate_under(backbone: Backbone, patches: Sequence[Patch], texts: Sequence[str],
                    max_new_tokens: int, cache: GenerationCache | None = None) -> dict[str, str]:
     """Greedy continuations of ``texts`` with exactly ``patches`` active (memoised in ``cache``;
-    with no patch, also in the cache's ``shared`` store when it has one)."""
+    with no patch, also in the cache's ``shared`` store when it has one). Inside a
+    :meth:`~instructedit.serving.batcher.GenerationBatcher.client` context of this backbone's
+    batcher, the texts to generate go through it (batched with other sessions' calls)."""
     cache = GenerationCache() if cache is None else cache
     state = tuple(id(p) for p in patches)
     shared = getattr(cache, "shared", None) if not state else None
@@ -130,8 +133,12 @@ def generate_under(backbone: Backbone, patches: Sequence[Patch], texts: Sequence
         else:
             cache[(state, max_new_tokens, text)] = known
     if missing:
-        with PatchEngine.activate(list(patches)):
-            outputs = generate(backbone, missing, GenerationConfig(max_new_tokens=max_new_tokens))
+        batcher = current_batcher()
+        if batcher is not None and batcher.backbone is backbone:
+            outputs = batcher.generate(patches, missing, max_new_tokens)
+        else:
+            with PatchEngine.activate(list(patches)):
+                outputs = generate(backbone, missing, GenerationConfig(max_new_tokens=max_new_tokens))
         for text, out in zip(missing, outputs, strict=True):
             cache[(state, max_new_tokens, text)] = out
         if shared is not None and len(missing) == 1:

@@ -33,6 +33,10 @@ class Limits:
         max_import_bytes: largest history file accepted by import.
         probe_answer_tokens: tokens of a probe's pre-edit continuation used as its answer
             when measuring locality.
+        batch_window_ms: cross-session batching of generation (:mod:`instructedit.serving.batcher`):
+            how long a waiting call waits for other sessions' calls to share its batch; ``None``
+            (the default): off, every call runs on its own.
+        batch_max_rows: most prompts in one batched call.
     """
 
     max_new_tokens: int = 20
@@ -46,17 +50,22 @@ class Limits:
     max_total_edits: int = 400
     max_import_bytes: int = 1_000_000
     probe_answer_tokens: int = 5
+    batch_window_ms: float | None = None
+    batch_max_rows: int = 16
 
     def __post_init__(self) -> None:
         checks = {"max_new_tokens": (1, 256), "max_edits_per_session": (1, 1000),
                   "max_input_chars": (10, 1000), "max_lines": (1, 50), "queue_size": (1, 10_000),
                   "concurrency_limit": (1, 64), "max_sessions": (1, 100_000),
                   "max_total_edits": (1, 1_000_000),
-                  "probe_answer_tokens": (1, 64)}
+                  "probe_answer_tokens": (1, 64), "batch_max_rows": (1, 1024)}
         for name, (low, high) in checks.items():
             value = getattr(self, name)
             if not low <= value <= high:
                 raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+        if self.batch_window_ms is not None and not 0 <= self.batch_window_ms <= 1000:
+            raise ValueError(f"batch_window_ms must be between 0 and 1000 (or None: off), got "
+                             f"{self.batch_window_ms}")
 
 
 def on_spaces() -> bool:

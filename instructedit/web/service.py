@@ -11,7 +11,10 @@ Causal tracing of a prompt ("Where is this fact?", :mod:`.tracing_view`) runs on
 
 The backbone and editors are shared and never modified; a session's edits are patches that are
 activated (per thread, see :class:`~instructedit.editing.patches.PatchEngine`) only around that
-session's own model calls.
+session's own model calls. With ``Limits.batch_window_ms`` set, generation calls of edits, imports
+and the Playground go through one :class:`~instructedit.serving.batcher.GenerationBatcher`, which
+runs calls of different sessions that arrive together as one batch, each row under its own
+session's edits.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from ..errors import UserFacingError, sentence
 from ..measuring.probing import GenerationCache, UneditedTexts, generate_under
 from ..measuring.single import EditReport, measure_edit, measure_first_look
 from ..model.backbone import Backbone
+from ..serving.batcher import GenerationBatcher
 from .blast import BlastPlan, BlastPlanner, measure_blast
 from .comparison import BASELINE, INSTRUCTEDIT, ROME, SLOT_INFO, SLOTS, rome_subject_problem
 from .config import Limits
@@ -140,6 +144,12 @@ class EditService:
         self.export_dir = Path(export_dir or tempfile.mkdtemp(prefix="instructedit-exports-"))
         self.trace_dir = Path(trace_dir or tempfile.mkdtemp(prefix="instructedit-traces-"))
         self.unedited = UneditedTexts()
+        self.batcher = (GenerationBatcher(backbone, self.limits.batch_window_ms, self.limits.batch_max_rows)
+                        if self.limits.batch_window_ms is not None else None)
+
+    def _batching(self) -> contextlib.AbstractContextManager:
+        """Around a request's model calls: its generations go through the batcher, if any."""
+        return self.batcher.client() if self.batcher is not None else contextlib.nullcontext()
 
     @property
     def model_id(self) -> str:
@@ -307,10 +317,11 @@ class EditService:
                                           (time.perf_counter() - start) * 1000, rome_report, rome_error,
                                           pending=pending))
 
-            entry, report, compared = self._edit_one(request, session.entries, texts=True,
-                                                     cache=GenerationCache(self.unedited),
-                                                     progress=progress, kind=kind,
-                                                     update=update if on_update is not None else None)
+            with self._batching():
+                entry, report, compared = self._edit_one(request, session.entries, texts=True,
+                                                         cache=GenerationCache(self.unedited),
+                                                         progress=progress, kind=kind,
+                                                         update=update if on_update is not None else None)
             session.entries.append(entry)
             history = list(session.entries)
         total = (time.perf_counter() - start) * 1000
@@ -382,7 +393,8 @@ class EditService:
                 raise UserError(f"Edit {n} of the file: {exc} Nothing was imported.") from None
         with self.store.open(session_id) as session:
             self.check_total(len(items), replacing=len(session.entries))
-            entries = self._recompute(items, progress)
+            with self._batching():
+                entries = self._recompute(items, progress)
             session.entries[:] = entries
             log.info("session %s: imported %d edits", session_id[:8], len(entries))
             return list(entries)
@@ -417,8 +429,9 @@ class EditService:
         if not 1 <= n <= self.limits.max_new_tokens:
             raise UserError(f"Tokens to generate must be between 1 and {self.limits.max_new_tokens}.")
         patches = [e.edit.patch for e in self.history(session_id)]
-        without = generate_under(self.backbone, [], [prompt], n, GenerationCache(self.unedited))[prompt]
-        with_edits = generate_under(self.backbone, patches, [prompt], n)[prompt] if patches else without
+        with self._batching():
+            without = generate_under(self.backbone, [], [prompt], n, GenerationCache(self.unedited))[prompt]
+            with_edits = generate_under(self.backbone, patches, [prompt], n)[prompt] if patches else without
         return without, with_edits
 
     # ----- where is this fact? ---------------------------------------------------------------
