@@ -131,9 +131,9 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.run_dir = Path(run_dir) if run_dir else Path("runs") / self.out_dir.name
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.distributed = DistributedContext.create()  # before the threads: --threads wins
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.distributed = DistributedContext.create()
         self.backbone = backbone or load_backbone(config.model, config.quant,
                                                   device=self.distributed.device())
         names = self.backbone.edited_module_names(config.last_n_layers, layers=config.layers,
@@ -196,12 +196,11 @@ class Trainer:
 
     # ----- data ----------------------------------------------------------------------------
     def batch_at(self, step: int, stream) -> list[TrainingExample]:
-        # Each process of a multi-GPU run takes its own slice of the stream.
+        # The step draws every process's examples; this process renders its own slice, each example
+        # seeded by its place in the whole step (n processes of batch b draw what one of n*b would).
         items = [next(stream) for _ in range(self.config.batch_size * self.distributed.world_size)]
-        rank = self.distributed.rank
-        items = items[rank * self.config.batch_size:(rank + 1) * self.config.batch_size]
         out = []
-        for i, item in enumerate(items):
+        for i, item in self.distributed.own_slice(list(enumerate(items))):
             record = item.record
             rng = random.Random(f"train:{self.config.seed}:{step}:{i}")
             instruction = _instruction_for(record, self.config.seed, self.config.use_instructions)
@@ -270,9 +269,10 @@ class Trainer:
         if resume:
             self.resume()
         self.network.train()
+        self.distributed.sync_from_main(self.network)
         stream = self._stream()
         progress = tqdm(total=self.config.steps, initial=self.step, desc=self.config.name,
-                        dynamic_ncols=True, mininterval=5)
+                        dynamic_ncols=True, mininterval=5, disable=not self.distributed.is_main)
         window: list[dict] = []
         while self.step < self.config.steps:
             started = time.perf_counter()
@@ -286,6 +286,7 @@ class Trainer:
                 self.optimizer.step()
             else:
                 log.warning("step %d: non-finite gradient, update skipped", self.step)
+            self.distributed.sync_from_main(self.network, parameters=False)
             self.step += 1
             self.wall_time += time.perf_counter() - started
             window.append({"loss": float(result.loss.detach()), "edit_nll": result.edit_nll,
@@ -294,7 +295,9 @@ class Trainer:
                            "locality": float(result.locality.mean())})
             progress.update(1)
             if self.step % self.config.log_every == 0:
-                avg = {k: round(sum(w[k] for w in window) / len(window), 4) for k in window[0]}
+                # the window's means over every process's examples
+                means = self.distributed.mean({k: sum(w[k] for w in window) / len(window) for k in window[0]})
+                avg = {k: round(v, 4) for k, v in means.items()}
                 avg.update(step=self.step, kind="train", wall_time_s=round(self.wall_time, 1),
                            lr=[round(float(x), 6) for x in self.network.log_lr.exp()[:3]])
                 if self.distributed.is_main:
@@ -305,7 +308,7 @@ class Trainer:
                 stop = False
                 if self.distributed.is_main:
                     stop = self._validate_and_checkpoint(command)
-                stop = self.distributed.broadcast_flag(stop)
+                stop = self.distributed.from_main(stop)
                 if stop_at is not None and self.step >= stop_at:
                     break
                 if stop:
@@ -315,6 +318,8 @@ class Trainer:
         progress.close()
         if self.distributed.is_main:
             self.save_best_card(command)
+        self.best_metrics = self.distributed.from_main(self.best_metrics)
+        self.distributed.wait()
         return self.best_metrics
 
     def _validate_and_checkpoint(self, command: str) -> bool:
