@@ -38,22 +38,36 @@ class FinetuneConfig:
 class BenchConfig:
     """What one ``instructedit bench`` run measures and how often.
 
+    Fields that a command line can read are also flags of ``python -m instructedit bench``
+    (``latency_edits``: ``--latency-edits``), with their entry below as the help text.
+
     Attributes:
         model: backbone alias, folder or hub id.
         quants: quantization modes to measure (edit latency, generation, memory).
         editor: editor checkpoint folder or ``none`` (an untrained editor of ``step_size``).
+        step_size: step size of ``editor`` ``none``.
         data: data folder (CounterFact test records are the edits).
-        threads: torch CPU threads.
+        threads: torch CPU threads (default: torch's).
+        seed: seeds torch and the samples of records.
         latency_edits: edits timed per mode (each next to its bare forward+backward floor).
+        latency_warmup: untimed edits before the timed ones.
         active_counts: numbers of active edits for the generation benchmark.
-        new_tokens, generation_repeats: tokens per generation and timed generations per count.
-        compression_edits, svd_ranks: edits and ranks of the patch-compression study.
+        new_tokens: tokens per generation.
+        generation_repeats: timed generations per number of active edits.
+        generation_prompt: the prompt continued by the generation benchmark.
+        compression_edits: edits of the patch-compression study.
+        svd_ranks: ranks of the patch-compression study.
         finetune_edits: CounterFact test edits in the fine-tuning comparison.
         rome_edits: CounterFact test edits timed with the editor and with ROME (section 4b).
-        train_batches, train_repeats: distinct training batches and timed passes over them.
-        eval_records, eval_batch_size: records of the evaluation-throughput run (4-bit when
-            measured) and the evaluator's batch size.
+        finetune: the constrained fine-tuning baseline's settings.
+        train_batches: distinct training batches timed.
+        train_repeats: timed passes over the training batches.
+        train_pool_per_task: records per task in the training pool of the training-step section.
+        eval_records: records of the evaluation-throughput run (4-bit when measured).
+        eval_batch_size: the evaluator's batch size in the evaluation-throughput run.
         profile_top: rows of each torch.profiler table (where a goal is missed).
+        goals: the targets each section is judged against.
+        quick: a few items per section (smoke test; see ``quick_version``).
     """
 
     model: str = DEFAULT_MODEL

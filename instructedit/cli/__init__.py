@@ -8,7 +8,9 @@ where ``handler(args) -> int | None`` returns the exit code; ``None`` means 0):
 - :mod:`.info` (``info``), :mod:`.edit` (``edit``, ``merge``), :mod:`.data` (``data stats|fetch|...``),
   :mod:`.train` (``train``), :mod:`.evaluate` (``eval``, ``results``), :mod:`.bench` (``bench``),
   :mod:`.analysis` (``analyze``), :mod:`.trace` (``trace``);
-- :mod:`.common`: the shared argument groups (model, editor, edit request) and :class:`~.common.CliError`.
+- :mod:`.common`: the shared argument groups (model, editor, edit request) and :class:`~.common.CliError`;
+- :mod:`.fields`: the flags of a config dataclass (``train``, ``results``, ``bench``, ``python app.py``),
+  one per field, and the dataclass built back from them.
 
 The command modules are imported here, at the top, by name: a missing module is an error, never a
 silently missing command. They import only argparse and the torch-free ground at their top (the

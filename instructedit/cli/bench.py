@@ -15,27 +15,32 @@ from pathlib import Path
 from ..bench.config import QUANT_CHOICES, BenchConfig
 from ..bench.report import render_markdown
 from ..data.tasks import missing_files
-from ..defaults import DEFAULT_MODEL
 from .common import CliError, add_editor_arguments
+from .fields import add_fields, given_values
 
 log = logging.getLogger(__name__)
 
 
+NOT_FLAGS = ("finetune", "goals")
+"""BenchConfig fields without a flag (nested settings)."""
+OWN_FLAGS = {"quants": "--quant", "editor": "--editor", "step_size": "--step-size"}
+"""BenchConfig fields set by a flag of this module or of :func:`~.common.add_editor_arguments`."""
+
+
 def register(subparsers) -> None:
-    """Add the ``bench`` subcommand."""
+    """Add the ``bench`` subcommand: one flag per :class:`BenchConfig` field (a few of their own:
+    :data:`OWN_FLAGS`)."""
     p = subparsers.add_parser(
         "bench", help="benchmark edit latency, generation, memory, fine-tuning, training, evaluation",
         description="Measure, in one run: edit latency against a bare forward+backward, generation "
                     "speed with 0/1/10/50 active edits, memory (backbone, per edit, per session, "
                     "compression), the editor against constrained fine-tuning, cached vs full "
                     "training steps and evaluation throughput. Each figure is a median with min/max.")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="backbone alias, folder or hub id (default: %(default)s)")
+    add_fields(p, BenchConfig, include=("model",), given_only=True)
     p.add_argument("--quant", default="all", choices=(*QUANT_CHOICES, "all"),
                    help="quantization mode(s) to measure (default: %(default)s)")
     add_editor_arguments(p)
-    p.add_argument("--data", default="data", help="data folder (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--quick", action="store_true", help="a few items per section (smoke test)")
+    add_fields(p, BenchConfig, exclude=("model", *OWN_FLAGS, *NOT_FLAGS), given_only=True)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--out", default=None, help="write the Markdown report here (e.g. docs/benchmarks.md)")
     p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="log progress")
@@ -43,15 +48,16 @@ def register(subparsers) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    """The :class:`~instructedit.bench.config.BenchConfig` of the command line."""
-    if args.threads is not None and args.threads < 1:
+    """The :class:`~instructedit.bench.config.BenchConfig` of the command line (``--quick``: the
+    smoke-test settings, less the flags given)."""
+    if getattr(args, "threads", None) is not None and args.threads < 1:
         raise CliError(f"--threads must be at least 1, got {args.threads}")
     if args.step_size is not None and not args.step_size > 0:
         raise CliError(f"--step-size must be positive, got {args.step_size}")
     quants = QUANT_CHOICES if args.quant == "all" else (args.quant,)
-    config = BenchConfig(model=args.model, quants=tuple(quants), editor=args.editor,
-                         step_size=args.step_size, data=args.data, threads=args.threads)
-    return config.quick_version() if args.quick else config
+    given = given_values(BenchConfig, args)
+    config = BenchConfig(**given, quants=tuple(quants))
+    return replace(config.quick_version(), **given) if config.quick else config
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

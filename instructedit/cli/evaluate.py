@@ -14,10 +14,18 @@ from pathlib import Path
 from ..data.records import RecordError
 from ..data.tasks import SplitError
 from ..defaults import DEFAULT_STEP_SIZE as DEFAULT_GRADIENT_STEP
-from ..evaluate.config import QUANTS, ROME_TASKS, SECTIONS, ResultsConfig
+from ..evaluate.config import QUANTS, SECTIONS, ResultsConfig
 from ..evaluate.inputs import describe_instruction, parse_instruction
 from ..evaluate.selection import SelectionError, limit_records, load_eval_records
-from .common import CliError, add_model_arguments, add_patch_rank_argument, add_verbose, backbone_from_args
+from .common import (
+    CliError,
+    add_model_arguments,
+    add_patch_rank_argument,
+    add_verbose,
+    backbone_from_args,
+    parse_patch_rank,
+)
+from .fields import Option, add_fields, build_config, comma_separated
 
 log = logging.getLogger(__name__)
 
@@ -150,83 +158,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_results(subparsers) -> None:
-    """Add the ``results`` subcommand."""
-    from ..cli.common import add_verbose
+RESULTS_OPTIONS = {
+    "split": Option(choices=("val", "test")),
+    "user_quant": Option(choices=QUANTS),
+    "patch_ranks": Option(type=comma_separated(parse_patch_rank), shown="1,4,full"),
+    "progress": Option(flag="--no-progress", help="no progress bars"),
+    "rome": Option(flag="--no-rome", help="leave ROME out of the comparisons"),
+}
+"""Where a flag differs from the one :func:`~.fields.add_fields` derives from its ResultsConfig field."""
 
-    d = ResultsConfig()
+
+def register_results(subparsers) -> None:
+    """Add the ``results`` subcommand: one flag per :class:`ResultsConfig` field."""
     p = subparsers.add_parser(
         "results", help="regenerate docs/results.md and its figures",
         description="Run every evaluation of the results report (Table 3 in kind, seen vs unseen "
                     "instructions, quantized backbones, PCA of transformed gradients, task scaling) "
                     "and write the markdown report and its figures. Every number comes from this run.")
-    p.add_argument("--data", default=d.data, help="data folder (default: %(default)s)")
-    p.add_argument("--out", default=d.out, help="markdown file to write (default: %(default)s)")
-    p.add_argument("--figures", default=d.figures, help="folder for PNG figures (default: %(default)s)")
-    p.add_argument("--model", default=d.model, help="backbone (default: %(default)s)")
-    p.add_argument("--instructedit", default=d.instructedit, help="InstructEdit checkpoint (default: %(default)s)")
-    p.add_argument("--baseline", default=d.baseline,
-                   help="multi-task MEND checkpoint without instructions (default: %(default)s)")
-    p.add_argument("--step-size", type=float, default=None,
-                   help="plain gradient step size (default: chosen by a sweep on the val splits)")
-    p.add_argument("--limit", type=int, default=d.limit, help="records per task and run (default: %(default)s)")
-    p.add_argument("--quant-limit", type=int, default=d.quant_limit,
-                   help="records per task for the 8/4-bit backbones (default: %(default)s; 8-bit is "
-                        "slow on a CPU)")
-    p.add_argument("--pca-limit", type=int, default=d.pca_limit, help="records per task for the PCA (default: %(default)s)")
-    p.add_argument("--sweep-limit", type=int, default=d.sweep_limit,
-                   help="val records per task for the step-size sweep (default: %(default)s)")
-    p.add_argument("--split", default=d.split, choices=("val", "test"), help="evaluation split (default: %(default)s)")
-    p.add_argument("--quants", default=",".join(d.quants), help="backbones of section 3 (default: %(default)s)")
-    p.add_argument("--device", default=d.device, help="cpu, cuda or auto (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="records per pass (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--user-quant", default=d.user_quant, choices=QUANTS,
-                   help="backbone of the 'what a user sees' section (default: %(default)s, as the app)")
-    p.add_argument("--user-limit", type=int, default=d.user_limit,
-                   help="records per task of the 'what a user sees' section (default: %(default)s)")
-    p.add_argument("--sections", default=",".join(SECTIONS),
-                   help="sections to run, comma-separated (default: all: %(default)s)")
-    p.add_argument("--no-rome", action="store_true", help="leave ROME out of the comparisons")
-    p.add_argument("--rome-tasks", default=",".join(ROME_TASKS),
-                   help="tasks ROME runs on (default: %(default)s)")
-    p.add_argument("--trace-limit", type=int, default=d.trace_limit,
-                   help="known CounterFact records averaged by causal tracing (default: %(default)s)")
-    p.add_argument("--cache-dir", default=None,
-                   help="cache each evaluation's summary here and reuse it (resume an interrupted run)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_fields(p, ResultsConfig, options=RESULTS_OPTIONS)
     add_verbose(p)
     p.set_defaults(func=cmd_results)
+
+
+def results_config_from_args(args: argparse.Namespace) -> ResultsConfig:
+    """The :class:`ResultsConfig` of the command line, checked."""
+    config = build_config(ResultsConfig, args)
+    bad = [q for q in config.quants if q not in QUANTS]
+    if bad:
+        raise CliError(f"unknown --quants {bad}; choose from {QUANTS}")
+    for name in ("limit", "pca_limit", "sweep_limit", "batch_size"):
+        if getattr(config, name) < 1 or (name == "pca_limit" and config.pca_limit < 2):
+            raise CliError(f"--{name.replace('_', '-')} is too small: {getattr(config, name)}")
+    if not Path(config.data).is_dir():
+        raise CliError(f"--data {config.data} is not a data folder")
+    unknown = [x for x in config.sections if x not in SECTIONS]
+    if unknown or not config.sections:
+        raise CliError(f"unknown --sections {unknown}; choose from {', '.join(SECTIONS)}")
+    return config
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     from ..evaluate.report import write_report
     from ..evaluate.results import run_all
 
-    quants = tuple(q.strip() for q in args.quants.split(",") if q.strip())
-    bad = [q for q in quants if q not in QUANTS]
-    if bad:
-        raise CliError(f"unknown --quants {bad}; choose from {QUANTS}")
-    for name in ("limit", "pca_limit", "sweep_limit", "batch_size"):
-        if getattr(args, name) < 1 or (name == "pca_limit" and args.pca_limit < 2):
-            raise CliError(f"--{name.replace('_', '-')} is too small: {getattr(args, name)}")
-    if not Path(args.data).is_dir():
-        raise CliError(f"--data {args.data} is not a data folder")
-    sections = tuple(x.strip() for x in args.sections.split(",") if x.strip())
-    unknown = [x for x in sections if x not in SECTIONS]
-    if unknown or not sections:
-        raise CliError(f"unknown --sections {unknown}; choose from {', '.join(SECTIONS)}")
-    config = ResultsConfig(
-        data=args.data, out=args.out, figures=args.figures, model=args.model,
-        instructedit=args.instructedit, baseline=args.baseline, step_size=args.step_size,
-        limit=args.limit, quant_limit=args.quant_limit, pca_limit=args.pca_limit,
-        sweep_limit=args.sweep_limit, split=args.split, seed=args.seed, batch_size=args.batch_size,
-        quants=quants, device=args.device, threads=args.threads, cache_dir=args.cache_dir,
-        progress=not args.no_progress, user_quant=args.user_quant, user_limit=args.user_limit,
-        sections=sections, rome=not args.no_rome, trace_limit=args.trace_limit,
-        rome_tasks=tuple(t.strip() for t in args.rome_tasks.split(",") if t.strip()))
-    data = run_all(config)
+    data = run_all(results_config_from_args(args))
     path = write_report(data)
     print(f"wrote {path} ({data.seconds / 60:.1f} min)")
     return 0

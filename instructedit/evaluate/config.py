@@ -16,7 +16,42 @@ SECTIONS: tuple[str, ...] = ("user", "table3", "instructions", "analysis", "scal
 
 @dataclass
 class ResultsConfig:
-    """Settings of a results run (all recorded in the report)."""
+    """Settings of a results run (all recorded in the report).
+
+    Each field is also a flag of ``python -m instructedit results`` (``pca_limit``:
+    ``--pca-limit``), with its entry below as the help text.
+
+    Attributes:
+        data: data folder.
+        out: markdown file to write.
+        figures: folder for PNG figures.
+        model: backbone alias, folder or hub id.
+        instructedit: InstructEdit checkpoint.
+        baseline: multi-task MEND checkpoint without instructions.
+        step_size: plain gradient step size (default: chosen by a sweep on the val splits).
+        limit: records per task and run.
+        quant_limit: records per task for the 8/4-bit backbones, 8-bit being slow on a CPU
+            (None: ``limit``).
+        pca_limit: records per task for the PCA.
+        sweep_limit: val records per task for the step-size sweep.
+        split: evaluation split.
+        seed: seeds splits, samples and instructions.
+        batch_size: records per pass.
+        quants: quantization modes of the backbones of section 3.
+        patch_ranks: storage ranks of InstructEdit's edits compared with the default (``None``,
+            or ``full`` on the command line: full rank).
+        device: cpu, cuda or auto.
+        threads: torch CPU threads (default: torch's).
+        cache_dir: cache each evaluation's summary here and reuse it (resume an interrupted run).
+        progress: show progress bars.
+        user_quant: quantization of the backbone of the "what a user sees" section (as the app
+            runs it by default).
+        user_limit: records per task of the "what a user sees" section.
+        sections: sections of the report to run, in run order.
+        rome: run ROME beside the trained editors (sections 'user' and 'table3').
+        rome_tasks: tasks ROME runs on (a subset saves time: ROME optimises every edit).
+        trace_limit: known CounterFact test records averaged by causal tracing (section 'trace').
+    """
 
     data: str = "data"
     out: str = "docs/results.md"
@@ -34,21 +69,16 @@ class ResultsConfig:
     batch_size: int = 8
     quants: tuple[str, ...] = QUANTS
     patch_ranks: tuple[int | None, ...] = (1, 4, None)
-    """Storage ranks of InstructEdit's edits compared with the default (None: full rank)."""
     device: str = "auto"
     threads: int | None = None
     cache_dir: str | None = None
     progress: bool = True
     user_quant: str = "4bit"
-    """Backbone of the "what a user sees" section (as the app runs it by default)."""
     user_limit: int = 100
     sections: tuple[str, ...] = SECTIONS
     rome: bool = True
-    """Run ROME beside the trained editors (sections 'user' and 'table3')."""
     rome_tasks: tuple[str, ...] = ROME_TASKS
-    """Tasks ROME runs on (a subset saves time: ROME optimises every edit)."""
     trace_limit: int = 20
-    """CounterFact test records the model knows, averaged by causal tracing (section 'trace')."""
 
     @property
     def quant_records(self) -> int:

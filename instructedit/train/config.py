@@ -12,33 +12,53 @@ from ..defaults import DEFAULT_MODEL
 class TrainConfig:
     """Everything that defines a training run (stored with the checkpoint).
 
+    Each field is also a flag of ``python -m instructedit train`` (``val_every``: ``--val-every``),
+    with its entry below as the help text.
+
     Attributes:
-        model, quant: the frozen backbone.
-        data: folder laid out like ../shared/datasets (counterfact/, recent/, convsent/).
+        model: the frozen backbone: alias, folder or hub id.
+        quant: train on a quantized backbone (bitsandbytes).
+        data: data folder laid out like ../shared/datasets (counterfact/, recent/, convsent/).
         tasks: training tasks (never zsre).
         use_instructions: False trains the multi-task MEND baseline on the same data.
-        steps, batch_size: optimisation budget (each example in a batch is its own edit).
-        editor_lr, step_size_lr: Adam learning rates of the network and of log step sizes.
-        c_edit, c_loc: outer-loss weights (edit NLL on edit input + rephrase, locality KL).
+        steps: maximum optimisation steps.
+        batch_size: edits per step (each example in a batch is its own edit).
+        editor_lr: Adam learning rate of the editor network.
+        step_size_lr: Adam learning rate of the log step sizes.
+        c_edit: outer-loss weight of the edit NLL (on the edit input and a rephrase).
+        c_loc: outer-loss weight of the locality KL.
+        grad_clip: the editor's gradients are clipped to this norm.
+        rank: editor rank (width of the low-rank residual blocks of the gradient transforms).
+        n_blocks: residual blocks per gradient transform.
+        init_lr: initial step size of every edited module.
+        last_n_layers: edited blocks when ``layers`` is not given: the last N.
         pool_per_task: records sampled per task (seeded) into the training pool; each record
             gets one seen instruction (seeded), so cached states are reused across epochs.
+        convsent_share: largest share of the training stream ConvSent may take (its long
+            responses would dominate).
+        val_every: validate every N steps.
         log_every: training metrics are averaged and logged every N steps.
-        val_every, val_per_task: validation cadence and size (val splits, never train).
+        val_per_task: validation records per task (val splits, never train).
         patience: validations without improvement before early stopping.
         max_answer_tokens: answers are cut to this many tokens (ConvSent responses are long).
+        seed: random seed.
         threads: torch CPU threads (None: torch's default).
-        layers: edited blocks (None: the last ``last_n_layers``); matrices: edited MLP matrices
-            (None: all of the family's MLP matrices).
-        key_on: ``"all"`` tokens or the ``"subject"``'s tokens build the update (see keying.py).
+        cached: False runs the full model every step (slower; the cached step is exact).
+        name: editor name recorded in the checkpoint.
+        layers: edited blocks (None: the last ``last_n_layers``).
+        matrices: edited MLP matrices (None: all of the family's MLP matrices).
+        key_on: ``all`` tokens or the ``subject``'s tokens build the update (see keying.py).
         plain_loss: the outer loss also scores the plain (unwrapped) prompt or rephrase.
         plain_rephrase_share: how often that plain input is a rephrase rather than the prompt.
         neighbour_locality: a same-template neighbour (another subject in the edit's sentence,
             from the training pool) is held still besides the dataset's locality probe.
         kl_all_positions: the locality KL covers every position of the locality texts.
-        precondition: ``"covariance"`` whitens the update's keys with the inverse key covariance
-            (ROME's ``C^-1 k``; down-projections only, see preconditioning.py).
-        edit_from: ``"wrapped+plain"`` computes each edit from the instruction-wrapped input and
-            the prompt as typed (instruction runs only; see ``EditorConfig.edit_from``).
+        precondition: ``covariance`` whitens the update's keys with the inverse key covariance
+            (ROME's ``C^-1 k``; down-projections only, see preconditioning.py), or ``none``.
+        edit_from: ``wrapped+plain`` computes each edit from the instruction-wrapped input and
+            the prompt as typed (instruction runs only; see ``EditorConfig.edit_from``), or
+            ``wrapped``.
+        extra: free-form notes stored with the run (a ``--config`` file only).
     """
 
     model: str = DEFAULT_MODEL

@@ -20,23 +20,28 @@ COMPARE_CHOICES = (COMPARE_BASELINE, COMPARE_ROME, COMPARE_BOTH, COMPARE_NONE)
 class Limits:
     """Limits that keep one shared server responsive.
 
+    Each field is also a flag of ``python app.py`` (``queue_size``: ``--queue-size``; ``idle_timeout_s``:
+    ``--idle-timeout``), with its entry below as the help text.
+
     Attributes:
-        max_new_tokens: greedy tokens generated for every continuation shown.
-        max_edits_per_session: active edits one session may hold.
-        max_input_chars: longest prompt, target, instruction, topic or line of a list.
+        max_new_tokens: tokens generated (greedily) for every continuation shown (and the
+            Playground's maximum).
+        max_edits_per_session: active edits one browser session may hold.
+        max_input_chars: longest prompt, target, instruction, topic or list line accepted.
         max_lines: most rephrases or locality probes per edit.
-        queue_size: most requests waiting for the model at once (more are refused).
-        concurrency_limit: model requests that run at the same time.
-        idle_timeout_s: a session unused this long is forgotten.
+        queue_size: requests that may wait for the model; more are turned away with a message.
+        concurrency_limit: model requests (edit, import, generate) that run at the same time.
+        idle_timeout_s: seconds after which an unused session's edits are forgotten.
         max_sessions: most sessions held at once.
         max_total_edits: most active edits over all sessions (bounds the memory of patches).
         max_import_bytes: largest history file accepted by import.
         probe_answer_tokens: tokens of a probe's pre-edit continuation used as its answer
             when measuring locality.
-        batch_window_ms: cross-session batching of generation (:mod:`instructedit.serving.batcher`):
-            how long a waiting call waits for other sessions' calls to share its batch; ``None``
-            (the default): off, every call runs on its own.
-        batch_max_rows: most prompts in one batched call.
+        batch_window_ms: cross-session batching (serving/batcher.py): generation calls of
+            different sessions that arrive within this many milliseconds run as one model call,
+            each row under its own session's edits (0: only calls that queue while the model is
+            busy); calls without edits always run on their own (default, ``None``: off).
+        batch_max_rows: most prompts in one batched generation call.
     """
 
     max_new_tokens: int = 20
@@ -87,23 +92,40 @@ def default_port() -> int:
 class AppConfig:
     """Everything ``python app.py`` decides from its flags.
 
+    Each field but ``limits`` and ``patch_rank`` (``--patch-rank``, shared with the command line) is
+    a flag of ``python app.py`` (``baseline_editor``: ``--baseline-editor``; ``data_dir``:
+    ``--data``), with its entry below as the help text.
+
     Attributes:
-        model: backbone alias, folder or hub id.
-        quant: ``none``, ``8bit`` or ``4bit``; ``None`` means 4bit on CPU, none on a GPU.
-        device: ``cpu``, ``cuda`` or ``auto``.
-        editor: InstructEdit checkpoint folder, or ``none`` for a plain gradient step.
-        baseline_editor: baseline checkpoint folder, or ``none`` to hide the comparison
-            (``rome``: the same as ``compare="rome"``).
-        compare: the editors shown next to InstructEdit (:data:`COMPARE_CHOICES`): the
-            baseline, ROME (locate-and-edit, needs the edit's subject), both, or none.
-        host, port, share: where and how to listen.
-        limits: see :class:`Limits`.
+        model: model alias (smollm2-135m: the embedded SmolLM2-135M-Instruct), local model folder
+            or Hugging Face hub id.
+        quant: bitsandbytes quantization of the model, ``none``, ``8bit`` or ``4bit`` (default,
+            ``None``: 4bit on CPU, none on a GPU).
+        device: cpu, cuda or auto.
+        editor: InstructEdit editor checkpoint folder, or ``none`` for one plain gradient step; if
+            the shipped checkpoint is missing the app falls back to a plain gradient step and says
+            so in its status line (default: the shipped checkpoints/smollm2-135m/instructedit).
+        baseline_editor: editor shown next to InstructEdit for comparison (the multi-task MEND
+            trained without instructions), or ``none`` to hide the comparison; ``rome`` is the
+            same as ``compare`` rome (default: the shipped checkpoints/smollm2-135m/mend-multitask).
+        compare: editors shown next to InstructEdit: the baseline (``baseline_editor``), ROME
+            (rank-one locate-and-edit of one MLP at the edit's subject; a few seconds an edit on a
+            CPU, shown after InstructEdit's result), both, or none.
         patch_rank: rank each trained editor keeps an edit's update at (``None``: full rank).
-        threads: torch CPU threads per request; ``None``: the cores divided by the
-            concurrency limit, so concurrent requests do not oversubscribe the CPU.
-        results_file, figures_dir: what the Results tab shows when present.
-        data_dir: the benchmark data; its test splits (where the examples come from) give the
-            blast radius the same-template neighbours of a sentence (built-in lists without it).
+        host: address to listen on (127.0.0.1: this machine only; 0.0.0.0: the network;
+            ``$GRADIO_SERVER_NAME`` when set).
+        port: port to listen on (``$GRADIO_SERVER_PORT`` when set).
+        share: also open a temporary public *.gradio.live link (off by default).
+        limits: see :class:`Limits`.
+        threads: torch CPU threads per request (default, ``None``: the CPU cores divided by the
+            concurrency limit, so concurrent requests do not fight over the cores).
+        results_file: the Markdown report the Results tab shows when present (default: the
+            checkout's docs/results.md).
+        figures_dir: the figures (PNG) the Results tab shows when present (default: the
+            checkout's docs/figures).
+        data_dir: benchmark data folder: its test splits give the blast radius the same-template
+            neighbours of an example's sentence; ``none`` or a missing folder: built-in subject
+            lists only (default: the checkout's data/).
     """
 
     model: str = "smollm2-135m"
