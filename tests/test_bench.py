@@ -55,6 +55,10 @@ def test_bench_quick_json_and_report(capsys, quick_result):
             assert all(_positive(1 + o) for o in gen[variant]["overhead"].values())
         size = result["memory"]["edit_size"][mode]
         assert _positive(size["bytes"]["median"]) and size["modules"] == 9
+    first = result["first_answer"]  # the studio's first answer, on the app's backbone
+    assert first["records"] == 1 and first["quantization"] in MODES
+    assert first["cold_s"]["median"] <= first["whole_s"]["median"] and _summary_ok(first["warm_s"])
+    assert any(row["goal"].startswith("studio: edit request to first look") for row in result["goals"])
     footprint = result["memory"]["footprint"]
     assert set(footprint["bytes"]) == set(MODES)
     assert all(_positive(v) for v in footprint["share_of_fp32"].values())

@@ -56,7 +56,7 @@ ADDED = {  # config fields that had no flag and now have one
               "--plain-rephrase-share", "--precondition", "--step-size-lr"},
     "results": {"--patch-ranks"},
     "bench": {"--active-counts", "--compression-edits", "--eval-batch-size", "--eval-records",
-              "--finetune-edits", "--generation-prompt", "--generation-repeats", "--latency-edits",
+              "--finetune-edits", "--first-answer-edits", "--first-answer-tokens", "--generation-prompt", "--generation-repeats", "--latency-edits",
               "--latency-warmup", "--new-tokens", "--profile-top", "--rome-edits", "--seed", "--svd-ranks",
               "--train-batches", "--train-pool-per-task", "--train-repeats"},
     "app": {"--figures-dir", "--max-import-bytes", "--max-lines", "--max-sessions", "--max-total-edits",

@@ -18,6 +18,7 @@ class Goals:
     edit_kilobytes: float = 1024.0         # an edit should cost kilobytes: below 1 MiB
     finetune_speedup: float = 10.0         # fine-tuning latency / editor latency
     training_speedup: float = 5.0          # full-model step time / cached step time
+    first_answer_s: float = 3.0            # studio: edit request to its first look, one user
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class BenchConfig:
         svd_ranks: ranks of the patch-compression study.
         finetune_edits: CounterFact test edits in the fine-tuning comparison.
         rome_edits: CounterFact test edits timed with the editor and with ROME (section 4b).
+        first_answer_edits: CounterFact test edits of the studio's first-answer section (1b).
+        first_answer_tokens: tokens of each continuation the studio shows (its default limit).
         finetune: the constrained fine-tuning baseline's settings.
         train_batches: distinct training batches timed.
         train_repeats: timed passes over the training batches.
@@ -87,6 +90,8 @@ class BenchConfig:
     svd_ranks: tuple[int, ...] = (1, 2, 4, 8)
     finetune_edits: int = 50
     rome_edits: int = 8
+    first_answer_edits: int = 5
+    first_answer_tokens: int = 20
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     train_batches: int = 3
     train_repeats: int = 3
@@ -108,6 +113,6 @@ class BenchConfig:
         """The smoke-test settings: every section runs, on a handful of items."""
         return replace(self, latency_edits=3, latency_warmup=1, active_counts=(0, 1, 2, 3),
                        new_tokens=4, generation_repeats=2, compression_edits=2, svd_ranks=(1, 2),
-                       finetune_edits=2, rome_edits=1, finetune=replace(self.finetune, max_steps=3),
+                       finetune_edits=2, rome_edits=1, first_answer_edits=1, finetune=replace(self.finetune, max_steps=3),
                        train_batches=1, train_repeats=2, train_pool_per_task=4, eval_records=2, eval_batch_size=2,
                        profile_top=3, quick=True)

@@ -329,6 +329,26 @@ def rome(r: dict) -> list[str]:
     return lines + [f"ROME takes **{ro['slowdown']:.1f}x** the editor's median latency per edit.", ""]
 
 
+def first_answer(r: dict) -> list[str]:
+    fa = r.get("first_answer")
+    if not fa:
+        return []
+    lines = ["## 1b. The studio's first answer (server side)", "",
+             f"{fa['records']} CounterFact test edits by the {fa['editor']} editor on the "
+             f"{fa['quantization']} backbone (the app's), continuations of {fa['max_new_tokens']} tokens, "
+             "one user, no Gradio (`instructedit/bench/first_answer.py`; the browser test times the "
+             "page). First look = the edit and the prompt as typed continued before and after it, "
+             "which the page shows first; cold = nothing cached, warm = the unedited continuation "
+             "already in the server's memory; whole = the edit, the first look and the whole report "
+             "(rephrases, locality probes, what the editor read), before the blast radius and the "
+             "comparison editors.", ""]
+    lines += _table(["step", "seconds"],
+                    [("first look, cold", _s(fa["cold_s"], 2)), ("first look, warm", _s(fa["warm_s"], 2)),
+                     ("whole report, cold", _s(fa["whole_s"], 2))])
+    met = "meets" if fa["met"] else "misses"
+    return lines + [f"The cold first look {met} the goal of {fa['goal_s']:g} s.", ""]
+
+
 def training(r: dict) -> list[str]:
     tr = r.get("training")
     if not tr:
@@ -383,8 +403,8 @@ def timings(r: dict) -> list[str]:
 
 def render_markdown(result: dict) -> str:
     """The whole report."""
-    parts = [header, goals, findings, latency, generation, memory, finetune, rome, training, evaluation,
-             timings]
+    parts = [header, goals, findings, latency, first_answer, generation, memory, finetune, rome, training,
+             evaluation, timings]
     lines: list[str] = []
     for part in parts:
         lines += part(result)

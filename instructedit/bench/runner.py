@@ -19,6 +19,7 @@ from .gen_speed import measure_generation
 from .latency import measure_edit_latency
 from .machine import load_average, machine_info
 from .memory import compression, compression_batches, edit_sizes, footprints, sessions
+from .first_answer import measure_first_answer
 from .rome_latency import compare_with_rome
 from .training import measure_training
 from .workload import counterfact_records, edit_request, editor_case
@@ -83,7 +84,7 @@ def run_bench(config: BenchConfig) -> dict:
     clock = SectionClock()
     result: dict = {"machine": machine_info(), "config": config.to_dict(), "model": config.model}
     n_edits = max(config.latency_edits, max(config.active_counts), config.compression_edits,
-                  config.rome_edits, 1)
+                  config.rome_edits, config.first_answer_edits, 1)
     records = counterfact_records(config.data, max(n_edits, config.finetune_edits,
                                                    config.eval_records), config.seed)
     requests = [edit_request(r) for r in records[:n_edits]]
@@ -136,6 +137,10 @@ def run_bench(config: BenchConfig) -> dict:
                     config.train_pool_per_task, config.seed, config.goals.training_speedup,
                     config.profile_top)}
         if mode == _eval_mode(config.quants):
+            with clock.section("first answer"):
+                result["first_answer"] = {"quantization": mode, **measure_first_answer(
+                    editor, requests[: config.first_answer_edits], config.first_answer_tokens,
+                    config.goals.first_answer_s)}
             with clock.section("evaluation"):
                 result["evaluation"] = measure_evaluation(editor, records[: config.eval_records],
                                                           config.eval_batch_size)
@@ -204,6 +209,12 @@ def goal_table(result: dict, config: BenchConfig) -> list[dict]:
         rows.append(_goal("editor locality > fine-tuning", ">",
                           f"{_num(ft['editor']['locality'])} vs {_num(ft['finetune']['locality'])}",
                           ft["locality_met"]))
+    fa = result.get("first_answer")
+    if fa:
+        median = fa["cold_s"]["median"]
+        rows.append(_goal(f"studio: edit request to first look ({fa['quantization']})",
+                          f"<= {goals.first_answer_s:g} s", f"{median:.2f} s", fa["met"],
+                          "" if fa["met"] else f"over by {median / goals.first_answer_s - 1:.0%}"))
     tr = result.get("training")
     if tr:
         rows.append(_goal("cached / full training step speed", f">= {goals.training_speedup:g}x",
