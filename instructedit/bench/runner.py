@@ -15,11 +15,11 @@ from ..model.backbone import load_backbone
 from .config import BenchConfig
 from .evaluation import measure_evaluation
 from .finetune import compare_with_finetuning
+from .first_answer import measure_first_answer
 from .gen_speed import measure_generation
 from .latency import measure_edit_latency
 from .machine import load_average, machine_info
 from .memory import compression, compression_batches, edit_sizes, footprints, sessions
-from .first_answer import measure_first_answer
 from .rome_latency import compare_with_rome
 from .training import measure_training
 from .workload import counterfact_records, edit_request, editor_case
