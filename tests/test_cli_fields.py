@@ -144,8 +144,11 @@ def test_bench_flags_set_the_config_as_before():
                  "--threads", "2", "--json", "--out", "o.md")
     assert bench_cli.config_from_args(args) == BenchConfig(model="m", quants=("4bit",), editor="e", step_size=0.5,
                                                            data="d", threads=2)
-    assert bench_cli.config_from_args(parse("bench")) == BenchConfig()
-    assert bench_cli.config_from_args(parse("bench", "--quick")) == BenchConfig().quick_version()
+    from instructedit.cli.common import default_editor_path
+
+    shipped = BenchConfig(editor=default_editor_path())
+    assert bench_cli.config_from_args(parse("bench")) == shipped
+    assert bench_cli.config_from_args(parse("bench", "--quick")) == shipped.quick_version()
     # a flag given wins over --quick's settings
     quick = bench_cli.config_from_args(parse("bench", "--quick", "--latency-edits", "9"))
     assert quick.latency_edits == 9 and quick.quick and quick.new_tokens == BenchConfig().quick_version().new_tokens
@@ -332,3 +335,10 @@ def test_add_fields_refuses_what_it_cannot_read():
 
     with pytest.raises(ValueError, match="no help text"):
         add_fields(argparse.ArgumentParser(), Undocumented)
+
+
+def test_bench_without_editor_uses_the_shipped_one():
+    from instructedit.cli.common import default_editor_path
+
+    config = bench_cli.config_from_args(parse("bench", "--quant", "4bit"))
+    assert config.editor == default_editor_path() and config.editor  # never None: make bench runs

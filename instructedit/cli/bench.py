@@ -15,7 +15,7 @@ from pathlib import Path
 from ..bench.config import QUANT_CHOICES, BenchConfig
 from ..bench.report import render_markdown
 from ..data.tasks import missing_files
-from .common import CliError, add_editor_arguments
+from .common import CliError, add_editor_arguments, default_editor_path
 from .fields import add_fields, given_values
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         raise CliError(f"--step-size must be positive, got {args.step_size}")
     quants = QUANT_CHOICES if args.quant == "all" else (args.quant,)
     given = given_values(BenchConfig, args)
+    if given.get("editor") is None:  # the shipped editor when present, else a plain gradient step
+        given["editor"] = default_editor_path()
     config = BenchConfig(**given, quants=tuple(quants))
     return replace(config.quick_version(), **given) if config.quick else config
 
