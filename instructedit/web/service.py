@@ -228,12 +228,12 @@ class EditService:
         active = [e.edit for e in prior]
         with user_errors():
             edit = self.editor.edit(request, active=active)
-        plan = self.blast.plan(request, kind) if texts else None  # once the request is known valid
         before = [e.patch for e in active]
         if texts and update is not None:
             progress(start + 0.2 * share, "InstructEdit: reading the prompt before and after the edit")
             quick = measure_first_look(self.backbone, edit, before, self.limits.max_new_tokens, cache=cache)
             update(HistoryEntry(edit, quick.scores), quick, {}, (INSTRUCTEDIT, *slots))
+        plan = self.blast.plan(request, kind) if texts else None  # once the request is known valid
         if texts and not prior and comparisons:
             progress(start + 0.3 * share, "Reading the model's answers before the edit")
             self._prefill_before(request, cache)
