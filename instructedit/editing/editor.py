@@ -170,15 +170,20 @@ class EditInputs:
 def tokenize_edit_inputs(tokenizer, network: MendNetwork, wrapped: Sequence[str],
                          plain: Sequence[str], targets: Sequence[str],
                          subjects: Sequence[str | None],
-                         max_answer_tokens: int = MAX_TARGET_TOKENS) -> EditInputs:
-    """Tokenize a batch of edits for ``network`` (its ``key_on`` and ``edit_from`` settings)."""
-    def tokenize(prompts: Sequence[str]) -> tuple[AnswerBatch, torch.Tensor | None]:
-        batch = tokenize_answers(tokenizer, prompts, targets, max_answer_tokens=max_answer_tokens)
+                         max_answer_tokens: int = MAX_TARGET_TOKENS,
+                         wrapped_batch: AnswerBatch | None = None) -> EditInputs:
+    """Tokenize a batch of edits for ``network`` (its ``key_on`` and ``edit_from`` settings).
+
+    ``wrapped_batch``: the wrapped inputs already tokenized with their targets (not redone)."""
+    def tokenize(prompts: Sequence[str], batch: AnswerBatch | None = None,
+                 ) -> tuple[AnswerBatch, torch.Tensor | None]:
+        if batch is None:
+            batch = tokenize_answers(tokenizer, prompts, targets, max_answer_tokens=max_answer_tokens)
         keys = (key_mask(tokenizer, batch, prompts, subjects)
                 if network.config.key_on == KEY_ON_SUBJECT else None)
         return batch, keys
 
-    wrapped_batch, wrapped_keys = tokenize(wrapped)
+    wrapped_batch, wrapped_keys = tokenize(wrapped, wrapped_batch)
     if network.config.edit_from != "wrapped+plain":
         return EditInputs(wrapped_batch, wrapped_keys)
     plain_batch, plain_keys = tokenize([p.strip() for p in plain])

@@ -159,7 +159,8 @@ class Evaluator:
                                       [it.record.prompt for it in items],
                                       [it.record.target_new for it in items],
                                       [it.record.subject or it.record.topic for it in items],
-                                      self.config.max_answer_tokens).to(self.backbone.device)
+                                      self.config.max_answer_tokens, wrapped_batch=batch,
+                                      ).to(self.backbone.device)
         patch, logits = patch_from_inputs(self.editor.network, self.editor.module_names, inputs,
                                           self.forward, self.backbone.model,
                                           pad_id=tokenizer.pad_token_id or 0)
