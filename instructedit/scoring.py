@@ -86,24 +86,33 @@ def tokenize_answers(tokenizer, prompts: Sequence[str], answers: Sequence[str],
     """Tokenize ``prompt + " " + answer`` pairs, right-padded, with answer positions."""
     if len(prompts) != len(answers) or not prompts:
         raise ValueError("need the same non-zero number of prompts and answers")
+    prompt_rows = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+    answer_rows = [tokenizer(answer_text(answer), add_special_tokens=False)["input_ids"]
+                   for answer in answers]
+    if max_answer_tokens is not None:
+        answer_rows = [a[:max_answer_tokens] for a in answer_rows]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return answer_batch_from_ids(prompt_rows, answer_rows, pad)
+
+
+def answer_batch_from_ids(prompt_rows: Sequence[Sequence[int]], answer_rows: Sequence[Sequence[int]],
+                          pad_id: int = 0) -> AnswerBatch:
+    """An :class:`AnswerBatch` from token ids already split into prompt and answer."""
+    if len(prompt_rows) != len(answer_rows) or not prompt_rows:
+        raise ValueError("need the same non-zero number of prompts and answers")
     sequences, lengths, rows, positions, tokens = [], [], [], [], []
-    for row, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
-        p_ids = tokenizer(prompt)["input_ids"]
-        a_ids = tokenizer(answer_text(answer), add_special_tokens=False)["input_ids"]
-        if max_answer_tokens is not None:
-            a_ids = a_ids[:max_answer_tokens]
+    for row, (p_ids, a_ids) in enumerate(zip(prompt_rows, answer_rows, strict=True)):
+        p_ids, a_ids = list(p_ids), list(a_ids)
         if not p_ids or not a_ids:
             raise ValueError(f"empty prompt or answer after tokenization (row {row})")
-        ids = p_ids + a_ids
-        sequences.append(ids)
+        sequences.append(p_ids + a_ids)
         lengths.append(len(p_ids))
         for k, tok in enumerate(a_ids):
             rows.append(row)
             positions.append(len(p_ids) + k - 1)
             tokens.append(tok)
     width = max(len(s) for s in sequences)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, s in enumerate(sequences):
         input_ids[i, : len(s)] = torch.tensor(s)

@@ -118,3 +118,64 @@ def test_zsre_is_never_trained(data_dir, tmp_path, tiny_llama_dir):
     backbone = load_backbone(str(tiny_llama_dir))
     with pytest.raises(ValueError, match="held-out"):
         Trainer(_config(data_dir, tasks=("counterfact", "zsre")), tmp_path / "c", tmp_path / "r", backbone)
+
+
+def test_continuation_cache_generates_each_prefix_once_and_matches_greedy(tiny_llama_dir, data_dir):
+    from instructedit.data.tasks import load_split
+    from instructedit.model.generation import generate_ids
+    from instructedit.train.continuations import ContinuationCache
+
+    backbone = load_backbone(str(tiny_llama_dir))
+    examples = _examples(load_split(data_dir, "counterfact", "train"))
+    cache = ContinuationCache(backbone, 4)
+    filled = cache.fill(examples + examples[:1])
+    assert len(cache) == len({e.continuation_prefix for e in examples})
+    for example in filled:
+        expected = generate_ids(backbone, [example.continuation_prefix], 4)[0]
+        assert list(example.continuation) == expected and 1 <= len(expected) <= 4
+        assert example.continuation_prefix.startswith(example.typed_prompt)
+        assert example.continuation_prefix.endswith(" " + example.target.strip())
+    with pytest.raises(ValueError, match="at least one token"):
+        ContinuationCache(backbone, 0)
+
+
+def test_continuation_kl_is_zero_without_an_update_and_counts_in_the_loss(tiny_llama_dir, data_dir):
+    from instructedit.data.tasks import load_split
+    from instructedit.train.continuations import ContinuationCache
+
+    backbone = load_backbone(str(tiny_llama_dir))
+    names = backbone.edited_module_names(2)
+    PatchEngine.for_model(backbone.model, names)
+    examples = ContinuationCache(backbone, 4).fill(_examples(load_split(data_dir, "counterfact", "train")))
+    pad = backbone.tokenizer.pad_token_id
+    torch.manual_seed(0)
+    results = {}
+    for init_lr in (0.0, 5e-1):  # a zero step size makes the identity update: nothing may move
+        network = MendNetwork(Editor.module_shapes(backbone, names), EditorConfig(rank=8, init_lr=max(init_lr, 1e-12)))
+        if init_lr == 0.0:
+            with torch.no_grad():
+                network.log_lr.fill_(-80.0)
+        with torch.no_grad():
+            on = meta_step(network, names, backbone.model, FullForward(backbone), examples,
+                           backbone.tokenizer, LossWeights(0.0, 1.0, continuation=True), pad_id=pad)
+            off = meta_step(network, names, backbone.model, FullForward(backbone), examples,
+                            backbone.tokenizer, LossWeights(0.0, 1.0), pad_id=pad)
+        results[init_lr] = (on, off)
+    quiet_on, quiet_off = results[0.0]
+    assert quiet_on.continuation is not None and bool((quiet_on.continuation == 1.0).all())
+    assert float(quiet_on.loss) == pytest.approx(float(quiet_off.loss), abs=1e-6)
+    loud_on, loud_off = results[5e-1]
+    assert float(loud_on.loss) > float(loud_off.loss)  # the moved continuation adds its KL
+    with pytest.raises(ValueError, match="continuation"):
+        meta_step(network, names, backbone.model, FullForward(backbone), _examples(load_split(data_dir, "counterfact", "train")),
+                  backbone.tokenizer, LossWeights(continuation=True), pad_id=pad)
+
+
+def test_training_with_the_continuation_kl_validates_it(tiny_llama_dir, data_dir, tmp_path):
+    backbone = load_backbone(str(tiny_llama_dir))
+    config = _config(data_dir, steps=8, val_every=8, model=str(tiny_llama_dir), continuation_kl_tokens=3)
+    trainer = Trainer(config, tmp_path / "ckpt", tmp_path / "run", backbone)
+    best = trainer.train(resume=False)
+    assert 0.0 <= best["counterfact"]["continuation"] <= 1.0
+    with pytest.raises(ValueError, match="continuation_kl_tokens"):
+        Trainer(_config(data_dir, continuation_kl_tokens=-1), tmp_path / "c", tmp_path / "r", backbone)

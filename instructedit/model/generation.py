@@ -50,6 +50,28 @@ def _left_padded(tokenizer, texts: Sequence[str], add_special_tokens: bool,
     return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
 
 
+def _greedy_new_tokens(backbone: Backbone, enc: dict[str, torch.Tensor], max_new_tokens: int,
+                       ) -> torch.Tensor:
+    tokenizer = backbone.tokenizer
+    out = backbone.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                  pad_token_id=tokenizer.pad_token_id, num_beams=1,
+                                  temperature=None, top_p=None, top_k=None)
+    return out[:, enc["input_ids"].shape[1]:]
+
+
+@torch.no_grad()
+def generate_ids(backbone: Backbone, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]:
+    """Greedy continuations of plain ``prompts`` as token ids, each cut after its first end token."""
+    enc = _left_padded(backbone.tokenizer, list(prompts), True, backbone.device)
+    eos = backbone.tokenizer.eos_token_id
+    rows = []
+    for row in _greedy_new_tokens(backbone, enc, max_new_tokens).tolist():
+        if eos is not None and eos in row:
+            row = row[: row.index(eos) + 1]
+        rows.append(row)
+    return rows
+
+
 @torch.no_grad()
 def generate(backbone: Backbone, prompts: Sequence[str] | str, config: GenerationConfig | None = None,
              ) -> list[str]:
@@ -57,11 +79,7 @@ def generate(backbone: Backbone, prompts: Sequence[str] | str, config: Generatio
     config = config or GenerationConfig()
     if isinstance(prompts, str):
         prompts = [prompts]
-    tokenizer = backbone.tokenizer
     texts = [format_prompt(backbone, p, config.chat) for p in prompts]
-    enc = _left_padded(tokenizer, texts, not config.chat, backbone.device)
-    out = backbone.model.generate(**enc, max_new_tokens=config.max_new_tokens, do_sample=False,
-                                  pad_token_id=tokenizer.pad_token_id, num_beams=1,
-                                  temperature=None, top_p=None, top_k=None)
-    new_tokens = out[:, enc["input_ids"].shape[1]:]
-    return [tokenizer.decode(row, skip_special_tokens=True) for row in new_tokens]
+    enc = _left_padded(backbone.tokenizer, texts, not config.chat, backbone.device)
+    new_tokens = _greedy_new_tokens(backbone, enc, config.max_new_tokens)
+    return [backbone.tokenizer.decode(row, skip_special_tokens=True) for row in new_tokens]

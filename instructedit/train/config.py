@@ -58,6 +58,9 @@ class TrainConfig:
         edit_from: ``wrapped+plain`` computes each edit from the instruction-wrapped input and
             the prompt as typed (instruction runs only; see ``EditorConfig.edit_from``), or
             ``wrapped``.
+        continuation_kl_tokens: when above 0, the locality KL also covers this many tokens of
+            the unedited model's own continuation after "typed prompt + target" (against edits
+            that loop on their target; see continuations.py).
         extra: free-form notes stored with the run (a ``--config`` file only).
     """
 
@@ -97,6 +100,7 @@ class TrainConfig:
     kl_all_positions: bool = False
     precondition: str = "none"
     edit_from: str = "wrapped"
+    continuation_kl_tokens: int = 0
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

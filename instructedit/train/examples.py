@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ..data.neighbours import NeighbourIndex
 from ..data.records import EditRecord
 from ..instructions import build_edit_input
+from ..scoring import answer_text
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,9 @@ class TrainingExample:
     keyed on the subject); ``outer_prompt``/``outer_target`` score it (a rephrase where the
     record has one, wrapped like the edit); ``typed_prompt`` is the prompt as typed (editors that
     edit from it too read it); ``plain_prompt`` scores it on text as a person types
-    it (the prompt or a rephrase, never wrapped). ``locality`` is an unwrapped (prompt, answer)
+    it (the prompt or a rephrase, never wrapped). ``continuation``: the unedited model's own greedy
+    token ids after ``continuation_prefix`` (the typed prompt followed by the target), filled in by
+    the trainer when the continuation KL is on. ``locality`` is an unwrapped (prompt, answer)
     pair whose predictions must not move; ``neighbour`` is a harder one: the edit's own sentence
     with another subject (falls back to the locality pair where the data has none).
     """
@@ -37,6 +40,12 @@ class TrainingExample:
     neighbour_answer: str = ""
     subject: str | None = None
     typed_prompt: str = ""
+    continuation: tuple[int, ...] = ()
+
+    @property
+    def continuation_prefix(self) -> str:
+        """The typed prompt followed by the new target: the text whose continuation must not loop."""
+        return (self.typed_prompt or self.edit_prompt) + answer_text(self.target)
 
 
 def render_example(record: EditRecord, instruction_index: int | None, rng: random.Random,

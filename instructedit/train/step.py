@@ -17,6 +17,7 @@ from ..editing.patches import PatchEngine
 from ..scoring import (
     AnswerBatch,
     agreement,
+    answer_batch_from_ids,
     answer_logits_from_hidden,
     concat_batches,
     every_position,
@@ -36,6 +37,8 @@ class LossWeights:
     ``plain``: also score the edit on the plain (unwrapped) prompt or rephrase.
     ``neighbour``: also hold a same-template neighbour still (hard negative).
     ``all_positions``: the KL covers every position of the locality texts, not only the answer.
+    ``continuation``: also hold still the model's own continuation after "typed prompt + target"
+    (KL on those tokens; against an edit that makes the text loop on its target).
     """
 
     c_edit: float = 1.0
@@ -43,6 +46,7 @@ class LossWeights:
     plain: bool = False
     neighbour: bool = False
     all_positions: bool = False
+    continuation: bool = False
 
 
 @dataclass
@@ -58,11 +62,13 @@ class StepResult:
     tasks: list[str]
     plain: torch.Tensor | None = None      # (B,) token accuracy on the plain input
     neighbour: torch.Tensor | None = None  # (B,) pre/post agreement on the neighbour's answer
+    continuation: torch.Tensor | None = None  # (B,) pre/post agreement after "prompt + target"
 
 
 @dataclass
 class ExampleBatches:
-    """The tokenized texts of a batch of examples (``plain``/``neighbour`` only when used).
+    """The tokenized texts of a batch of examples (``plain``/``neighbour``/``continuation`` only
+    when used).
 
     ``sources``: what the edits are computed from (``sources.wrapped`` is ``edit``)."""
 
@@ -71,6 +77,7 @@ class ExampleBatches:
     locality: AnswerBatch
     plain: AnswerBatch | None = None
     neighbour: AnswerBatch | None = None
+    continuation: AnswerBatch | None = None
 
     @property
     def edit(self) -> AnswerBatch:
@@ -80,7 +87,8 @@ class ExampleBatches:
         def move(b):
             return None if b is None else b.to(device)
         return ExampleBatches(self.sources.to(device), self.outer.to(device),
-                              self.locality.to(device), move(self.plain), move(self.neighbour))
+                              self.locality.to(device), move(self.plain), move(self.neighbour),
+                              move(self.continuation))
 
 
 def tokenize_examples(tokenizer, network: MendNetwork, examples: Sequence[TrainingExample],
@@ -105,7 +113,15 @@ def tokenize_examples(tokenizer, network: MendNetwork, examples: Sequence[Traini
     if weights.neighbour:
         neighbour = tok([e.neighbour_prompt or e.locality_prompt for e in examples],
                         [e.neighbour_answer or e.locality_answer for e in examples])
-    return ExampleBatches(sources, outer, loc, plain, neighbour)
+    continuation = None
+    if weights.continuation:
+        if any(not e.continuation for e in examples):
+            raise ValueError("the continuation KL needs every example's continuation filled in")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        continuation = answer_batch_from_ids(
+            [tokenizer(e.continuation_prefix)["input_ids"] for e in examples],
+            [e.continuation for e in examples], pad)
+    return ExampleBatches(sources, outer, loc, plain, neighbour, continuation)
 
 
 def meta_step(network: MendNetwork, module_names: Sequence[str], head_model, final_hidden: HiddenFn,
@@ -135,6 +151,15 @@ def meta_step(network: MendNetwork, module_names: Sequence[str], head_model, fin
     kl = kl_per_row(pre_loc_logits, loc_post_logits, scored_loc)
     nll = scores.mean_nll
     loss = weights.c_edit * nll.mean() + weights.c_loc * kl.mean()
+    continuation_agree = None
+    if batches.continuation is not None:
+        cont = batches.continuation
+        with torch.no_grad():
+            pre_cont = answer_logits_from_hidden(head_model, final_hidden(cont), cont)
+        with PatchEngine.activate(patch.select_rows(rows)):
+            post_cont = answer_logits_from_hidden(head_model, final_hidden(cont), cont)
+        loss = loss + weights.c_loc * kl_per_row(pre_cont, post_cont, cont).mean()
+        continuation_agree = agreement(pre_cont.argmax(-1), post_cont.argmax(-1), cont).detach()
     if is_answer is not None:
         pre_loc_logits, loc_post_logits = pre_loc_logits[is_answer], loc_post_logits[is_answer]
     agree = agreement(pre_loc_logits.argmax(-1), loc_post_logits.argmax(-1), loc).detach()
@@ -142,4 +167,5 @@ def meta_step(network: MendNetwork, module_names: Sequence[str], head_model, fin
     return StepResult(loss, float(nll.detach().mean()), float(kl.detach().mean()),
                       accuracy[:n], accuracy[n: 2 * n], agree[:n], [e.task for e in examples],
                       plain=accuracy[2 * n: 3 * n] if batches.plain is not None else None,
-                      neighbour=agree[n: 2 * n] if batches.neighbour is not None else None)
+                      neighbour=agree[n: 2 * n] if batches.neighbour is not None else None,
+                      continuation=continuation_agree)

@@ -30,6 +30,7 @@ from ..model.backbone import Backbone, load_backbone
 from ..model.forward import CachedTopForward, FullForward
 from .card import write_card
 from .config import TrainConfig
+from .continuations import ContinuationCache
 from .distributed import DistributedContext
 from .examples import TrainingExample, render_example
 from .step import LossWeights, meta_step, tokenize_examples
@@ -111,14 +112,14 @@ def _save_state(path: Path, state: dict) -> None:
 
 def _success_and_specificity(per_task: dict[str, dict]) -> tuple[float, float]:
     """Mean over tasks of edit success (wrapped and, where measured, plain reliability) and of
-    specificity (locality and, where measured, the neighbour's agreement)."""
+    specificity (locality and, where measured, the neighbour's and the continuation's agreement)."""
     def mean_of(m: dict, keys: tuple[str, ...]) -> float:
         values = [m[k] for k in keys if k in m]
         return sum(values) / len(values)
 
     tasks = list(per_task.values())
     success = sum(mean_of(m, ("reliability", "plain")) for m in tasks) / len(tasks)
-    specificity = sum(mean_of(m, ("locality", "neighbour")) for m in tasks) / len(tasks)
+    specificity = sum(mean_of(m, ("locality", "neighbour", "continuation")) for m in tasks) / len(tasks)
     return success, specificity
 
 
@@ -145,7 +146,8 @@ class Trainer:
                                      edit_from=config.edit_from if config.use_instructions else "wrapped")
         self.weights = LossWeights(config.c_edit, config.c_loc, plain=config.plain_loss,
                                    neighbour=config.neighbour_locality,
-                                   all_positions=config.kl_all_positions)
+                                   all_positions=config.kl_all_positions,
+                                   continuation=config.continuation_kl_tokens > 0)
         self.network = MendNetwork(Editor.module_shapes(self.backbone, names), editor_config)
         self.network.to(self.backbone.device)
         attach_preconditioners(self.network, self.backbone)
@@ -156,7 +158,14 @@ class Trainer:
             {"params": [p for n, p in self.network.named_parameters() if n != "log_lr"],
              "lr": config.editor_lr},
             {"params": [self.network.log_lr], "lr": config.step_size_lr}])
+        if config.continuation_kl_tokens < 0:
+            raise ValueError("continuation_kl_tokens must be 0 (off) or a positive token count")
         self.data = load_training_data(config)
+        self.continuations = (ContinuationCache(self.backbone, config.continuation_kl_tokens)
+                              if config.continuation_kl_tokens > 0 else None)
+        if self.continuations is not None:
+            self.data.validation = {task: self.continuations.fill(examples)
+                                    for task, examples in self.data.validation.items()}
         self.step = 0
         self.best_score = -math.inf
         self.best_metrics: dict = {}
@@ -178,7 +187,9 @@ class Trainer:
         if not self.state_file.is_file():
             return False
         state = torch.load(self.state_file, weights_only=True)
-        saved = {k: v for k, v in state["config"].items() if k not in BUDGET_FIELDS}
+        # settings added after a run was saved read as their defaults
+        saved = {k: v for k, v in {**TrainConfig().to_dict(), **state["config"]}.items()
+                 if k not in BUDGET_FIELDS}
         current = {k: v for k, v in self.config.to_dict().items() if k not in BUDGET_FIELDS}
         if saved != current:
             changed = sorted(k for k in current if saved.get(k) != current[k])
@@ -206,7 +217,7 @@ class Trainer:
             instruction = _instruction_for(record, self.config.seed, self.config.use_instructions)
             out.append(render_example(record, instruction, rng, self.data.fallback_locality,
                                       self.data.neighbours, self.config.plain_rephrase_share))
-        return out
+        return self.continuations.fill(out) if self.continuations is not None else out
 
     def _stream(self):
         stream = iter_mixed(self.data.pools, self.config.seed, self.config.convsent_share)
@@ -232,7 +243,8 @@ class Trainer:
                 for i in range(0, len(examples), 8):
                     with torch.no_grad():
                         result = self.run_step(examples[i: i + 8])
-                    for key in ("reliability", "generalization", "locality", "plain", "neighbour"):
+                    for key in ("reliability", "generalization", "locality", "plain", "neighbour",
+                                "continuation"):
                         value = getattr(result, key)
                         if value is not None:
                             parts.setdefault(key, []).append(value)
