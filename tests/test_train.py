@@ -179,3 +179,20 @@ def test_training_with_the_continuation_kl_validates_it(tiny_llama_dir, data_dir
     assert 0.0 <= best["counterfact"]["continuation"] <= 1.0
     with pytest.raises(ValueError, match="continuation_kl_tokens"):
         Trainer(_config(data_dir, continuation_kl_tokens=-1), tmp_path / "c", tmp_path / "r", backbone)
+
+
+def test_a_run_can_start_from_a_saved_editor_and_refuses_a_different_one(tiny_llama_dir, data_dir, tmp_path):
+    backbone = load_backbone(str(tiny_llama_dir))
+    first = Trainer(_config(data_dir, steps=8, model=str(tiny_llama_dir)), tmp_path / "a", tmp_path / "ra", backbone)
+    first.train(resume=False)
+    saved = Editor.from_pretrained(tmp_path / "a", backbone).network.state_dict()
+    second = Trainer(_config(data_dir, steps=8, model=str(tiny_llama_dir), init_from=str(tmp_path / "a")),
+                     tmp_path / "b", tmp_path / "rb", backbone)
+    for key, value in second.network.state_dict().items():
+        assert torch.equal(value.float(), saved[key].float()), key
+    with pytest.raises(ValueError, match="editor settings"):
+        Trainer(_config(data_dir, rank=4, model=str(tiny_llama_dir), init_from=str(tmp_path / "a")),
+                tmp_path / "c", tmp_path / "rc", backbone)
+    with pytest.raises(ValueError, match="use of instructions"):
+        Trainer(_config(data_dir, use_instructions=False, model=str(tiny_llama_dir), init_from=str(tmp_path / "a")),
+                tmp_path / "d", tmp_path / "rd", backbone)

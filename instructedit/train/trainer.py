@@ -19,7 +19,7 @@ from ..data.mixing import iter_mixed
 from ..data.neighbours import NeighbourIndex
 from ..data.records import EditRecord
 from ..data.tasks import load_split
-from ..editing.checkpoint import CONFIG_FILE, save_editor_checkpoint
+from ..editing.checkpoint import CONFIG_FILE, load_editor_checkpoint, save_editor_checkpoint
 from ..editing.editor import Editor
 from ..editing.mend import EditorConfig, MendNetwork
 from ..editing.patches import PatchEngine
@@ -149,6 +149,8 @@ class Trainer:
                                    all_positions=config.kl_all_positions,
                                    continuation=config.continuation_kl_tokens > 0)
         self.network = MendNetwork(Editor.module_shapes(self.backbone, names), editor_config)
+        if config.init_from:
+            self._start_from_checkpoint(config.init_from, editor_config)
         self.network.to(self.backbone.device)
         attach_preconditioners(self.network, self.backbone)
         PatchEngine.for_model(self.backbone.model, names)
@@ -173,6 +175,19 @@ class Trainer:
         self.wall_time = 0.0
         self.metrics_file = self.run_dir / "metrics.jsonl"
         self.state_file = self.run_dir / "state.pt"
+
+    def _start_from_checkpoint(self, folder: str, editor_config: EditorConfig) -> None:
+        start, saved = load_editor_checkpoint(folder, self.backbone)
+        mismatch = [what for what, same in (
+            ("edited modules", list(saved["modules"]) == list(self.module_names)),
+            ("editor settings", start.config == editor_config),
+            ("use of instructions", bool(saved.get("use_instructions", True)) == self.config.use_instructions),
+        ) if not same]
+        if mismatch:
+            raise ValueError(f"init_from {folder}: the checkpoint differs from this run in its "
+                             f"{', '.join(mismatch)}")
+        self.network.load_state_dict(start.state_dict())
+        log.info("editor network initialised from %s", folder)
 
     # ----- state ---------------------------------------------------------------------------
     def save_state(self) -> None:
