@@ -488,3 +488,27 @@ def test_unedited_continuations_are_remembered_across_requests(service, backbone
     patches = [out.entry.edit.patch]
     edited = generate_under(backbone, patches, ["Paris is in"], n, GenerationCache(service.unedited))
     assert service.unedited.get(n, "Paris is in") is None and isinstance(edited["Paris is in"], str)
+
+
+def test_read_ahead_gives_the_next_edit_its_before_text_under_exactly_the_sessions_edits(service):
+    first = service.edit("ra", request())
+    other = "The Colosseum is located in"
+    says = service.read_ahead("ra", other)
+    assert says == service.generate("ra", other)[1]  # what the Playground shows with the edit
+    session_key = ((first.entry.id,), service.limits.max_new_tokens, other)
+    with service.store.open("ra") as session:
+        assert session.recall_text(*session_key) == says
+        session.remember_text(*session_key, "<read ahead>")  # marks the text the next edit must reuse
+    second = service.edit("ra", request(prompt=other))
+    assert second.report.prompt.before == "<read ahead>"
+    # after an undo the edits differ: what was read ahead under them is not used
+    service.undo("ra")
+    service.undo("ra")
+    service.edit("ra", request())
+    expected = service.generate("ra", other)[1]
+    third = service.edit("ra", request(prompt=other))
+    assert third.report.prompt.before == expected != "<read ahead>"
+    # read-ahead never creates a session and refuses what an edit would refuse
+    assert service.read_ahead("nobody", other) and "nobody" not in service.store
+    with pytest.raises(UserError):
+        service.read_ahead("ra", "   ")

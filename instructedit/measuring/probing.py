@@ -68,6 +68,14 @@ class GenerationCache(dict):
         super().__init__()
         self.shared = shared
 
+    def add(self, patches: Sequence[Patch], max_new_tokens: int, text: str, continuation: str) -> None:
+        """Record a continuation of ``text`` already known under exactly ``patches``."""
+        self[(_patch_state(patches), max_new_tokens, text)] = continuation
+
+
+def _patch_state(patches: Sequence[Patch]) -> tuple[int, ...]:
+    return tuple(id(p) for p in patches)
+
 PROMPT = "prompt"
 REPHRASE = "rephrase"
 LOCALITY = "locality"
@@ -121,7 +129,7 @@ def generate_under(backbone: Backbone, patches: Sequence[Patch], texts: Sequence
     :meth:`~instructedit.serving.batcher.GenerationBatcher.client` context of this backbone's
     batcher, the texts to generate go through it (batched with other sessions' calls)."""
     cache = GenerationCache() if cache is None else cache
-    state = tuple(id(p) for p in patches)
+    state = _patch_state(patches)
     shared = getattr(cache, "shared", None) if not state else None
     missing = []
     for text in dict.fromkeys(texts):

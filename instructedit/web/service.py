@@ -93,6 +93,10 @@ class EditOutcome:
                 ROME: (self.rome_report, self.rome_error)}[slot]
 
 
+def _edit_ids(entries: Sequence[HistoryEntry]) -> tuple[str, ...]:
+    return tuple(e.id for e in entries)
+
+
 def check_text(name: str, value: str) -> None:
     """Refuse text that is not valid Unicode (unpaired surrogates cannot be tokenized)."""
     try:
@@ -317,9 +321,15 @@ class EditService:
                                           (time.perf_counter() - start) * 1000, rome_report, rome_error,
                                           pending=pending))
 
+            cache = GenerationCache(self.unedited)
+            if session.entries:  # read ahead (see read_ahead) under exactly these edits?
+                n, plain = self.limits.max_new_tokens, request.prompt.strip()
+                known = session.recall_text(_edit_ids(session.entries), n, plain)
+                if known is not None:
+                    cache.add([e.edit.patch for e in session.entries], n, plain, known)
             with self._batching():
                 entry, report, compared = self._edit_one(request, session.entries, texts=True,
-                                                         cache=GenerationCache(self.unedited),
+                                                         cache=cache,
                                                          progress=progress, kind=kind,
                                                          update=update if on_update is not None else None)
             session.entries.append(entry)
@@ -428,11 +438,20 @@ class EditService:
         n = self.limits.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
         if not 1 <= n <= self.limits.max_new_tokens:
             raise UserError(f"Tokens to generate must be between 1 and {self.limits.max_new_tokens}.")
-        patches = [e.edit.patch for e in self.history(session_id)]
+        entries = self.history(session_id)
+        patches = [e.edit.patch for e in entries]
         with self._batching():
             without = generate_under(self.backbone, [], [prompt], n, GenerationCache(self.unedited))[prompt]
             with_edits = generate_under(self.backbone, patches, [prompt], n)[prompt] if patches else without
+        if patches:  # the "before" of this session's next edit of this prompt
+            self.store.remember_text(session_id, _edit_ids(entries), n, prompt, with_edits)
         return without, with_edits
+
+    def read_ahead(self, session_id: str, prompt: str) -> str:
+        """What the model, with the session's edits, now says to ``prompt`` (as the Playground
+        shows it); kept, so an edit of this prompt clicked next starts with its "before" known.
+        The studio calls it when a prompt is chosen or typed, before the click."""
+        return self.generate(session_id, prompt)[1]
 
     # ----- where is this fact? ---------------------------------------------------------------
     def trace(self, session_id: str, prompt: str, subject: str) -> TraceView:

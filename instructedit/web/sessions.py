@@ -11,6 +11,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,15 +21,32 @@ from .errors import UserError
 log = logging.getLogger(__name__)
 
 
+TEXTS_KEPT = 32
+
+
 @dataclass
 class Session:
-    """One user's state: the active edits (oldest first) and when the session was used."""
+    """One user's state: the active edits (oldest first), when the session was used, and the
+    continuations its edited model gave lately (``texts``: keyed by the ids of the edits that were
+    active, the length and the prompt, so an entry never outlives the edits it was made under)."""
 
     id: str
     created: float
     last_used: float
     entries: list[Any] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    texts: OrderedDict = field(default_factory=OrderedDict, repr=False, compare=False)
+
+    def remember_text(self, edit_ids: tuple[str, ...], max_new_tokens: int, prompt: str, text: str) -> None:
+        """Keep what the model said to ``prompt`` under the edits ``edit_ids`` (the latest few)."""
+        self.texts[(edit_ids, max_new_tokens, prompt)] = text
+        self.texts.move_to_end((edit_ids, max_new_tokens, prompt))
+        while len(self.texts) > TEXTS_KEPT:
+            self.texts.popitem(last=False)
+
+    def recall_text(self, edit_ids: tuple[str, ...], max_new_tokens: int, prompt: str) -> str | None:
+        """What :meth:`remember_text` kept for exactly these edits, or None."""
+        return self.texts.get((edit_ids, max_new_tokens, prompt))
 
 
 class SessionStore:
@@ -99,6 +117,15 @@ class SessionStore:
             return []
         with session.lock:
             return list(session.entries)
+
+    def remember_text(self, session_id: str, edit_ids: tuple[str, ...], max_new_tokens: int,
+                      prompt: str, text: str) -> None:
+        """:meth:`Session.remember_text` on an existing session (an unknown one is not created)."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+        if session is not None:
+            with session.lock:
+                session.remember_text(edit_ids, max_new_tokens, prompt, text)
 
     def check_room(self, session: Session, extra: int = 1) -> None:
         """Raise :class:`UserError` unless ``extra`` more edits fit in ``session``."""
