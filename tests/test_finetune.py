@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from instructedit.bench.config import FinetuneConfig
-from instructedit.bench.finetune import ConstrainedFinetuner
+from instructedit.bench.finetune import compare_with_finetuning
 from instructedit.data import load_records
-from instructedit.editing.editor import EditError, EditRequest
+from instructedit.editing.editor import EditError, Editor, EditRequest
 from instructedit.editing.editors import load_editor
 from instructedit.editing.finetune import FineTuneConfig, FineTuneEditor, delta_patch
 from instructedit.editing.patches import PatchEngine, active_patches
@@ -232,20 +232,25 @@ def test_eval_cli_takes_it_by_name(capsys, tiny_gpt2_dir):
     assert result["editor"] == "finetune" and result["n"] == 2 and result["use_instructions"] is False
 
 
-def test_bench_finetuner_is_the_editor_on_a_float_copy(llama):
-    editor = FineTuneEditor(llama, FIXED)
-    editor.edit(EditRequest(EIFFEL[0], EIFFEL[2]))  # the backbone carries patch and intervention hooks
-    finetuner = ConstrainedFinetuner(llama, editor.module_names,
-                                     FinetuneConfig(lr=FIXED.lr, max_steps=FIXED.max_steps, linf=FIXED.linf))
-    batch = tokenize_answers(llama.tokenizer, [DANIELLE[0]], [DANIELLE[2]])
-    state = {k: v.clone() for k, v in finetuner.model.state_dict().items()}
-    result = finetuner.edit(batch)
-    assert all(torch.equal(v, finetuner.model.state_dict()[k]) for k, v in state.items())
-    expected = FineTuneEditor(llama, replace(FIXED, stop_when_greedy=True)).fine_tune([DANIELLE[0]], [DANIELLE[2]])
-    for name in editor.module_names:
-        torch.testing.assert_close(result.deltas[name], expected.deltas[name], atol=1e-6, rtol=1e-4)
-    assert result.steps == expected.steps
-
+def test_bench_measures_fine_tuning_as_eval_does(llama):
+    """Section 4 of bench measures the editor and fine-tuning through the evaluator of ``eval``
+    (same records, same result types), one record per pass; fine-tuning is the finetune editor
+    on the editor's matrices with the bench's settings, and its steps are kept for the report."""
+    records = load_records(DATA / "rome_cf.json")[:2]
+    editor = Editor.untrained(llama, step_size=1.0)
+    config = FinetuneConfig(lr=FAST.lr, max_steps=3, linf=None)
+    result = compare_with_finetuning(editor, records, config)
+    assert result["records"] == 2 and result["finetune"]["steps"]["n"] == 2
+    assert result["finetune"]["hit_step_cap"] <= 2 and result["finetune"]["config"]["max_steps"] == 3
+    eval_config = EvalConfig(instruction=0, batch_size=1, sentiment=False, plain=False, progress=False)
+    same = {"editor": editor,
+            "finetune": FineTuneEditor(llama, FineTuneConfig(lr=FAST.lr, max_steps=3, linf=None),
+                                       module_names=editor.module_names)}
+    for method, measured in same.items():
+        summary = Evaluator(llama, measured, eval_config).run(records).summary
+        for name in ("reliability", "generalization", "locality"):
+            assert result[method][name] == pytest.approx(getattr(summary, name), abs=1e-4), (method, name)
+        assert result[method]["n"] == 2 and result[method]["latency_ms"]["min"] > 0
 
 
 def test_fine_tuning_edits_records_without_a_subject(llama):

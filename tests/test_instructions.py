@@ -267,7 +267,7 @@ def test_every_caller_renders_through_the_one_function(task, prompt, choice, top
 
 
 def test_bench_cases_render_through_the_request() -> None:
-    from instructedit.bench.workload import BENCH_INSTRUCTION, editor_case, raw_case
+    from instructedit.bench.workload import BENCH_INSTRUCTION, editor_case
     from instructedit.data.records import EditRecord, LocalityProbe
 
     record = EditRecord(id="r", task="counterfact", prompt=" Rome is in ", target_new="Spain",
@@ -275,8 +275,8 @@ def test_bench_cases_render_through_the_request() -> None:
     case = editor_case(record, True)
     assert case.edit_input == build_edit_input("counterfact", "Rome is in", BENCH_INSTRUCTION)
     assert case.rephrases == (build_edit_input("counterfact", "Rome lies in", BENCH_INSTRUCTION),)
-    assert raw_case(record) == editor_case(record, False)
-    assert (raw_case(record).edit_input, raw_case(record).rephrases) == ("Rome is in", ("Rome lies in",))
+    raw = editor_case(record, False)  # an editor without instructions sees the raw texts
+    assert (raw.edit_input, raw.rephrases) == ("Rome is in", ("Rome lies in",))
 
 
 @pytest.mark.parametrize("task, prompt", [("nope", "p"), ("counterfact", "  "), ("custom", "")])

@@ -23,7 +23,7 @@ class Goals:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """The constrained fine-tuning baseline (Adam on the edited matrices of a float copy).
+    """The constrained fine-tuning baseline (Adam on the editor's edited matrices, as a patch).
 
     ``linf``: after each step every weight stays within ``linf`` of its original value (the
     norm constraint of constrained fine-tuning; ``None`` disables it). Training stops when every

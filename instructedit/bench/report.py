@@ -292,13 +292,15 @@ def finetune(r: dict) -> list[str]:
     cfg = ft["finetune"]["config"]
     linf = "none" if cfg["linf"] is None else f"{cfg['linf']:g}"
     lines = ["## 4. InstructEdit editor vs constrained fine-tuning", "",
-             f"{ft['records']} CounterFact test edits on the {ft['quantization']} backbone. Fine-tuning: "
-             f"Adam (lr {cfg['lr']:g}) on the same edited matrices of a float copy, every weight kept "
-             f"within {linf} of its original (L-inf constraint), on the raw prompt, until every target "
-             f"token is the greedy prediction or {cfg['max_steps']} steps; each step is a full forward "
-             "and a backward down to the first edited block. Editor: one `Editor.edit` on the "
-             "instruction-wrapped prompt. Scored alike: reliability (target token accuracy on the "
-             "edit input), generalization (rephrases), locality (unchanged argmax on unrelated probes).",
+             f"{ft['records']} CounterFact test edits on the {ft['quantization']} backbone. Fine-tuning "
+             f"(the `finetune` editor): Adam (lr {cfg['lr']:g}) on the same edited matrices, every weight "
+             f"kept within {linf} of its original (L-inf constraint), on the raw prompt, until every "
+             f"target token is the greedy prediction or {cfg['max_steps']} steps; each step is a full "
+             "forward and a backward down to the first edited block. Editor: one edit of the "
+             "instruction-wrapped prompt. Both measured alike by the evaluator of `eval` "
+             "(`Evaluator`, one record per pass, so the latency is one edit's): reliability (target "
+             "token accuracy on the edit input), generalization (rephrases), locality (unchanged "
+             "argmax on unrelated probes).",
              ""]
     e, f = ft["editor"], ft["finetune"]
     lines += _table(["method", "latency ms", "steps", "reliability", "generalization", "locality"],

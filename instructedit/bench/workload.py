@@ -1,4 +1,6 @@
-"""The edits a benchmark makes (CounterFact test records) and how an edit is scored.
+"""The edits a benchmark makes (CounterFact test records) and how the sections that score one
+edit at a time outside the evaluator (section 3's compression study, section 6's sequential loop)
+score it; section 4 measures through the evaluator (:mod:`.finetune`).
 
 Scoring uses :mod:`instructedit.scoring` only: reliability is the teacher-forced token accuracy of
 the target on the edit input, generalization the same on the record's rephrases, locality the
@@ -57,11 +59,6 @@ def editor_case(record: EditRecord, use_instructions: bool) -> EditCase:
     return EditCase(record.id, request.edit_input(use_instructions), record.target_new,
                     tuple(request.wrap(r, use_instructions) for r in record.rephrases),
                     tuple((p.prompt, p.answer) for p in record.locality))
-
-
-def raw_case(record: EditRecord) -> EditCase:
-    """The case of a method without instructions (fine-tuning): the raw prompt and rephrases."""
-    return editor_case(record, use_instructions=False)
 
 
 @dataclass

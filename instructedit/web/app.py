@@ -16,6 +16,7 @@ import queue
 import re
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
@@ -182,327 +183,71 @@ def _results_markdown(results: ResultsContent) -> str:
     return re.sub(r"^\s*!\[[^\]]*\]\([^)]*\)\s*$", "", results.markdown, flags=re.MULTILINE)
 
 
+FORM_FIELDS = ("task", "instruction", "custom_instruction", "topic", "label", "prompt", "target",
+               "rephrases", "probes", "subject", "kind")
+"""The edit form's components (the inputs of ``/edit``), in order."""
+FIRST_TASK = "counterfact"
+
+
+@dataclass
+class _Page:
+    """What the builders of the page share: the service, its limits, the comparison editors shown
+    (fixed at start), the subject catalog, and every component an event reads or writes, by name
+    (``ui``; the outputs of ``/edit`` under the names of :data:`EDIT_OUTPUTS`)."""
+
+    service: EditService
+    limits: Limits
+    shown: list[str]
+    catalog: Any
+    ui: dict[str, gr.components.Component] = field(default_factory=dict)
+    example_cols: dict[str, gr.Column] = field(default_factory=dict)  # task -> its examples
+
+    @property
+    def max_chars(self) -> int:
+        return self.limits.max_input_chars
+
+    @property
+    def list_chars(self) -> int:
+        return self.max_chars * self.limits.max_lines + self.limits.max_lines
+
+    @property
+    def form_inputs(self) -> list[gr.components.Component]:
+        """The edit form's fields in the order of :class:`~instructedit.web.forms.EditForm`."""
+        return [self.ui[name] for name in FORM_FIELDS]
+
+    @property
+    def history_outputs(self) -> list[gr.components.Component]:
+        return [self.ui["history"], self.ui["history_summary"], self.ui["remove_choice"]]
+
+
 def build_demo(service: EditService, status: str, results: ResultsContent | None = None) -> gr.Blocks:
     """The page: Edit (form, results, blast radius, where the fact is, history), Playground,
     Results and About tabs."""
-    limits: Limits = service.limits
-    max_chars = limits.max_input_chars
-    list_chars = max_chars * limits.max_lines + limits.max_lines
-    shown = [slot for slot, _ in service.comparisons()]  # the comparison editors shown (fixed at start)
-    catalog = service.blast.catalog
-    first_task = "counterfact"
+    page = _Page(service, service.limits, [slot for slot, _ in service.comparisons()],
+                 service.blast.catalog)
     results = results or ResultsContent(None)
-    out: dict[str, gr.components.Component] = {}
 
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         gr.Markdown(status, elem_classes="ie-status", elem_id="status-line")
-
         with gr.Tab("Edit", id="edit"):
             with gr.Row(equal_height=False):
-                with gr.Column(scale=2, min_width=340):
-                    task = gr.Radio(task_options(), value=first_task, label="Task",
-                                    info="What kind of edit. ZsRE was held out of training: it tests "
-                                         "whether the editor carries over to a new task.",
-                                    elem_id="task")
-                    task_help = gr.Markdown(get_task(first_task).description)
-                    instruction = gr.Dropdown(instruction_options(first_task),
-                                              value=default_instruction(first_task), label="Instruction",
-                                              info="Tells the editor what kind of edit this is. 1-9 were "
-                                                   "seen in training; 'held out' was not.",
-                                              elem_id="instruction")
-                    custom_instruction = gr.Textbox(label="Your instruction", visible=False,
-                                                    max_length=max_chars, lines=2,
-                                                    placeholder="e.g. Replace the answer with a new one.",
-                                                    info="One sentence describing the edit.")
-                    with gr.Row(visible=False) as convsent_row:
-                        topic = gr.Textbox(label="Topic", max_length=max_chars,
-                                           info="Fills [TOPIC] in the instruction.")
-                        label = gr.Radio(list(LABELS), value="positive", label="Sentiment",
-                                         info="Fills [LABEL]: the opinion to adopt.")
-                    prompt = gr.Textbox(label="Prompt", max_length=max_chars, elem_id="prompt",
-                                        info="The text whose continuation should change.")
-                    target = gr.Textbox(label="Target", max_length=max_chars, elem_id="target",
-                                        info="The new answer the model should give after the prompt.")
-                    with gr.Row():
-                        subject = gr.Textbox("", label="Subject", max_length=max_chars, scale=2, elem_id="subject",
-                                             info="What the edit is about (guessed from the prompt; "
-                                                  "edit it). The blast radius probes other subjects in "
-                                                  "the same sentence and other facts about this one.")
-                        kind = gr.Dropdown(kind_options(catalog), value=AUTO_KIND, label="Kind of subject",
-                                           scale=1, elem_id="kind",
-                                           info="Which list of comparable subjects to probe.")
-                    rephrases = gr.Textbox(label="Rephrases (optional, one per line)", lines=2,
-                                           max_length=list_chars, elem_id="rephrases",
-                                           info="Other ways to ask: should get the target too "
-                                                "(generalization).")
-                    probes = gr.Textbox(label="Locality probes (optional, one per line)", lines=2,
-                                        max_length=list_chars, elem_id="probes",
-                                        info="Unrelated prompts whose answers should not change "
-                                             "(locality).")
-                    edit_btn = gr.Button("Edit", variant="primary", elem_id="edit-button")
-                    example_cols = {}
-                    example_inputs = [prompt, target, rephrases, probes, topic, label, subject]
-                    for name, spec in TASKS.items():
-                        with gr.Column(visible=name == first_task) as col:
-                            visible_cols = [0, 1, 4, 5] if spec.needs_topic_and_label else [0, 1]
-                            gr.Examples(example_rows(name), example_inputs, visible_columns=visible_cols,
-                                        label=f"{spec.display_name} examples (click one to fill the form)",
-                                        examples_per_page=6)
-                        example_cols[name] = col
-
-                with gr.Column(scale=3, min_width=420):
-                    gr.Markdown("#### What the model now says\nThe prompt as typed, continued before and "
-                                "after the edit: what the Playground shows.")
-                    with gr.Row(equal_height=False):
-                        with gr.Column(min_width=RESULT_MIN_WIDTH):
-                            _result_column("InstructEdit", "ie", out)
-                        for slot in SLOTS:
-                            with gr.Column(visible=slot in shown, min_width=RESULT_MIN_WIDTH,
-                                           elem_id=f"{SLOT_INFO[slot].key}-column"):
-                                _result_column(SLOT_INFO[slot].title, SLOT_INFO[slot].key, out)
-                    _tables("InstructEdit", "ie", out)
-                    for slot in SLOTS:
-                        with gr.Group(visible=slot in shown):
-                            _tables(SLOT_INFO[slot].label, SLOT_INFO[slot].key, out, open_=False)
-                    with gr.Accordion("What the editor read: the instruction-wrapped input and its "
-                                      "continuation (paper protocol)", open=False, elem_id="editor-read"):
-                        with gr.Row(equal_height=False):
-                            with gr.Column():
-                                _read_column("InstructEdit's input", "ie", out,
-                                             "Exactly what the model reads when the edit is made.")
-                            for slot in SLOTS:
-                                with gr.Column(visible=slot in shown):
-                                    _read_column(f"{SLOT_INFO[slot].label}'s input", SLOT_INFO[slot].key, out,
-                                                 SLOT_INFO[slot].reads)
-                    gr.Markdown("### Blast radius\nAfter every edit, without typing anything: the same "
-                                "sentence with other subjects, other facts about the same subject, and a "
-                                "fixed panel of unrelated facts, before and after.")
-                    _blast_panel("ie", out)
-                    for slot in SLOTS:
-                        with gr.Group(visible=slot in shown):
-                            with gr.Accordion(f"{SLOT_INFO[slot].label}: blast radius", open=False):
-                                _blast_panel(SLOT_INFO[slot].key, out)
-                    with gr.Accordion("Where is this fact? Causal tracing of the prompt", open=False,
-                                      elem_id="trace-panel"):
-                        gr.Markdown("Which layers and tokens of the **unedited** model carry the answer to "
-                                    "the prompt above: noise hides the subject's words, then each layer's "
-                                    "state at each token is put back in turn (Meng et al. 2022). Your "
-                                    "edits are not applied. Takes 10-60 s on a CPU.")
-                        trace_btn = gr.Button("Trace the prompt", elem_id="trace-button")
-                        trace_text = gr.Markdown(elem_id="trace-summary")
-                        trace_image = gr.Image(label="Causal trace: the answer's probability with one state "
-                                                     "restored (rows: tokens; columns: layers)", show_label=False,
-                                               type="filepath", interactive=False, elem_id="trace-heatmap")
-                    with gr.Accordion("Full report (JSON)", open=False):
-                        out["report"] = gr.JSON(label="Report", elem_id="report")
-
-            gr.Markdown("### Your edits")
-            out["history_summary"] = gr.Markdown(history_summary([], limits.max_edits_per_session),
-                                                 elem_id="history-summary")
-            out["history"] = gr.Dataframe(history_table([], shown), interactive=False, wrap=True, elem_id="history",
-                                          label="Active edits (oldest first; says it: the continuation of "
-                                                "the prompt as typed contains the target; blast radius: "
-                                                "changed / probed)", column_widths=history_widths(shown))
-            with gr.Row():
-                undo_btn = gr.Button("Undo last edit", elem_id="undo-button")
-                out["remove_choice"] = gr.Dropdown([], label="Edit to remove", scale=2, elem_id="remove-choice",
-                                                   info="Later edits stay; they were made on top of it.")
-                remove_btn = gr.Button("Remove", elem_id="remove-button")
-                reset_btn = gr.Button("Reset all", variant="stop", elem_id="reset-button")
-            with gr.Row():
-                export_btn = gr.Button("Export history (JSON)", elem_id="export-button")
-                import_btn = gr.UploadButton("Import history (JSON)", file_types=[".json"], type="filepath",
-                                             elem_id="import-button")
-            export_file = gr.File(label="Exported history (click the name to download)", interactive=False,
-                                  height=90, elem_id="export-file")
-            gr.Markdown("Import replaces this session's edits with the file's, recomputed on this model "
-                        "(the file must come from the same model).")
-
+                _edit_form(page)
+                _edit_results(page)
+            _history_panel(page)
         with gr.Tab("Playground", id="playground"):
-            gr.Markdown("Type any prompt and compare the model without and with your active edits.")
-            with gr.Row():
-                play_prompt = gr.Textbox(label="Prompt", max_length=max_chars, scale=4, elem_id="play-prompt",
-                                         info="Any text; the model continues it greedily.")
-                play_tokens = gr.Slider(1, limits.max_new_tokens, value=limits.max_new_tokens, step=1,
-                                        label="New tokens", info="How much text to generate.", scale=1)
-            play_btn = gr.Button("Generate", variant="primary", elem_id="generate-button")
-            with gr.Row():
-                play_off = gr.HighlightedText(label="Without your edits", color_map=DIFF_COLORS,
-                                              show_inline_category=False, elem_id="play-off")
-                play_on = gr.HighlightedText(label="With your edits", color_map=DIFF_COLORS,
-                                             show_inline_category=False, elem_id="play-on")
-            play_note = gr.Markdown(elem_id="play-note")
-
+            _playground_tab(page)
         with gr.Tab("Results", id="results"):
-            gr.Markdown(_results_markdown(results))
-            for figure in results.figures:
-                gr.Image(str(figure), label=figure.stem.replace("_", " "), interactive=False)
-
+            _results_tab(results)
         with gr.Tab("About", id="about"):
-            gr.HTML(diagram_html())
-            gr.Markdown(ABOUT)
-            gr.Code(CITATION, language=None, label="BibTeX", interactive=False)
+            _about_tab()
 
-        # ----- events ---------------------------------------------------------------------
-        form_inputs = [task, instruction, custom_instruction, topic, label, prompt, target, rephrases, probes,
-                       subject, kind]
-        history_outputs = [out["history"], out["history_summary"], out["remove_choice"]]
-
-        def make_form(*values) -> EditForm:
-            return EditForm(*[v if v is not None else "" for v in values])
-
-        def history_values(entries) -> tuple:
-            choices = history_choices(entries)
-            return (history_table(entries, shown), history_summary(entries, limits.max_edits_per_session),
-                    gr.Dropdown(choices=choices, value=choices[-1][1] if choices else None))
-
-        def on_task(name: str):
-            spec = get_task(name)
-            return (gr.Dropdown(choices=instruction_options(name), value=default_instruction(name)),
-                    spec.description, gr.Row(visible=spec.needs_topic_and_label),
-                    *[gr.Column(visible=n == name) for n in example_cols])
-
-        task.change(on_task, task, [instruction, task_help, convsent_row, *example_cols.values()],
-                    queue=False, show_progress="hidden", api_visibility="private")
-        instruction.change(lambda c: gr.Textbox(visible=c == "custom"), instruction, custom_instruction,
-                           queue=False, show_progress="hidden", api_visibility="private")
-
-        def on_preview(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_,
-                       subject_, kind_):
-            form = make_form(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_,
-                             subject_, kind_)
-            wrapped, plain = preview_inputs(form, max_chars, limits.max_lines)
-            return wrapped, plain, plain  # the baseline and ROME read the prompt as typed
-
-        gr.on([c.change for c in form_inputs[:6]], on_preview, form_inputs,
-              [out["ie_input"], out["bl_input"], out["rome_input"]],
-              queue=False, show_progress="hidden", api_visibility="private", trigger_mode="always_last")
-
-        def on_prompt(prompt_: str | None, subject_: str | None):
-            guess = subject_for(prompt_ or "", subject_)
-            return gr.skip() if guess == (subject_ or "").strip() else guess
-
-        prompt.change(on_prompt, [prompt, subject], subject, queue=False, show_progress="hidden",
-                      api_visibility="private", trigger_mode="always_last")
-        subject.change(lambda s, p: catalog.guess_kind(s or "", p or "") if (s or "").strip() else AUTO_KIND,
-                       [subject, prompt], kind, queue=False, show_progress="hidden", api_visibility="private",
-                       trigger_mode="always_last")
-
-        def run_edit(form: EditForm, request: gr.Request | None, progress=None,
-                     on_update: Callable[[EditOutcome], None] | None = None) -> EditOutcome:
-            req = build_request(form, max_chars, limits.max_lines)
-            report = (lambda f, msg: progress(f, desc=msg)) if progress is not None else None
-            outcome = service.edit(session_of(request), req, progress=report, kind=kind_choice(form, catalog),
-                                   on_update=on_update)
-            for slot in shown:
-                error = outcome.compared(slot)[1]
-                if error:
-                    gr.Warning(error)
-            return outcome
-
-        @guarded
-        def on_edit(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_,
-                    subject_, kind_, request: gr.Request, progress=gr.Progress()):  # noqa: B008
-            """InstructEdit's first look (the prompt as typed before and after) as soon as it is
-            measured, then its whole report with the blast radius, then the comparison editors'
-            (ROME takes seconds) with the history: the last step is the whole result."""
-            form = make_form(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_,
-                             subject_, kind_)
-            for outcome in in_steps(lambda early: run_edit(form, request, progress, on_update=early)):
-                fields = _edit_fields(outcome)
-                fields.update(zip(("history", "history_summary", "remove_choice"),
-                                  history_values(outcome.history), strict=True))
-                yield tuple(fields[name] for name in EDIT_OUTPUTS)
-
-        gr.on([edit_btn.click, target.submit], on_edit, form_inputs, [out[name] for name in EDIT_OUTPUTS],
-              api_name="edit", concurrency_id=MODEL_QUEUE, concurrency_limit=limits.concurrency_limit,
-              scroll_to_output=False)
-
-        @guarded
-        def edit_report(task: str = first_task, instruction: str = "0", prompt: str = "", target: str = "",
-                        rephrases: str = "", probes: str = "", subject: str = "", kind: str = AUTO_KIND,
-                        custom_instruction: str = "", topic: str = "", sentiment: str = "positive",
-                        request: gr.Request = None) -> dict:
-            """Make an edit exactly as /edit does and return only its report: one JSON object with
-            named fields (request, instructedit, baseline, rome; each editor's scores, the prompt as
-            typed, rephrases, locality probes, blast radius and paper-protocol numbers)."""
-            form = EditForm(task, instruction, custom_instruction, topic, sentiment, prompt, target,
-                            rephrases, probes, subject, kind)
-            return edit_payload(run_edit(form, request))
-
-        gr.api(edit_report, api_name="edit_report", concurrency_id=MODEL_QUEUE,
-               concurrency_limit=limits.concurrency_limit)
-
-        @guarded
-        def on_undo(request: gr.Request):
-            service.undo(session_of(request))
-            return history_values(service.history(session_of(request)))
-
-        @guarded
-        def on_remove(edit_id: str | None, request: gr.Request):
-            service.remove(session_of(request), edit_id or "")
-            return history_values(service.history(session_of(request)))
-
-        @guarded
-        def on_reset(request: gr.Request):
-            service.reset(session_of(request))
-            return history_values([])
-
-        undo_btn.click(on_undo, None, history_outputs, api_name="undo")
-        remove_btn.click(on_remove, out["remove_choice"], history_outputs, api_name="remove")
-        reset_btn.click(on_reset, None, history_outputs, api_name="reset")
-
-        @guarded
-        def on_history(request: gr.Request):
-            return history_values(service.history(session_of(request)))
-
-        demo.load(on_history, None, history_outputs, api_name="history", show_progress="hidden")
-
-        @guarded
-        def on_export(request: gr.Request) -> str:
-            return str(service.export_file(session_of(request)))
-
-        export_btn.click(on_export, None, export_file, api_name="export")
-
-        @guarded
-        def on_trace(prompt_: str | None, subject_: str | None, request: gr.Request) -> tuple[str, str]:
-            view = service.trace(session_of(request), prompt_ or "", subject_ or "")
-            return str(view.image), trace_markdown(view)
-
-        trace_btn.click(on_trace, [prompt, subject], [trace_image, trace_text], api_name="trace",
-                        concurrency_id=MODEL_QUEUE, concurrency_limit=limits.concurrency_limit)
-
-        @guarded
-        def on_import(path: str | None, request: gr.Request, progress=gr.Progress()):  # noqa: B008
-            if not path:
-                raise UserError("Choose a history file (.json) to import.")
-            size = os.path.getsize(path)
-            if size > limits.max_import_bytes:
-                raise UserError(f"The file is {size:,} bytes; the limit is {limits.max_import_bytes:,}.")
-            with open(path, "rb") as handle:
-                raw = handle.read()
-            entries = service.import_history(session_of(request), raw,
-                                             progress=lambda f, msg: progress(f, desc=msg))
-            gr.Info(f"Imported {len(entries)} edit(s).")
-            return history_values(entries)
-
-        import_btn.upload(on_import, import_btn, history_outputs, api_name="import",
-                          concurrency_id=MODEL_QUEUE, concurrency_limit=limits.concurrency_limit)
-
-        @guarded
-        def on_generate(text: str, tokens: float, request: gr.Request):
-            sid = session_of(request)
-            without, with_edits = service.generate(sid, text, int(tokens))
-            n = len(service.history(sid))
-            off, on = word_diff(without, with_edits)
-            note = (f"{n} active edit(s) applied on the right." if n else
-                    "You have no active edits yet, so both sides are the same model.")
-            return off, on, note
-
-        gr.on([play_btn.click, play_prompt.submit], on_generate, [play_prompt, play_tokens],
-              [play_off, play_on, play_note], api_name="generate", concurrency_id=MODEL_QUEUE,
-              concurrency_limit=limits.concurrency_limit)
+        _wire_form(page)
+        _wire_edit(page)
+        _wire_history(page, demo)
+        _wire_trace(page)
+        _wire_import(page)
+        _wire_playground(page)
 
         def on_unload(request: gr.Request):
             sid = getattr(request, "session_hash", None)
@@ -511,6 +256,378 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
 
         demo.unload(on_unload)
     return demo
+
+
+# ----- layout -----------------------------------------------------------------------------------
+def _edit_form(page: _Page) -> None:
+    """The Edit tab's left column: task, instruction, prompt, target, subject, probes, the Edit
+    button and each task's examples."""
+    ui, max_chars, list_chars = page.ui, page.max_chars, page.list_chars
+    with gr.Column(scale=2, min_width=340):
+        ui["task"] = gr.Radio(task_options(), value=FIRST_TASK, label="Task",
+                              info="What kind of edit. ZsRE was held out of training: it tests "
+                                   "whether the editor carries over to a new task.",
+                              elem_id="task")
+        ui["task_help"] = gr.Markdown(get_task(FIRST_TASK).description)
+        ui["instruction"] = gr.Dropdown(instruction_options(FIRST_TASK),
+                                        value=default_instruction(FIRST_TASK), label="Instruction",
+                                        info="Tells the editor what kind of edit this is. 1-9 were "
+                                             "seen in training; 'held out' was not.",
+                                        elem_id="instruction")
+        ui["custom_instruction"] = gr.Textbox(label="Your instruction", visible=False,
+                                              max_length=max_chars, lines=2,
+                                              placeholder="e.g. Replace the answer with a new one.",
+                                              info="One sentence describing the edit.")
+        with gr.Row(visible=False) as convsent_row:
+            ui["topic"] = gr.Textbox(label="Topic", max_length=max_chars,
+                                     info="Fills [TOPIC] in the instruction.")
+            ui["label"] = gr.Radio(list(LABELS), value="positive", label="Sentiment",
+                                   info="Fills [LABEL]: the opinion to adopt.")
+        ui["convsent_row"] = convsent_row
+        ui["prompt"] = gr.Textbox(label="Prompt", max_length=max_chars, elem_id="prompt",
+                                  info="The text whose continuation should change.")
+        ui["target"] = gr.Textbox(label="Target", max_length=max_chars, elem_id="target",
+                                  info="The new answer the model should give after the prompt.")
+        with gr.Row():
+            ui["subject"] = gr.Textbox("", label="Subject", max_length=max_chars, scale=2, elem_id="subject",
+                                       info="What the edit is about (guessed from the prompt; "
+                                            "edit it). The blast radius probes other subjects in "
+                                            "the same sentence and other facts about this one.")
+            ui["kind"] = gr.Dropdown(kind_options(page.catalog), value=AUTO_KIND, label="Kind of subject",
+                                     scale=1, elem_id="kind",
+                                     info="Which list of comparable subjects to probe.")
+        ui["rephrases"] = gr.Textbox(label="Rephrases (optional, one per line)", lines=2,
+                                     max_length=list_chars, elem_id="rephrases",
+                                     info="Other ways to ask: should get the target too "
+                                          "(generalization).")
+        ui["probes"] = gr.Textbox(label="Locality probes (optional, one per line)", lines=2,
+                                  max_length=list_chars, elem_id="probes",
+                                  info="Unrelated prompts whose answers should not change "
+                                       "(locality).")
+        ui["edit_btn"] = gr.Button("Edit", variant="primary", elem_id="edit-button")
+        example_inputs = [ui[name] for name in ("prompt", "target", "rephrases", "probes", "topic", "label",
+                                                "subject")]
+        for name, spec in TASKS.items():
+            with gr.Column(visible=name == FIRST_TASK) as col:
+                visible_cols = [0, 1, 4, 5] if spec.needs_topic_and_label else [0, 1]
+                gr.Examples(example_rows(name), example_inputs, visible_columns=visible_cols,
+                            label=f"{spec.display_name} examples (click one to fill the form)",
+                            examples_per_page=6)
+            page.example_cols[name] = col
+
+
+def _edit_results(page: _Page) -> None:
+    """The Edit tab's right column: each editor's result, tables, what it read, blast radius,
+    causal tracing and the full JSON report."""
+    out, shown = page.ui, page.shown
+    with gr.Column(scale=3, min_width=420):
+        gr.Markdown("#### What the model now says\nThe prompt as typed, continued before and "
+                    "after the edit: what the Playground shows.")
+        with gr.Row(equal_height=False):
+            with gr.Column(min_width=RESULT_MIN_WIDTH):
+                _result_column("InstructEdit", "ie", out)
+            for slot in SLOTS:
+                with gr.Column(visible=slot in shown, min_width=RESULT_MIN_WIDTH,
+                               elem_id=f"{SLOT_INFO[slot].key}-column"):
+                    _result_column(SLOT_INFO[slot].title, SLOT_INFO[slot].key, out)
+        _tables("InstructEdit", "ie", out)
+        for slot in SLOTS:
+            with gr.Group(visible=slot in shown):
+                _tables(SLOT_INFO[slot].label, SLOT_INFO[slot].key, out, open_=False)
+        with gr.Accordion("What the editor read: the instruction-wrapped input and its "
+                          "continuation (paper protocol)", open=False, elem_id="editor-read"):
+            with gr.Row(equal_height=False):
+                with gr.Column():
+                    _read_column("InstructEdit's input", "ie", out,
+                                 "Exactly what the model reads when the edit is made.")
+                for slot in SLOTS:
+                    with gr.Column(visible=slot in shown):
+                        _read_column(f"{SLOT_INFO[slot].label}'s input", SLOT_INFO[slot].key, out,
+                                     SLOT_INFO[slot].reads)
+        gr.Markdown("### Blast radius\nAfter every edit, without typing anything: the same "
+                    "sentence with other subjects, other facts about the same subject, and a "
+                    "fixed panel of unrelated facts, before and after.")
+        _blast_panel("ie", out)
+        for slot in SLOTS:
+            with gr.Group(visible=slot in shown):
+                with gr.Accordion(f"{SLOT_INFO[slot].label}: blast radius", open=False):
+                    _blast_panel(SLOT_INFO[slot].key, out)
+        _trace_panel(out)
+        with gr.Accordion("Full report (JSON)", open=False):
+            out["report"] = gr.JSON(label="Report", elem_id="report")
+
+
+def _trace_panel(ui: dict) -> None:
+    """Where is this fact? Causal tracing of the prompt on the unedited model."""
+    with gr.Accordion("Where is this fact? Causal tracing of the prompt", open=False,
+                      elem_id="trace-panel"):
+        gr.Markdown("Which layers and tokens of the **unedited** model carry the answer to "
+                    "the prompt above: noise hides the subject's words, then each layer's "
+                    "state at each token is put back in turn (Meng et al. 2022). Your "
+                    "edits are not applied. Takes 10-60 s on a CPU.")
+        ui["trace_btn"] = gr.Button("Trace the prompt", elem_id="trace-button")
+        ui["trace_text"] = gr.Markdown(elem_id="trace-summary")
+        ui["trace_image"] = gr.Image(label="Causal trace: the answer's probability with one state "
+                                           "restored (rows: tokens; columns: layers)", show_label=False,
+                                     type="filepath", interactive=False, elem_id="trace-heatmap")
+
+
+def _history_panel(page: _Page) -> None:
+    """Your edits: the session's active edits, undo / remove / reset, export and import."""
+    ui, limits, shown = page.ui, page.limits, page.shown
+    gr.Markdown("### Your edits")
+    ui["history_summary"] = gr.Markdown(history_summary([], limits.max_edits_per_session),
+                                        elem_id="history-summary")
+    ui["history"] = gr.Dataframe(history_table([], shown), interactive=False, wrap=True, elem_id="history",
+                                 label="Active edits (oldest first; says it: the continuation of "
+                                       "the prompt as typed contains the target; blast radius: "
+                                       "changed / probed)", column_widths=history_widths(shown))
+    with gr.Row():
+        ui["undo_btn"] = gr.Button("Undo last edit", elem_id="undo-button")
+        ui["remove_choice"] = gr.Dropdown([], label="Edit to remove", scale=2, elem_id="remove-choice",
+                                          info="Later edits stay; they were made on top of it.")
+        ui["remove_btn"] = gr.Button("Remove", elem_id="remove-button")
+        ui["reset_btn"] = gr.Button("Reset all", variant="stop", elem_id="reset-button")
+    with gr.Row():
+        ui["export_btn"] = gr.Button("Export history (JSON)", elem_id="export-button")
+        ui["import_btn"] = gr.UploadButton("Import history (JSON)", file_types=[".json"], type="filepath",
+                                           elem_id="import-button")
+    ui["export_file"] = gr.File(label="Exported history (click the name to download)", interactive=False,
+                                height=90, elem_id="export-file")
+    gr.Markdown("Import replaces this session's edits with the file's, recomputed on this model "
+                "(the file must come from the same model).")
+
+
+def _playground_tab(page: _Page) -> None:
+    """Any prompt, continued without and with the session's active edits."""
+    ui = page.ui
+    gr.Markdown("Type any prompt and compare the model without and with your active edits.")
+    with gr.Row():
+        ui["play_prompt"] = gr.Textbox(label="Prompt", max_length=page.max_chars, scale=4,
+                                       elem_id="play-prompt",
+                                       info="Any text; the model continues it greedily.")
+        ui["play_tokens"] = gr.Slider(1, page.limits.max_new_tokens, value=page.limits.max_new_tokens,
+                                      step=1, label="New tokens", info="How much text to generate.",
+                                      scale=1)
+    ui["play_btn"] = gr.Button("Generate", variant="primary", elem_id="generate-button")
+    with gr.Row():
+        ui["play_off"] = gr.HighlightedText(label="Without your edits", color_map=DIFF_COLORS,
+                                            show_inline_category=False, elem_id="play-off")
+        ui["play_on"] = gr.HighlightedText(label="With your edits", color_map=DIFF_COLORS,
+                                           show_inline_category=False, elem_id="play-on")
+    ui["play_note"] = gr.Markdown(elem_id="play-note")
+
+
+def _results_tab(results: ResultsContent) -> None:
+    """docs/results.md and its figures."""
+    gr.Markdown(_results_markdown(results))
+    for figure in results.figures:
+        gr.Image(str(figure), label=figure.stem.replace("_", " "), interactive=False)
+
+
+def _about_tab() -> None:
+    gr.HTML(diagram_html())
+    gr.Markdown(ABOUT)
+    gr.Code(CITATION, language=None, label="BibTeX", interactive=False)
+
+
+# ----- events -----------------------------------------------------------------------------------
+def _make_form(*values) -> EditForm:
+    return EditForm(*[v if v is not None else "" for v in values])
+
+
+def _history_values(page: _Page, entries) -> tuple:
+    """The history table, its summary and the remove dropdown for ``entries``."""
+    choices = history_choices(entries)
+    return (history_table(entries, page.shown), history_summary(entries, page.limits.max_edits_per_session),
+            gr.Dropdown(choices=choices, value=choices[-1][1] if choices else None))
+
+
+def _run_edit(page: _Page, form: EditForm, request: gr.Request | None, progress=None,
+              on_update: Callable[[EditOutcome], None] | None = None) -> EditOutcome:
+    req = build_request(form, page.max_chars, page.limits.max_lines)
+    report = (lambda f, msg: progress(f, desc=msg)) if progress is not None else None
+    outcome = page.service.edit(session_of(request), req, progress=report,
+                                kind=kind_choice(form, page.catalog), on_update=on_update)
+    for slot in page.shown:
+        error = outcome.compared(slot)[1]
+        if error:
+            gr.Warning(error)
+    return outcome
+
+
+def _wire_form(page: _Page) -> None:
+    """The form's live updates: the task's instructions, examples and fields, the inputs preview,
+    the subject guessed from the prompt and its kind (private: no API)."""
+    ui, catalog, max_chars = page.ui, page.catalog, page.max_chars
+    example_cols = page.example_cols
+
+    def on_task(name: str):
+        spec = get_task(name)
+        return (gr.Dropdown(choices=instruction_options(name), value=default_instruction(name)),
+                spec.description, gr.Row(visible=spec.needs_topic_and_label),
+                *[gr.Column(visible=n == name) for n in example_cols])
+
+    ui["task"].change(on_task, ui["task"], [ui["instruction"], ui["task_help"], ui["convsent_row"],
+                                            *example_cols.values()],
+                      queue=False, show_progress="hidden", api_visibility="private")
+    ui["instruction"].change(lambda c: gr.Textbox(visible=c == "custom"), ui["instruction"],
+                             ui["custom_instruction"], queue=False, show_progress="hidden",
+                             api_visibility="private")
+
+    def on_preview(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_,
+                   subject_, kind_):
+        form = _make_form(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_,
+                          subject_, kind_)
+        wrapped, plain = preview_inputs(form, max_chars, page.limits.max_lines)
+        return wrapped, plain, plain  # the baseline and ROME read the prompt as typed
+
+    form_inputs = page.form_inputs
+    gr.on([c.change for c in form_inputs[:6]], on_preview, form_inputs,
+          [ui["ie_input"], ui["bl_input"], ui["rome_input"]],
+          queue=False, show_progress="hidden", api_visibility="private", trigger_mode="always_last")
+
+    def on_prompt(prompt_: str | None, subject_: str | None):
+        guess = subject_for(prompt_ or "", subject_)
+        return gr.skip() if guess == (subject_ or "").strip() else guess
+
+    prompt, subject = ui["prompt"], ui["subject"]
+    prompt.change(on_prompt, [prompt, subject], subject, queue=False, show_progress="hidden",
+                  api_visibility="private", trigger_mode="always_last")
+    subject.change(lambda s, p: catalog.guess_kind(s or "", p or "") if (s or "").strip() else AUTO_KIND,
+                   [subject, prompt], ui["kind"], queue=False, show_progress="hidden",
+                   api_visibility="private", trigger_mode="always_last")
+
+
+def _wire_edit(page: _Page) -> None:
+    """``/edit`` (the page's Edit button, streamed in steps) and ``/edit_report`` (the same edit,
+    its report only, for API users)."""
+    ui, limits = page.ui, page.limits
+
+    @guarded
+    def on_edit(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_,
+                subject_, kind_, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+        """InstructEdit's first look (the prompt as typed before and after) as soon as it is
+        measured, then its whole report with the blast radius, then the comparison editors'
+        (ROME takes seconds) with the history: the last step is the whole result."""
+        form = _make_form(task_, instruction_, custom_, topic_, label_, prompt_, target_, rephrases_, probes_,
+                          subject_, kind_)
+        for outcome in in_steps(lambda early: _run_edit(page, form, request, progress, on_update=early)):
+            fields = _edit_fields(outcome)
+            fields.update(zip(("history", "history_summary", "remove_choice"),
+                              _history_values(page, outcome.history), strict=True))
+            yield tuple(fields[name] for name in EDIT_OUTPUTS)
+
+    gr.on([ui["edit_btn"].click, ui["target"].submit], on_edit, page.form_inputs,
+          [ui[name] for name in EDIT_OUTPUTS], api_name="edit", concurrency_id=MODEL_QUEUE,
+          concurrency_limit=limits.concurrency_limit, scroll_to_output=False)
+
+    @guarded
+    def edit_report(task: str = FIRST_TASK, instruction: str = "0", prompt: str = "", target: str = "",
+                    rephrases: str = "", probes: str = "", subject: str = "", kind: str = AUTO_KIND,
+                    custom_instruction: str = "", topic: str = "", sentiment: str = "positive",
+                    request: gr.Request = None) -> dict:
+        """Make an edit exactly as /edit does and return only its report: one JSON object with
+        named fields (request, instructedit, baseline, rome; each editor's scores, the prompt as
+        typed, rephrases, locality probes, blast radius and paper-protocol numbers)."""
+        form = EditForm(task, instruction, custom_instruction, topic, sentiment, prompt, target,
+                        rephrases, probes, subject, kind)
+        return edit_payload(_run_edit(page, form, request))
+
+    gr.api(edit_report, api_name="edit_report", concurrency_id=MODEL_QUEUE,
+           concurrency_limit=limits.concurrency_limit)
+
+
+def _wire_history(page: _Page, demo: gr.Blocks) -> None:
+    """Undo, remove, reset, the history on page load, and export."""
+    ui, service, history_outputs = page.ui, page.service, page.history_outputs
+
+    @guarded
+    def on_undo(request: gr.Request):
+        service.undo(session_of(request))
+        return _history_values(page, service.history(session_of(request)))
+
+    @guarded
+    def on_remove(edit_id: str | None, request: gr.Request):
+        service.remove(session_of(request), edit_id or "")
+        return _history_values(page, service.history(session_of(request)))
+
+    @guarded
+    def on_reset(request: gr.Request):
+        service.reset(session_of(request))
+        return _history_values(page, [])
+
+    ui["undo_btn"].click(on_undo, None, history_outputs, api_name="undo")
+    ui["remove_btn"].click(on_remove, ui["remove_choice"], history_outputs, api_name="remove")
+    ui["reset_btn"].click(on_reset, None, history_outputs, api_name="reset")
+
+    @guarded
+    def on_history(request: gr.Request):
+        return _history_values(page, service.history(session_of(request)))
+
+    demo.load(on_history, None, history_outputs, api_name="history", show_progress="hidden")
+
+    @guarded
+    def on_export(request: gr.Request) -> str:
+        return str(service.export_file(session_of(request)))
+
+    ui["export_btn"].click(on_export, None, ui["export_file"], api_name="export")
+
+
+def _wire_trace(page: _Page) -> None:
+    """``/trace``: causal tracing of the prompt (runs the model)."""
+    ui = page.ui
+
+    @guarded
+    def on_trace(prompt_: str | None, subject_: str | None, request: gr.Request) -> tuple[str, str]:
+        view = page.service.trace(session_of(request), prompt_ or "", subject_ or "")
+        return str(view.image), trace_markdown(view)
+
+    ui["trace_btn"].click(on_trace, [ui["prompt"], ui["subject"]], [ui["trace_image"], ui["trace_text"]],
+                          api_name="trace", concurrency_id=MODEL_QUEUE,
+                          concurrency_limit=page.limits.concurrency_limit)
+
+
+def _wire_import(page: _Page) -> None:
+    """``/import``: a history file replaces the session's edits, recomputed (runs the model)."""
+    limits = page.limits
+
+    @guarded
+    def on_import(path: str | None, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+        if not path:
+            raise UserError("Choose a history file (.json) to import.")
+        size = os.path.getsize(path)
+        if size > limits.max_import_bytes:
+            raise UserError(f"The file is {size:,} bytes; the limit is {limits.max_import_bytes:,}.")
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        entries = page.service.import_history(session_of(request), raw,
+                                              progress=lambda f, msg: progress(f, desc=msg))
+        gr.Info(f"Imported {len(entries)} edit(s).")
+        return _history_values(page, entries)
+
+    import_btn = page.ui["import_btn"]
+    import_btn.upload(on_import, import_btn, page.history_outputs, api_name="import",
+                      concurrency_id=MODEL_QUEUE, concurrency_limit=limits.concurrency_limit)
+
+
+def _wire_playground(page: _Page) -> None:
+    """``/generate``: the Playground's continuation without and with the active edits."""
+    ui, service = page.ui, page.service
+
+    @guarded
+    def on_generate(text: str, tokens: float, request: gr.Request):
+        sid = session_of(request)
+        without, with_edits = service.generate(sid, text, int(tokens))
+        n = len(service.history(sid))
+        off, on = word_diff(without, with_edits)
+        note = (f"{n} active edit(s) applied on the right." if n else
+                "You have no active edits yet, so both sides are the same model.")
+        return off, on, note
+
+    gr.on([ui["play_btn"].click, ui["play_prompt"].submit], on_generate, [ui["play_prompt"], ui["play_tokens"]],
+          [ui["play_off"], ui["play_on"], ui["play_note"]], api_name="generate", concurrency_id=MODEL_QUEUE,
+          concurrency_limit=page.limits.concurrency_limit)
 
 
 def _editor_fields(key: str, title: str, report: EditReport | None, error: str | None,
