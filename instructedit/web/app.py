@@ -201,6 +201,7 @@ class _Page:
     catalog: Any
     ui: dict[str, gr.components.Component] = field(default_factory=dict)
     example_cols: dict[str, gr.Column] = field(default_factory=dict)  # task -> its examples
+    examples: list[gr.Examples] = field(default_factory=list)
 
     @property
     def max_chars(self) -> int:
@@ -243,6 +244,7 @@ def build_demo(service: EditService, status: str, results: ResultsContent | None
             _about_tab()
 
         _wire_form(page)
+        _wire_read_ahead(page)
         _wire_edit(page)
         _wire_history(page, demo)
         _wire_trace(page)
@@ -286,6 +288,11 @@ def _edit_form(page: _Page) -> None:
         ui["convsent_row"] = convsent_row
         ui["prompt"] = gr.Textbox(label="Prompt", max_length=max_chars, elem_id="prompt",
                                   info="The text whose continuation should change.")
+        ui["now_says"] = gr.Textbox(label="The model now says (before this edit)", interactive=False,
+                                    lines=2, elem_id="now-says",
+                                    info="Read ahead when you pick an example or leave the prompt "
+                                         "box (with your earlier edits), so the edit's first answer "
+                                         "comes sooner.")
         ui["target"] = gr.Textbox(label="Target", max_length=max_chars, elem_id="target",
                                   info="The new answer the model should give after the prompt.")
         with gr.Row():
@@ -310,9 +317,10 @@ def _edit_form(page: _Page) -> None:
         for name, spec in TASKS.items():
             with gr.Column(visible=name == FIRST_TASK) as col:
                 visible_cols = [0, 1, 4, 5] if spec.needs_topic_and_label else [0, 1]
-                gr.Examples(example_rows(name), example_inputs, visible_columns=visible_cols,
-                            label=f"{spec.display_name} examples (click one to fill the form)",
-                            examples_per_page=6)
+                page.examples.append(
+                    gr.Examples(example_rows(name), example_inputs, visible_columns=visible_cols,
+                                label=f"{spec.display_name} examples (click one to fill the form)",
+                                examples_per_page=6))
             page.example_cols[name] = col
 
 
@@ -497,6 +505,28 @@ def _wire_form(page: _Page) -> None:
     subject.change(lambda s, p: catalog.guess_kind(s or "", p or "") if (s or "").strip() else AUTO_KIND,
                    [subject, prompt], ui["kind"], queue=False, show_progress="hidden",
                    api_visibility="private", trigger_mode="always_last")
+
+
+def _wire_read_ahead(page: _Page) -> None:
+    """When an example fills the form or the prompt box is left, continue the prompt with the
+    session's edits and show it (:meth:`EditService.read_ahead`): the edit clicked next finds its
+    "before" known (private: no API; one at a time, the latest prompt wins)."""
+    ui, service = page.ui, page.service
+
+    def on_read_ahead(prompt_: str | None, request: gr.Request):
+        text = (prompt_ or "").strip()
+        if not text:
+            return ""
+        try:
+            return text + service.read_ahead(session_of(request), text)
+        except UserError:
+            return ""  # the Edit button says why, if the user goes on with this prompt
+
+    options = dict(show_progress="hidden", api_visibility="private", trigger_mode="always_last",
+                   concurrency_id="read_ahead", concurrency_limit=1)
+    gr.on([ui["prompt"].blur, ui["prompt"].submit], on_read_ahead, ui["prompt"], ui["now_says"], **options)
+    for examples in page.examples:
+        examples.load_input_event.then(on_read_ahead, ui["prompt"], ui["now_says"], **options)
 
 
 def _wire_edit(page: _Page) -> None:

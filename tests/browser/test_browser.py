@@ -2,7 +2,8 @@
 
 Debian's /usr/bin/chromium driven by Playwright (never ``playwright install``). The app runs with
 both comparison editors (``--compare both``: the baseline and ROME). An edit from an example: the
-prompt as typed now continues with the target, InstructEdit's result shows while ROME is still
+model's answer to the prompt is read ahead and shown once the example fills the form, the edit's
+"before" is that text, the prompt as typed now continues with the target, InstructEdit's result shows while ROME is still
 computing, then ROME's and the baseline's columns fill in, the blast radius panel renders with its
 probes and chart, and the Playground shows the same text for the same sentence; a custom edit
 whose subject is typed by hand, then "Where is this fact?" (causal tracing, few samples): the
@@ -153,8 +154,15 @@ def test_counterfact_example_edit(app_url, page, tmp_path):
     _wait_value(page, "prompt", example.prompt)
     _wait_value(page, "subject", example.subject)  # the example's subject, kept by the guesser
     assert example.locality[0].prompt in page.locator("#probes textarea").input_value()
+    # while the user reads the form, the model's answer to the prompt is read ahead and shown
+    page.wait_for_function("([p]) => { const e = document.querySelector('#now-says textarea');"
+                           " return e && e.value.startsWith(p) && e.value.length > p.length; }",
+                           arg=[example.prompt], timeout=EDIT_TIMEOUT_S * 1000)
+    read_ahead = _value(page, "now-says")[len(example.prompt):]
 
     _edit(page)
+    # the edit's "before" is the continuation read ahead (the same text, not generated again)
+    assert _shown_text(page, "ie-before", "Before the edit") == " ".join(read_ahead.split())
     # what the model now says: the prompt as typed, continued with the target
     after = _shown_text(page, "ie-after", "After the edit")
     assert example.target_new.lower() in after.lower(), after
