@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "session's edits are its own.",
     )
     g = p.add_argument_group("model and editors")
-    added = add_fields(g, AppConfig, include=("model", "quant", "device", "editor", "baseline_editor", "compare"),
+    added = add_fields(g, AppConfig, include=("model", "quant", "device", "fast_4bit", "editor", "baseline_editor",
+                                            "compare"),
                        options=APP_OPTIONS)
     add_patch_rank_argument(g)
     added += add_fields(g, AppConfig, include=("data_dir",), options=APP_OPTIONS)

@@ -96,3 +96,72 @@ def test_bench_rejects_bad_threads(capsys):
     code = cli.main(["bench", "--threads", "0", "--quick"])
     assert code == 2
     assert "--threads" in capsys.readouterr().err
+
+
+# ----- sections 3 and 6 measure through the evaluator ---------------------------------------------
+@pytest.fixture(scope="module")
+def bench_editor(tiny_llama_dir):
+    from instructedit.editing.editors import GRADIENT, load_editor
+    from instructedit.model.backbone import load_backbone
+
+    backbone = load_backbone(str(tiny_llama_dir), device="cpu")
+    return load_editor(GRADIENT, backbone, step_size=1.0, patch_rank=None)
+
+
+@pytest.fixture(scope="module")
+def bench_records(tmp_path_factory):
+    from instructedit.bench.workload import counterfact_records
+
+    return counterfact_records(str(make_data_dir(tmp_path_factory.mktemp("bench_data") / "data")), 3)
+
+
+def test_bench_renders_edit_inputs_as_the_edit_request(bench_editor, bench_records):
+    """The compression study's patches come from :func:`edit_request`; the evaluator scores them
+    on its own rendering of the record: both must be the same text."""
+    from instructedit.bench.workload import edit_request, eval_config
+    from instructedit.evaluate.runner import Evaluator
+
+    evaluator = Evaluator(bench_editor.backbone, bench_editor, eval_config(1))
+    for record, item in zip(bench_records, evaluator.render(bench_records), strict=True):
+        request = edit_request(record)
+        assert item.edit_input == request.edit_input(bench_editor.use_instructions)
+        assert item.rephrases == tuple(request.wrap(r, bench_editor.use_instructions)
+                                       for r in record.rephrases)
+
+
+def test_compression_full_rank_scores_as_the_evaluator_scores_the_editor(bench_editor, bench_records):
+    """Stored full-rank edits, measured by the evaluator, score as the evaluator scores the
+    editor itself (the same measuring path as ``eval``); truncation only changes the numbers."""
+    from instructedit.bench.memory import compression
+    from instructedit.bench.workload import edit_request, eval_config, summary_scores
+    from instructedit.evaluate.runner import Evaluator
+
+    edits = [bench_editor.edit(edit_request(r)) for r in bench_records]
+    result = compression(bench_editor, bench_records, edits, (1,))
+    assert result["edits"] == len(bench_records)
+    assert set(result["variants"]) == {"full rank", "full rank bf16", "rank 1", "rank 1 bf16"}
+    direct = Evaluator(bench_editor.backbone, bench_editor, eval_config(1)).run(bench_records, "test")
+    full = result["variants"]["full rank"]
+    expected = summary_scores(direct.summary)
+    for name in ("reliability", "generalization", "locality"):
+        assert full[name] == pytest.approx(expected[name], abs=1e-3), name
+    assert full["n"] == len(bench_records)
+    rank1 = result["variants"]["rank 1"]
+    assert rank1["bytes"]["median"] < full["bytes"]["median"]
+    assert all(0 <= rank1[name] <= 1 for name in ("reliability", "generalization", "locality"))
+
+
+def test_evaluation_loops_are_the_evaluator(bench_editor, bench_records):
+    from instructedit.bench.evaluation import measure_evaluation
+
+    ev = measure_evaluation(bench_editor, bench_records, batch_size=2)
+    batched, sequential = ev["evaluator"], ev["sequential"]
+    assert (batched["batch_size"], sequential["batch_size"]) == (2, 1)
+    assert batched["records_per_s_per_pass"]["n"] == 2 and sequential["records_per_s_per_pass"]["n"] == 3
+    assert ev["records_per_s"] == batched["records_per_s"] and _positive(sequential["records_per_s"])
+    for loop in (batched, sequential):
+        assert loop["scores"]["n"] == len(bench_records) and _positive(loop["edit_ms_per_record"])
+        assert "Evaluator" in loop["implementation"]
+    # the same records, edited alone or in a batch, score the same
+    for name in ("reliability", "generalization", "locality"):
+        assert batched["scores"][name] == pytest.approx(sequential["scores"][name], abs=1e-3), name

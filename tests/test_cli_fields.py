@@ -53,16 +53,17 @@ ADDED = {  # config fields that had no flag and now have one
     "train": {"--convsent-share", "--edit-from", "--editor-lr", "--grad-clip", "--init-lr", "--key-on",
               "--kl-all-positions", "--last-n-layers", "--layers", "--log-every", "--matrices",
               "--max-answer-tokens", "--n-blocks", "--neighbour-locality", "--patience", "--plain-loss",
-              "--plain-rephrase-share", "--precondition", "--step-size-lr"},
+              "--plain-rephrase-share", "--precondition", "--step-size-lr", "--continuation-kl-tokens",
+              "--init-from"},
     "results": {"--patch-ranks"},
     "bench": {"--active-counts", "--compression-edits", "--eval-batch-size", "--eval-records",
               "--finetune-edits", "--first-answer-edits", "--first-answer-tokens", "--generation-prompt", "--generation-repeats", "--latency-edits",
               "--latency-warmup", "--new-tokens", "--profile-top", "--rome-edits", "--seed", "--svd-ranks",
               "--train-batches", "--train-pool-per-task", "--train-repeats"},
     "app": {"--figures-dir", "--max-import-bytes", "--max-lines", "--max-sessions", "--max-total-edits",
-            "--probe-answer-tokens", "--results-file"},
+            "--probe-answer-tokens", "--results-file", "--no-fast-4bit"},
 }
-ADDED_VALUELESS = {"--kl-all-positions", "--neighbour-locality", "--plain-loss"}
+ADDED_VALUELESS = {"--kl-all-positions", "--neighbour-locality", "--plain-loss", "--no-fast-4bit"}
 
 
 def parser_of(command: str) -> argparse.ArgumentParser:

@@ -266,19 +266,6 @@ def test_every_caller_renders_through_the_one_function(task, prompt, choice, top
     assert example.edit_prompt == example.outer_prompt == expected
 
 
-def test_bench_cases_render_through_the_request() -> None:
-    from instructedit.bench.workload import BENCH_INSTRUCTION, editor_case
-    from instructedit.data.records import EditRecord, LocalityProbe
-
-    record = EditRecord(id="r", task="counterfact", prompt=" Rome is in ", target_new="Spain",
-                        rephrases=(" Rome lies in ",), locality=(LocalityProbe("p", "a"),))
-    case = editor_case(record, True)
-    assert case.edit_input == build_edit_input("counterfact", "Rome is in", BENCH_INSTRUCTION)
-    assert case.rephrases == (build_edit_input("counterfact", "Rome lies in", BENCH_INSTRUCTION),)
-    raw = editor_case(record, False)  # an editor without instructions sees the raw texts
-    assert (raw.edit_input, raw.rephrases) == ("Rome is in", ("Rome lies in",))
-
-
 @pytest.mark.parametrize("task, prompt", [("nope", "p"), ("counterfact", "  "), ("custom", "")])
 @pytest.mark.parametrize("choice", [None, "none", "Do it."])
 def test_rendering_checks_task_and_prompt_for_every_choice(task, prompt, choice) -> None:

@@ -19,6 +19,7 @@ class Goals:
     finetune_speedup: float = 10.0         # fine-tuning latency / editor latency
     training_speedup: float = 5.0          # full-model step time / cached step time
     first_answer_s: float = 3.0            # studio: edit request to its first look, one user
+    decode_speedup: float = 3.0            # lean decoder tokens/s / model.generate tokens/s
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class BenchConfig:
         latency_warmup: untimed edits before the timed ones.
         active_counts: numbers of active edits for the generation benchmark.
         new_tokens: tokens per generation.
-        generation_repeats: timed generations per number of active edits.
+        generation_repeats: timed generations per number of active edits (and per decoding path).
         generation_prompt: the prompt continued by the generation benchmark.
         compression_edits: edits of the patch-compression study.
         svd_ranks: ranks of the patch-compression study.

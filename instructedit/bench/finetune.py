@@ -22,10 +22,10 @@ from ..data.records import EditRecord
 from ..editing.editor import Editor
 from ..editing.finetune import FineTuneConfig, FineTuneEditor, FineTuneResult
 from ..editing.patches import Patch
-from ..evaluate.runner import EvalConfig, EvalResult, Evaluator
+from ..evaluate.runner import EvalResult, Evaluator
 from .config import FinetuneConfig
 from .stats import ratio, summarize
-from .workload import BENCH_INSTRUCTION
+from .workload import eval_config, summary_scores
 
 EDITS_PER_PASS = 1
 """Records per evaluator pass: one, so that each record's latency is that of a single edit."""
@@ -50,9 +50,7 @@ class StepCountingFineTune(FineTuneEditor):
 
 def measure(editor, records: Sequence[EditRecord], desc: str) -> EvalResult:
     """``editor`` on ``records`` through the evaluator (the paper protocol of ``eval``)."""
-    config = EvalConfig(instruction=BENCH_INSTRUCTION, batch_size=EDITS_PER_PASS, sentiment=False,
-                        plain=False, progress=False)
-    return Evaluator(editor.backbone, editor, config).run(records, desc)
+    return Evaluator(editor.backbone, editor, eval_config(EDITS_PER_PASS)).run(records, desc)
 
 
 def compare_with_finetuning(editor: Editor, records: Sequence[EditRecord], config: FinetuneConfig,
@@ -66,13 +64,8 @@ def compare_with_finetuning(editor: Editor, records: Sequence[EditRecord], confi
 
 def method_summary(result: EvalResult) -> dict:
     """Latency per edit and mean scores of one method (``None``: no record had that score)."""
-    def mean(value: float | None) -> float | None:
-        return None if value is None else round(value, 4)
-
-    summary = result.summary
     return {"latency_ms": summarize([r.latency_ms for r in result.records]).to_dict(),
-            "reliability": mean(summary.reliability), "generalization": mean(summary.generalization),
-            "locality": mean(summary.locality), "n": summary.n}
+            **summary_scores(result.summary)}
 
 
 def summarize_comparison(ours: EvalResult, theirs: EvalResult, ft_steps: list[int],

@@ -4,8 +4,10 @@ A session in our design holds its edits' low-rank factors and shares one backbon
 this replaces keeps a weight copy per session (an original and an edited model). Quantized
 weights cannot take a float delta in place, so such a copy is a float model (fp32 here).
 Compression: factors stored in bf16, and each layer's update ``scale * D^T U`` truncated by SVD
-to rank ``k`` (:meth:`~instructedit.editing.patches.Patch.truncated`), scored with the same functions as
-everything else; the editor stores edits at :data:`~instructedit.defaults.DEFAULT_PATCH_RANK`.
+to rank ``k`` (:meth:`~instructedit.editing.patches.Patch.truncated`). Each variant is measured by
+the evaluator of ``eval`` (:class:`~instructedit.evaluate.runner.Evaluator`, as sections 4 and 6),
+which scores the stored patches (:class:`StoredEdits`) as it scores any editor's; the editor stores
+edits at :data:`~instructedit.defaults.DEFAULT_PATCH_RANK`.
 """
 from __future__ import annotations
 
@@ -14,14 +16,17 @@ from collections.abc import Sequence
 
 import torch
 
-from ..editing.editor import Edit
-from ..editing.patches import Patch, PatchEngine
-from ..model.backbone import Backbone
+from ..data.records import EditRecord
+from ..editing.editor import Edit, Editor
+from ..editing.patches import Patch
+from ..evaluate.runner import Evaluator
 from .stats import summarize
-from .workload import CaseBatches, case_batches, locality_argmax, score_case
+from .workload import eval_config, summary_scores
 
 log = logging.getLogger(__name__)
 MIB = 2 ** 20
+COMPRESSION_BATCH = 8
+"""Records per evaluator pass in the compression study (each with its own stored patch)."""
 
 
 def footprints(backbones: dict[str, int], goal_share: float) -> dict:
@@ -74,29 +79,47 @@ def _variants(patch: Patch, ranks: Sequence[int]) -> dict[str, Patch]:
     return out
 
 
-def compression(backbone: Backbone, edits: Sequence[Edit], cases_batches: Sequence[CaseBatches],
+def _request(record: EditRecord) -> tuple[str, str, str]:
+    """(prompt, subject, target) of ``record`` as the evaluator asks an editor that edits one
+    record at a time for its patches (:meth:`Evaluator._edit_one_by_one`)."""
+    return record.prompt.strip(), (record.subject or "").strip(), record.target_new.strip()
+
+
+class StoredEdits:
+    """Edits made already, as an editor of the evaluator: each record's patch is the stored
+    one (one storage variant of its edit), so the evaluator scores storage, not editing.
+
+    It edits one record at a time (``patches``), any record (``needs_subject`` False); its
+    ``latency_ms`` is a look-up and means nothing."""
+
+    needs_subject = False
+    patch_rank = None
+
+    def __init__(self, editor: Editor, name: str, records: Sequence[EditRecord],
+                 patches: Sequence[Patch]) -> None:
+        self.name = name
+        self.backbone = editor.backbone
+        self.module_names = editor.module_names
+        self.use_instructions = editor.use_instructions
+        self._patches = {_request(r): p for r, p in zip(records, patches, strict=True)}
+
+    def patches(self, requests: Sequence[tuple[str, str, str]]) -> list[Patch]:
+        return [self._patches[request] for request in requests]
+
+
+def compression(editor: Editor, records: Sequence[EditRecord], edits: Sequence[Edit],
                 ranks: Sequence[int]) -> dict:
-    """Bytes, reliability and locality of each storage variant of the same full-rank edits."""
-    model = backbone.model
-    table: dict[str, dict[str, list[float]]] = {}
-    for edit, batches in zip(edits, cases_batches, strict=True):
-        pre = locality_argmax(model, batches)
+    """Bytes and scores of each storage variant of the same full-rank ``edits`` (``edits[i]``
+    is the edit of ``records[i]``): every variant measured by the evaluator on ``records``."""
+    variants: dict[str, list[Patch]] = {}
+    for edit in edits:
         for name, patch in _variants(edit.patch, ranks).items():
-            with PatchEngine.activate(patch):
-                scores = score_case(model, CaseBatches(batches.edit, None, batches.locality), pre)
-            row = table.setdefault(name, {"bytes": [], "reliability": [], "locality": []})
-            row["bytes"].append(patch.nbytes())
-            row["reliability"].append(scores.reliability)
-            if scores.locality is not None:
-                row["locality"].append(scores.locality)
+            variants.setdefault(name, []).append(patch)
     out = {}
-    for name, row in table.items():
-        out[name] = {"bytes": summarize(row["bytes"]).to_dict(),
-                     "reliability": round(sum(row["reliability"]) / len(row["reliability"]), 4),
-                     "locality": (round(sum(row["locality"]) / len(row["locality"]), 4)
-                                  if row["locality"] else None)}
+    for name, patches in variants.items():
+        stored = StoredEdits(editor, name, records, patches)
+        result = Evaluator(editor.backbone, stored, eval_config(COMPRESSION_BATCH)).run(
+            records, f"bench {name}")
+        out[name] = {"bytes": summarize([p.nbytes() for p in patches]).to_dict(),
+                     **summary_scores(result.summary)}
     return {"edits": len(edits), "variants": out}
-
-
-def compression_batches(backbone: Backbone, cases) -> list[CaseBatches]:
-    return [case_batches(backbone.tokenizer, case, backbone.device) for case in cases]

@@ -16,13 +16,13 @@ from .config import BenchConfig
 from .evaluation import measure_evaluation
 from .finetune import compare_with_finetuning
 from .first_answer import measure_first_answer
-from .gen_speed import measure_generation
+from .gen_speed import measure_decoding, measure_generation
 from .latency import measure_edit_latency
 from .machine import load_average, machine_info
-from .memory import compression, compression_batches, edit_sizes, footprints, sessions
+from .memory import compression, edit_sizes, footprints, sessions
 from .rome_latency import compare_with_rome
 from .training import measure_training
-from .workload import counterfact_records, edit_request, editor_case
+from .workload import counterfact_records, edit_request
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def run_bench(config: BenchConfig) -> dict:
     records = counterfact_records(config.data, max(n_edits, config.finetune_edits,
                                                    config.eval_records), config.seed)
     requests = [edit_request(r) for r in records[:n_edits]]
-    latency, generation, sizes, prints = {}, {}, {}, {}
+    latency, generation, decoding, sizes, prints = {}, {}, {}, {}, {}
     float_copy_bytes = None
     for mode in config.quants:
         with clock.section(f"load {mode}"):
@@ -116,13 +116,15 @@ def run_bench(config: BenchConfig) -> dict:
             generation[mode] = measure_generation(
                 backbone, variants, config.active_counts, config.new_tokens, config.generation_repeats,
                 config.generation_prompt, config.goals.generation_overhead_at_10, config.profile_top)
+        with clock.section(f"decoding paths {mode}"):
+            decoding[mode] = measure_decoding(
+                backbone, variants["as_stored"][:1], config.generation_prompt, config.new_tokens,
+                config.generation_repeats, config.goals.decode_speedup, config.profile_top)
         if mode == _float_mode(config.quants):
             n = min(config.compression_edits, len(full))
             with clock.section("compression"):
-                cases = [editor_case(r, editor.use_instructions) for r in records[:n]]
                 result["compression"] = {"quantization": mode, "stored_rank": editor.patch_rank,
-                                         **compression(backbone, full[:n],
-                                                       compression_batches(backbone, cases),
+                                         **compression(editor, records[:n], full[:n],
                                                        config.svd_ranks)}
             with clock.section("fine-tuning comparison"):
                 result["finetune"] = {"quantization": mode, **compare_with_finetuning(
@@ -148,6 +150,7 @@ def run_bench(config: BenchConfig) -> dict:
         gc.collect()
     result["edit_latency"] = latency
     result["generation"] = generation
+    result["decoding"] = decoding
     result["memory"] = {"footprint": footprints(prints, config.goals.fourbit_footprint_share),
                         "edit_size": sizes,
                         "sessions": {m: sessions(prints[m], float_copy_bytes,
@@ -186,6 +189,12 @@ def goal_table(result: dict, config: BenchConfig) -> list[dict]:
             note = f"over by {(o - goals.generation_overhead_at_10) * 100:.1f} points; " + note
         rows.append(_goal(f"generation overhead at {at} edits ({mode})",
                           f"<= {goals.generation_overhead_at_10:.0%}", f"{o:+.1%}", gen["met"], note))
+    for mode, dec in result.get("decoding", {}).items():
+        rows.append(_goal(f"lean decoding / model.generate tokens/s ({mode})", f">= {goals.decode_speedup:g}x",
+                          f"{dec['speedup']:.2f}x", dec["met"],
+                          ("same tokens" if dec["same_tokens"] else
+                           f"token agreement {dec['token_agreement']:.0%}")
+                          + ("" if dec["met"] else f"; short by {1 - dec['speedup'] / goals.decode_speedup:.0%}")))
     fp = result.get("memory", {}).get("footprint", {})
     if "met" in fp:
         share = fp["share_of_fp32"]["4bit"]

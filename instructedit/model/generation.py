@@ -1,4 +1,9 @@
-"""Greedy generation, used by everything that shows text (app, CLI, evaluation)."""
+"""Greedy generation, used by everything that shows text (app, CLI, evaluation).
+
+Decoding runs through :func:`.decoding.greedy_new_tokens` (a lean loop over the model's KV cache
+that returns ``model.generate``'s greedy tokens; ``GenerationConfig(lean=False)`` calls
+``generate`` itself).
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -7,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .backbone import Backbone
+from .decoding import greedy_new_tokens
 
 
 @dataclass(frozen=True)
@@ -16,10 +22,13 @@ class GenerationConfig:
     Attributes:
         max_new_tokens: tokens generated after the prompt.
         chat: wrap the prompt in the tokenizer's chat template (when it has one).
+        lean: decode with :mod:`.decoding`'s lean loop (the same greedy tokens as
+            ``model.generate``, faster); False runs ``model.generate`` itself.
     """
 
     max_new_tokens: int = 20
     chat: bool = False
+    lean: bool = True
 
 
 def format_prompt(backbone: Backbone, prompt: str, chat: bool) -> str:
@@ -51,21 +60,21 @@ def _left_padded(tokenizer, texts: Sequence[str], add_special_tokens: bool,
 
 
 def _greedy_new_tokens(backbone: Backbone, enc: dict[str, torch.Tensor], max_new_tokens: int,
-                       ) -> torch.Tensor:
-    tokenizer = backbone.tokenizer
-    out = backbone.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                  pad_token_id=tokenizer.pad_token_id, num_beams=1,
-                                  temperature=None, top_p=None, top_k=None)
-    return out[:, enc["input_ids"].shape[1]:]
+                       lean: bool = True) -> torch.Tensor:
+    return greedy_new_tokens(backbone.model, enc["input_ids"], enc["attention_mask"], max_new_tokens,
+                             backbone.tokenizer.pad_token_id, lean=lean,
+                             packed_4bit=backbone.config.fast_4bit)
 
 
 @torch.no_grad()
-def generate_ids(backbone: Backbone, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]:
-    """Greedy continuations of plain ``prompts`` as token ids, each cut after its first end token."""
+def generate_ids(backbone: Backbone, prompts: Sequence[str], max_new_tokens: int, *,
+                 lean: bool = True) -> list[list[int]]:
+    """Greedy continuations of plain ``prompts`` as token ids, each cut after its first end token
+    (``lean``: as in :class:`GenerationConfig`)."""
     enc = _left_padded(backbone.tokenizer, list(prompts), True, backbone.device)
     eos = backbone.tokenizer.eos_token_id
     rows = []
-    for row in _greedy_new_tokens(backbone, enc, max_new_tokens).tolist():
+    for row in _greedy_new_tokens(backbone, enc, max_new_tokens, lean).tolist():
         if eos is not None and eos in row:
             row = row[: row.index(eos) + 1]
         rows.append(row)
@@ -81,5 +90,5 @@ def generate(backbone: Backbone, prompts: Sequence[str] | str, config: Generatio
         prompts = [prompts]
     texts = [format_prompt(backbone, p, config.chat) for p in prompts]
     enc = _left_padded(backbone.tokenizer, texts, not config.chat, backbone.device)
-    new_tokens = _greedy_new_tokens(backbone, enc, config.max_new_tokens)
+    new_tokens = _greedy_new_tokens(backbone, enc, config.max_new_tokens, config.lean)
     return [backbone.tokenizer.decode(row, skip_special_tokens=True) for row in new_tokens]

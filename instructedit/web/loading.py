@@ -74,7 +74,7 @@ def load_models(config: AppConfig) -> LoadedModels:
     """Load everything the app shares between users (once)."""
     start = time.perf_counter()
     quant = resolve_quant(config.quant, config.device)
-    backbone = load_backbone(config.model, quant, device=config.device)
+    backbone = load_backbone(config.model, quant, device=config.device, fast_4bit=config.fast_4bit)
     editor, warning = load_app_editor(config.editor, backbone, role="InstructEdit editor",
                                   default=str(DEFAULT_EDITOR), use_instructions=True,
                                   patch_rank=config.patch_rank)
