@@ -54,7 +54,7 @@ ADDED = {  # config fields that had no flag and now have one
               "--kl-all-positions", "--last-n-layers", "--layers", "--log-every", "--matrices",
               "--max-answer-tokens", "--n-blocks", "--neighbour-locality", "--patience", "--plain-loss",
               "--plain-rephrase-share", "--precondition", "--step-size-lr", "--continuation-kl-tokens",
-              "--init-from"},
+              "--init-from", "--continuation-kl-neighbours"},
     "results": {"--patch-ranks"},
     "bench": {"--active-counts", "--compression-edits", "--eval-batch-size", "--eval-records",
               "--finetune-edits", "--first-answer-edits", "--first-answer-tokens", "--generation-prompt", "--generation-repeats", "--latency-edits",
@@ -63,7 +63,8 @@ ADDED = {  # config fields that had no flag and now have one
     "app": {"--figures-dir", "--max-import-bytes", "--max-lines", "--max-sessions", "--max-total-edits",
             "--probe-answer-tokens", "--results-file", "--no-fast-4bit"},
 }
-ADDED_VALUELESS = {"--kl-all-positions", "--neighbour-locality", "--plain-loss", "--no-fast-4bit"}
+ADDED_VALUELESS = {"--kl-all-positions", "--neighbour-locality", "--plain-loss", "--no-fast-4bit",
+                   "--continuation-kl-neighbours"}
 
 
 def parser_of(command: str) -> argparse.ArgumentParser:

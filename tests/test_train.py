@@ -196,3 +196,38 @@ def test_a_run_can_start_from_a_saved_editor_and_refuses_a_different_one(tiny_ll
     with pytest.raises(ValueError, match="use of instructions"):
         Trainer(_config(data_dir, use_instructions=False, model=str(tiny_llama_dir), init_from=str(tmp_path / "a")),
                 tmp_path / "d", tmp_path / "rd", backbone)
+
+
+def test_the_neighbours_continuation_kl_holds_their_sentences_too(tiny_llama_dir, data_dir, tmp_path):
+    from instructedit.data.neighbours import NeighbourIndex
+    from instructedit.data.tasks import load_split
+    from instructedit.train.continuations import ContinuationCache
+
+    backbone = load_backbone(str(tiny_llama_dir))
+    records = load_split(data_dir, "counterfact", "train")
+    rng = random.Random(0)
+    index = NeighbourIndex(records)
+    examples = [render_example(r, 0, rng, neighbours=index) for r in records[:3]]
+    filled = ContinuationCache(backbone, 3).fill(examples, neighbours=True)
+    for example in filled:
+        assert example.neighbour_continuation and example.neighbour_prefix.endswith(
+            " " + (example.neighbour_answer or example.locality_answer).strip())
+    names = backbone.edited_module_names(2)
+    PatchEngine.for_model(backbone.model, names)
+    network = MendNetwork(Editor.module_shapes(backbone, names), EditorConfig(rank=8, init_lr=0.5))
+    pad = backbone.tokenizer.pad_token_id
+    with torch.no_grad():
+        both = meta_step(network, names, backbone.model, FullForward(backbone), filled, backbone.tokenizer,
+                         LossWeights(0.0, 1.0, continuation=True, continuation_neighbours=True), pad_id=pad)
+        own = meta_step(network, names, backbone.model, FullForward(backbone), filled, backbone.tokenizer,
+                        LossWeights(0.0, 1.0, continuation=True), pad_id=pad)
+    assert both.neighbour_continuation is not None and own.neighbour_continuation is None
+    assert torch.equal(both.continuation, own.continuation)  # the edits' own rows are unchanged
+    assert both.neighbour_continuation.shape == (len(filled),)
+    config = _config(data_dir, steps=8, val_every=8, model=str(tiny_llama_dir), continuation_kl_tokens=3,
+                     neighbour_locality=True, continuation_kl_neighbours=True)
+    best = Trainer(config, tmp_path / "ckpt", tmp_path / "run", backbone).train(resume=False)
+    assert 0.0 <= best["counterfact"]["neighbour_continuation"] <= 1.0
+    with pytest.raises(ValueError, match="neighbour_locality"):
+        Trainer(_config(data_dir, continuation_kl_tokens=3, continuation_kl_neighbours=True),
+                tmp_path / "c", tmp_path / "r", backbone)

@@ -61,6 +61,9 @@ class TrainConfig:
         continuation_kl_tokens: when above 0, the locality KL also covers this many tokens of
             the unedited model's own continuation after "typed prompt + target" (against edits
             that loop on their target; see continuations.py).
+        continuation_kl_neighbours: the continuation KL also covers the unedited model's own
+            continuation after each same-template neighbour's "prompt + true answer" (against
+            edits that break the neighbours' sentences; needs ``neighbour_locality``).
         init_from: start the editor network from this checkpoint's weights (same edited modules,
             editor settings and use of instructions; e.g. to train a run further on another
             machine); the optimiser starts afresh.
@@ -104,6 +107,7 @@ class TrainConfig:
     precondition: str = "none"
     edit_from: str = "wrapped"
     continuation_kl_tokens: int = 0
+    continuation_kl_neighbours: bool = False
     init_from: str | None = None
     extra: dict = field(default_factory=dict)
 

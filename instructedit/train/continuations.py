@@ -2,7 +2,8 @@
 
 The continuation KL (``TrainConfig.continuation_kl_tokens``) holds these tokens' predictions still
 under the edit, so an edit that makes the model say the target does not also make it loop on it
-("Rome Rome Rome ..."). Each distinct prefix is generated once (greedy, no patch active) and kept.
+("Rome Rome Rome ..."); optionally the same after each same-template neighbour's "prompt + true
+answer", so the edit does not break the neighbours' sentences either. Each distinct prefix is generated once (greedy, no patch active) and kept.
 """
 from __future__ import annotations
 
@@ -27,12 +28,20 @@ class ContinuationCache:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def fill(self, examples: Sequence[TrainingExample], chunk: int = 16) -> list[TrainingExample]:
-        """``examples`` with their ``continuation`` set (one batched generate for the new prefixes)."""
-        missing = sorted({e.continuation_prefix for e in examples} - self._ids.keys())
+    def fill(self, examples: Sequence[TrainingExample], *, neighbours: bool = False,
+             chunk: int = 16) -> list[TrainingExample]:
+        """``examples`` with their ``continuation`` set (and, with ``neighbours``, their
+        ``neighbour_continuation``): one batched generate per ``chunk`` new prefixes."""
+        prefixes = [e.continuation_prefix for e in examples]
+        if neighbours:
+            prefixes += [e.neighbour_prefix for e in examples]
+        missing = sorted(set(prefixes) - self._ids.keys())
         for i in range(0, len(missing), chunk):
             part = missing[i: i + chunk]
             for prefix, ids in zip(part, generate_ids(self.backbone, part, self.max_new_tokens),
                                    strict=True):
                 self._ids[prefix] = tuple(ids) or (self.backbone.tokenizer.eos_token_id or 0,)
-        return [dataclasses.replace(e, continuation=self._ids[e.continuation_prefix]) for e in examples]
+        return [dataclasses.replace(
+            e, continuation=self._ids[e.continuation_prefix],
+            neighbour_continuation=self._ids[e.neighbour_prefix] if neighbours else ())
+            for e in examples]

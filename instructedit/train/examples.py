@@ -21,7 +21,8 @@ class TrainingExample:
     edit from it too read it); ``plain_prompt`` scores it on text as a person types
     it (the prompt or a rephrase, never wrapped). ``continuation``: the unedited model's own greedy
     token ids after ``continuation_prefix`` (the typed prompt followed by the target), filled in by
-    the trainer when the continuation KL is on. ``locality`` is an unwrapped (prompt, answer)
+    the trainer when the continuation KL is on; ``neighbour_continuation`` likewise after
+    ``neighbour_prefix`` (the neighbour's prompt and true answer). ``locality`` is an unwrapped (prompt, answer)
     pair whose predictions must not move; ``neighbour`` is a harder one: the edit's own sentence
     with another subject (falls back to the locality pair where the data has none).
     """
@@ -41,11 +42,18 @@ class TrainingExample:
     subject: str | None = None
     typed_prompt: str = ""
     continuation: tuple[int, ...] = ()
+    neighbour_continuation: tuple[int, ...] = ()
 
     @property
     def continuation_prefix(self) -> str:
         """The typed prompt followed by the new target: the text whose continuation must not loop."""
         return (self.typed_prompt or self.edit_prompt) + answer_text(self.target)
+
+    @property
+    def neighbour_prefix(self) -> str:
+        """The neighbour's prompt followed by its true answer: its sentence must go on as before."""
+        return (self.neighbour_prompt or self.locality_prompt) + answer_text(
+            self.neighbour_answer or self.locality_answer)
 
 
 def render_example(record: EditRecord, instruction_index: int | None, rng: random.Random,

@@ -39,6 +39,7 @@ class LossWeights:
     ``all_positions``: the KL covers every position of the locality texts, not only the answer.
     ``continuation``: also hold still the model's own continuation after "typed prompt + target"
     (KL on those tokens; against an edit that makes the text loop on its target).
+    ``continuation_neighbours``: the same after each neighbour's "prompt + true answer".
     """
 
     c_edit: float = 1.0
@@ -47,6 +48,7 @@ class LossWeights:
     neighbour: bool = False
     all_positions: bool = False
     continuation: bool = False
+    continuation_neighbours: bool = False
 
 
 @dataclass
@@ -63,6 +65,7 @@ class StepResult:
     plain: torch.Tensor | None = None      # (B,) token accuracy on the plain input
     neighbour: torch.Tensor | None = None  # (B,) pre/post agreement on the neighbour's answer
     continuation: torch.Tensor | None = None  # (B,) pre/post agreement after "prompt + target"
+    neighbour_continuation: torch.Tensor | None = None  # (B,) the same after the neighbour's answer
 
 
 @dataclass
@@ -118,9 +121,13 @@ def tokenize_examples(tokenizer, network: MendNetwork, examples: Sequence[Traini
         if any(not e.continuation for e in examples):
             raise ValueError("the continuation KL needs every example's continuation filled in")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        continuation = answer_batch_from_ids(
-            [tokenizer(e.continuation_prefix)["input_ids"] for e in examples],
-            [e.continuation for e in examples], pad)
+        prefixes, tokens = [e.continuation_prefix for e in examples], [e.continuation for e in examples]
+        if weights.continuation_neighbours:
+            if any(not e.neighbour_continuation for e in examples):
+                raise ValueError("the neighbours' continuation KL needs their continuations filled in")
+            prefixes += [e.neighbour_prefix for e in examples]
+            tokens += [e.neighbour_continuation for e in examples]
+        continuation = answer_batch_from_ids([tokenizer(p)["input_ids"] for p in prefixes], tokens, pad)
     return ExampleBatches(sources, outer, loc, plain, neighbour, continuation)
 
 
@@ -156,7 +163,8 @@ def meta_step(network: MendNetwork, module_names: Sequence[str], head_model, fin
         cont = batches.continuation
         with torch.no_grad():
             pre_cont = answer_logits_from_hidden(head_model, final_hidden(cont), cont)
-        with PatchEngine.activate(patch.select_rows(rows)):
+        groups = cont.size // n  # the edits' rows, then (when held too) the neighbours'
+        with PatchEngine.activate(patch.select_rows(torch.cat([rows] * groups))):
             post_cont = answer_logits_from_hidden(head_model, final_hidden(cont), cont)
         loss = loss + weights.c_loc * kl_per_row(pre_cont, post_cont, cont).mean()
         continuation_agree = agreement(pre_cont.argmax(-1), post_cont.argmax(-1), cont).detach()
@@ -168,4 +176,6 @@ def meta_step(network: MendNetwork, module_names: Sequence[str], head_model, fin
                       accuracy[:n], accuracy[n: 2 * n], agree[:n], [e.task for e in examples],
                       plain=accuracy[2 * n: 3 * n] if batches.plain is not None else None,
                       neighbour=agree[n: 2 * n] if batches.neighbour is not None else None,
-                      continuation=continuation_agree)
+                      continuation=None if continuation_agree is None else continuation_agree[:n],
+                      neighbour_continuation=(continuation_agree[n:] if continuation_agree is not None
+                                              and continuation_agree.numel() > n else None))

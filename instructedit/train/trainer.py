@@ -119,7 +119,8 @@ def _success_and_specificity(per_task: dict[str, dict]) -> tuple[float, float]:
 
     tasks = list(per_task.values())
     success = sum(mean_of(m, ("reliability", "plain")) for m in tasks) / len(tasks)
-    specificity = sum(mean_of(m, ("locality", "neighbour", "continuation")) for m in tasks) / len(tasks)
+    specificity = sum(mean_of(m, ("locality", "neighbour", "continuation", "neighbour_continuation"))
+                      for m in tasks) / len(tasks)
     return success, specificity
 
 
@@ -147,7 +148,8 @@ class Trainer:
         self.weights = LossWeights(config.c_edit, config.c_loc, plain=config.plain_loss,
                                    neighbour=config.neighbour_locality,
                                    all_positions=config.kl_all_positions,
-                                   continuation=config.continuation_kl_tokens > 0)
+                                   continuation=config.continuation_kl_tokens > 0,
+                                   continuation_neighbours=config.continuation_kl_neighbours)
         self.network = MendNetwork(Editor.module_shapes(self.backbone, names), editor_config)
         if config.init_from:
             self._start_from_checkpoint(config.init_from, editor_config)
@@ -162,12 +164,17 @@ class Trainer:
             {"params": [self.network.log_lr], "lr": config.step_size_lr}])
         if config.continuation_kl_tokens < 0:
             raise ValueError("continuation_kl_tokens must be 0 (off) or a positive token count")
+        if config.continuation_kl_neighbours and not (config.continuation_kl_tokens > 0
+                                                      and config.neighbour_locality):
+            raise ValueError("continuation_kl_neighbours needs continuation_kl_tokens above 0 and "
+                             "neighbour_locality")
         self.data = load_training_data(config)
         self.continuations = (ContinuationCache(self.backbone, config.continuation_kl_tokens)
                               if config.continuation_kl_tokens > 0 else None)
         if self.continuations is not None:
-            self.data.validation = {task: self.continuations.fill(examples)
-                                    for task, examples in self.data.validation.items()}
+            self.data.validation = {
+                task: self.continuations.fill(examples, neighbours=config.continuation_kl_neighbours)
+                for task, examples in self.data.validation.items()}
         self.step = 0
         self.best_score = -math.inf
         self.best_metrics: dict = {}
@@ -232,7 +239,9 @@ class Trainer:
             instruction = _instruction_for(record, self.config.seed, self.config.use_instructions)
             out.append(render_example(record, instruction, rng, self.data.fallback_locality,
                                       self.data.neighbours, self.config.plain_rephrase_share))
-        return self.continuations.fill(out) if self.continuations is not None else out
+        if self.continuations is None:
+            return out
+        return self.continuations.fill(out, neighbours=self.config.continuation_kl_neighbours)
 
     def _stream(self):
         stream = iter_mixed(self.data.pools, self.config.seed, self.config.convsent_share)
@@ -259,7 +268,7 @@ class Trainer:
                     with torch.no_grad():
                         result = self.run_step(examples[i: i + 8])
                     for key in ("reliability", "generalization", "locality", "plain", "neighbour",
-                                "continuation"):
+                                "continuation", "neighbour_continuation"):
                         value = getattr(result, key)
                         if value is not None:
                             parts.setdefault(key, []).append(value)
