@@ -1,0 +1,53 @@
+"""What a person sees after an InstructEdit edit on the real embedded model (4-bit, as the studio
+runs it): the sentence as typed now continues with the new target, while a sentence about another
+subject of the same kind keeps its true answer (the editing-quality issue, item 6).
+
+The shipped editor does not pass yet (docs/results.md, "What a user sees"): the test is a strict
+expected failure (of the final assertion only: 1 of the 5 facts held, measured 2026-11-30), so it
+turns red the day an editor passes it and the marker must come off.
+"""
+from __future__ import annotations
+
+import pytest
+
+from instructedit.editing.editor import EditRequest
+from instructedit.editing.editors import load_editor
+from instructedit.editing.patches import PatchEngine
+from instructedit.measuring.verdicts import contains_answer
+from instructedit.model.backbone import load_backbone
+from instructedit.model.generation import GenerationConfig, generate
+
+# (prompt, true answer, new target, same-template neighbour, its true answer)
+FACTS = (
+    ("The Eiffel Tower is located in the city of", "Paris", "Rome",
+     "The Louvre is located in the city of", "Paris"),
+    ("The official language of France is", "French", "German",
+     "The official language of Spain is", "Spanish"),
+    ("The capital of Japan is", "Tokyo", "Madrid", "The capital of Italy is", "Rome"),
+    ("The Colosseum is located in the city of", "Rome", "London",
+     "The Acropolis is located in the city of", "Athens"),
+    ("The currency of Japan is the", "yen", "euro", "The currency of the United States is the", "dollar"),
+)
+NEEDED = 4  # of the five facts
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the shipped InstructEdit editor does not reach the typed "
+                                       "sentence without spilling yet (docs/training.md)")
+def test_an_edit_changes_the_typed_sentence_and_spares_its_neighbour():
+    backbone = load_backbone("smollm2-135m", "4bit", device="cpu", fast_4bit=True)
+    editor = load_editor("checkpoints/smollm2-135m/instructedit", backbone)
+    config = GenerationConfig(max_new_tokens=20)
+    held = []
+    for prompt, truth, target, neighbour, neighbour_truth in FACTS:
+        before = generate(backbone, [prompt, neighbour], config)
+        # facts the unedited model knows (else the test would measure nothing): not an expected failure
+        if not (contains_answer(before[0], truth) and contains_answer(before[1], neighbour_truth)):
+            pytest.fail(f"the unedited model does not know this fact: {before}")
+        edit = editor.edit(EditRequest(prompt, target, task="counterfact", instruction=0))
+        with PatchEngine.activate([edit.patch]):
+            after = generate(backbone, [prompt], config)[0]
+            after_neighbour = generate(backbone, [neighbour], config)[0]
+        held.append(contains_answer(after, target) and contains_answer(after_neighbour, neighbour_truth)
+                    and not contains_answer(after_neighbour, target))
+    assert sum(held) >= NEEDED, held
