@@ -59,9 +59,9 @@ ADDED = {  # config fields that had no flag and now have one
     "bench": {"--active-counts", "--compression-edits", "--eval-batch-size", "--eval-records",
               "--finetune-edits", "--first-answer-edits", "--first-answer-tokens", "--generation-prompt", "--generation-repeats", "--latency-edits",
               "--latency-warmup", "--new-tokens", "--profile-top", "--rome-edits", "--seed", "--svd-ranks",
-              "--train-batches", "--train-pool-per-task", "--train-repeats"},
+              "--train-batches", "--train-pool-per-task", "--train-repeats", "--edit-steps", "--edit-strength"},
     "app": {"--figures-dir", "--max-import-bytes", "--max-lines", "--max-sessions", "--max-total-edits",
-            "--probe-answer-tokens", "--results-file", "--no-fast-4bit"},
+            "--probe-answer-tokens", "--results-file", "--no-fast-4bit", "--edit-steps", "--edit-strength"},
 }
 ADDED_VALUELESS = {"--kl-all-positions", "--neighbour-locality", "--plain-loss", "--no-fast-4bit",
                    "--continuation-kl-neighbours"}

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..logs import setup_logging
-from . import analysis, bench, data, edit, evaluate, info, trace, train
+from . import analysis, bench, calibrate, data, edit, evaluate, info, trace, train
 from .common import EXIT_USER_ERROR, OneLineArgumentParser, add_verbose, one_line, user_errors
 
 PROG = "python -m instructedit"
@@ -38,7 +38,7 @@ SCRIPT = "instructedit"  # the console script of the installed package (pyprojec
 Registrar = Callable[[Any], None]
 
 REGISTRARS: list[Registrar] = [info.register, edit.register, data.register, train.register,
-                               evaluate.register, bench.register, analysis.register, trace.register]
+                               evaluate.register, calibrate.register, bench.register, analysis.register, trace.register]
 """Every command group, in the order ``--help`` lists them."""
 
 

@@ -90,6 +90,7 @@ def add_editor_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--step-size", type=float, default=None,
                        help=f"step size of --editor none (default: {DEFAULT_STEP_SIZE})")
     add_patch_rank_argument(group)
+    add_schedule_arguments(group)
 
 
 def parse_patch_rank(text: str) -> int | None:
@@ -114,6 +115,36 @@ def add_patch_rank_argument(parser) -> None:
                              "full rank for a plain gradient step)")
 
 
+def add_schedule_arguments(parser) -> None:
+    """``--edit-steps --edit-strength``: how a trained editor applies its update (read by
+    :func:`apply_schedule_args`; default: the checkpoint's calibrated schedule, else one step)."""
+    parser.add_argument("--edit-steps", type=int, default=argparse.SUPPRESS,
+                        help="passes of a trained editor per edit, each with the earlier ones "
+                             "active (default: the checkpoint's edit_schedule, else 1)")
+    parser.add_argument("--edit-strength", type=float, default=argparse.SUPPRESS,
+                        help="multiplier of a trained editor's update (default: the checkpoint's "
+                             "edit_schedule, else 1)")
+
+
+def apply_schedule_args(editor, args: argparse.Namespace):
+    """``editor`` with ``--edit-steps/--edit-strength`` applied (unchanged when neither is given
+    or the editor is not a trained MEND-style editor)."""
+    from ..editing.editor import Editor, EditSchedule
+
+    steps, strength = getattr(args, "edit_steps", None), getattr(args, "edit_strength", None)
+    if steps is None and strength is None:
+        return editor
+    if not isinstance(editor, Editor):
+        raise CliError("--edit-steps/--edit-strength apply to trained editors and gradient steps only")
+    current = editor.schedule
+    try:
+        schedule = EditSchedule(steps=current.steps if steps is None else steps,
+                                strength=current.strength if strength is None else strength)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    return editor.with_schedule(schedule)
+
+
 def editor_from_args(args: argparse.Namespace, backbone):
     """An :class:`~instructedit.editing.editor.Editor` for ``backbone`` as chosen on the command line
     (``--editor none``: one plain gradient step)."""
@@ -123,13 +154,14 @@ def editor_from_args(args: argparse.Namespace, backbone):
     if path.strip().lower() == "none":
         # a plain gradient step stays exact (full rank) unless --patch-rank is given
         try:
-            return load_editor(GRADIENT, backbone, step_size=args.step_size,
-                               patch_rank=getattr(args, "patch_rank", None))
+            editor = load_editor(GRADIENT, backbone, step_size=args.step_size,
+                                 patch_rank=getattr(args, "patch_rank", None))
         except ValueError as exc:
             raise CliError(f"--step-size: {exc}") from exc
+        return apply_schedule_args(editor, args)
     if args.step_size is not None:
         log.warning("--step-size is ignored with a trained editor (%s)", path)
-    return load_editor(path, backbone, patch_rank=trained_patch_rank(args))
+    return apply_schedule_args(load_editor(path, backbone, patch_rank=trained_patch_rank(args)), args)
 
 
 def trained_patch_rank(args: argparse.Namespace) -> int | None:

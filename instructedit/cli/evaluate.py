@@ -21,7 +21,9 @@ from .common import (
     CliError,
     add_model_arguments,
     add_patch_rank_argument,
+    add_schedule_arguments,
     add_verbose,
+    apply_schedule_args,
     backbone_from_args,
     parse_patch_rank,
 )
@@ -68,6 +70,7 @@ def register_eval(subparsers) -> None:
     p.add_argument("--step-size", type=float, default=None,
                    help=f"step size of --editor gradient (default: {DEFAULT_GRADIENT_STEP})")
     add_patch_rank_argument(p)
+    add_schedule_arguments(p)
     p.add_argument("--data", required=True, help="a data file (any supported format) or a data folder")
     p.add_argument("--task", default=None, help="task of a data folder (or override a file's task)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"),
@@ -122,8 +125,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CliError(f"no records in {args.data}")
     backbone = backbone_from_args(args)
     try:
-        editor = load_eval_editor(args.editor, backbone, args.step_size,
-                                  getattr(args, "patch_rank", "default"))
+        editor = apply_schedule_args(load_eval_editor(args.editor, backbone, args.step_size,
+                                                      getattr(args, "patch_rank", "default")), args)
     except ValueError as exc:
         if exc.__class__ is ValueError:
             raise CliError(str(exc)) from exc
@@ -139,6 +142,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
            "quantization": backbone.config.quant, "editor": editor_label(editor),
            "use_instructions": True if editor is None else editor.use_instructions,
            "patch_rank": None if editor is None else editor.patch_rank,
+           "edit_schedule": getattr(editor, "schedule", None) and editor.schedule.to_dict(),
            "instruction": describe_instruction(instruction), "data": str(args.data),
            "split": args.split if Path(args.data).is_dir() else None, "seed": args.seed,
            "limit": args.limit, "batch_size": args.batch_size}

@@ -2,6 +2,7 @@
 
 - :mod:`.editor`: ``EditRequest -> Edit`` (the MEND-style editors), batched patches for evaluation;
 - :mod:`.mend`: the MEND network (gradient transforms, running norms, step sizes);
+- :mod:`.schedule`: how a trained update is applied (passes, strength);
 - :mod:`.keying`: which tokens build an update; subject spans;
 - :mod:`.preconditioning`: key whitening with inverse key covariances;
 - :mod:`.rome`: ROME (rank-one locate-and-edit) and its key covariances;

@@ -42,8 +42,12 @@ def backbone_signature(backbone: Backbone) -> dict:
 
 def save_editor_checkpoint(path, network: MendNetwork, backbone: Backbone, *, name: str,
                            use_instructions: bool, provenance: dict | None = None,
-                           dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Write the checkpoint folder atomically (each file via a temp file and rename)."""
+                           dtype: torch.dtype = torch.bfloat16,
+                           edit_schedule: dict | None = None) -> Path:
+    """Write the checkpoint folder atomically (each file via a temp file and rename).
+
+    ``edit_schedule``: how edits apply the network's update (see
+    :class:`~instructedit.editing.editor.EditSchedule`); omitted: the trained single step."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -60,6 +64,8 @@ def save_editor_checkpoint(path, network: MendNetwork, backbone: Backbone, *, na
         "parameters": network.num_parameters(),
         "provenance": provenance or {},
     }
+    if edit_schedule:
+        config["edit_schedule"] = dict(edit_schedule)
     # Everything that can fail on the data is done before the first file is replaced; the config,
     # written last, records the weights' checksum, so a folder whose two files come from two
     # different saves (a crash between the renames) is refused on load instead of trusted.
@@ -93,6 +99,20 @@ def read_checkpoint_config(path) -> dict:
         raise CheckpointError(f"{cfg_file}: format version {config['format_version']} is not supported "
                               f"(this version reads {FORMAT_VERSION})")
     return config
+
+
+def write_edit_schedule(path, edit_schedule: dict, calibration: dict | None = None) -> Path:
+    """Store a calibrated edit schedule (and how it was chosen) in a checkpoint's ``editor.json``;
+    the weights are not touched (their checksum stays valid). Atomic: a failure leaves the file
+    as it was."""
+    folder = Path(path)
+    config = read_checkpoint_config(folder)
+    config["edit_schedule"] = dict(edit_schedule)
+    if calibration is not None:
+        config["edit_schedule_calibration"] = calibration
+    else:
+        config.pop("edit_schedule_calibration", None)
+    return atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
 
 
 def validate_against_backbone(config: dict, backbone: Backbone, *, strict: bool = True) -> None:

@@ -26,11 +26,12 @@ from ..scoring import (
     score_answers,
     tokenize_answers,
 )
-from .checkpoint import load_editor_checkpoint, save_editor_checkpoint
+from .checkpoint import CheckpointError, load_editor_checkpoint, save_editor_checkpoint
 from .keying import KEY_ON_SUBJECT, key_mask
 from .mend import EditorConfig, MendNetwork
 from .patches import LayerPatch, Patch, PatchEngine
 from .preconditioning import attach_preconditioners
+from .schedule import EditSchedule
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,41 @@ def patch_from_inputs(network: MendNetwork, module_names: Sequence[str], inputs:
     return patch.join_halves(), logits[: inputs.wrapped.answer_tokens.numel()]
 
 
+def scheduled_patch_from_inputs(network: MendNetwork, module_names: Sequence[str], inputs: EditInputs,
+                                final_hidden: HiddenFn, head_model, schedule: EditSchedule,
+                                pad_id: int = 0, active: Sequence[Patch] = (),
+                                ) -> tuple[Patch, torch.Tensor]:
+    """:func:`patch_from_inputs` run ``schedule.steps`` times, each pass with ``active`` and the
+    earlier passes applied, every pass scaled by ``schedule.strength``; the passes' factors are
+    joined along the rank axis (one patch). Returns the answer logits of the first (unpatched by
+    this edit) pass."""
+    passes: list[Patch] = []
+    first_logits = None
+    for _ in range(schedule.steps):
+        with PatchEngine.activate([*active, *passes]):
+            patch, logits = patch_from_inputs(network, module_names, inputs, final_hidden,
+                                              head_model, pad_id=pad_id)
+        if first_logits is None:
+            first_logits = logits
+        passes.append(patch.detach().scaled(float(schedule.strength)))
+    return join_patch_passes(passes), first_logits
+
+
+def join_patch_passes(passes: Sequence[Patch]) -> Patch:
+    """One patch that sums ``passes`` (same modules, all batched or all not): each module's
+    factors side by side along the rank axis, each pass's scale folded into its ``D``."""
+    if len(passes) == 1:
+        return passes[0]
+    joined = {}
+    for name, first in passes[0].layers.items():
+        layers = [p.layers[name] for p in passes]
+        axis = 1 if first.batched else 0
+        u = torch.cat([layer.u for layer in layers], dim=axis)
+        d = torch.cat([layer.d * layer.scale.to(layer.d.dtype) for layer in layers], dim=axis)
+        joined[name] = LayerPatch(u, d, torch.ones((), dtype=torch.float32, device=u.device))
+    return Patch(joined)
+
+
 def unbatch_patch(patch: Patch, row: int) -> Patch:
     """The single-row patch of ``row`` with all-zero factor rows dropped."""
     layers = {}
@@ -236,7 +272,8 @@ class Editor:
 
     def __init__(self, backbone: Backbone, network: MendNetwork, *, name: str = "editor",
                  use_instructions: bool = True, metadata: dict | None = None,
-                 patch_rank: int | None = DEFAULT_PATCH_RANK) -> None:
+                 patch_rank: int | None = DEFAULT_PATCH_RANK,
+                 schedule: EditSchedule | None = None) -> None:
         if patch_rank is not None and patch_rank < 1:
             raise ValueError(f"patch_rank must be at least 1 (or None for full rank), got {patch_rank}")
         self.backbone = backbone
@@ -246,6 +283,8 @@ class Editor:
         self.name = name
         self.use_instructions = use_instructions
         self.metadata = metadata or {}
+        self.schedule = (schedule if schedule is not None
+                         else EditSchedule.from_dict(self.metadata.get("edit_schedule")))
         self.module_names = list(network.module_names)
         self.engine = PatchEngine.for_model(backbone.model, self.module_names)
         if not network.preconditioners:
@@ -279,6 +318,10 @@ class Editor:
         (None keeps the full update; see ``DEFAULT_PATCH_RANK``).
         """
         network, meta = load_editor_checkpoint(path, backbone, strict=strict)
+        try:
+            EditSchedule.from_dict(meta.get("edit_schedule"))
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: edit_schedule: {exc}") from None
         return cls(backbone, network, name=meta.get("name", str(path)),
                    use_instructions=bool(meta.get("use_instructions", True)), metadata=meta,
                    patch_rank=patch_rank)
@@ -287,11 +330,27 @@ class Editor:
         """The same editor (shared network) storing its edits at ``patch_rank`` (None: full)."""
         return Editor(self.backbone, self.network, name=self.name,
                       use_instructions=self.use_instructions, metadata=self.metadata,
-                      patch_rank=patch_rank)
+                      patch_rank=patch_rank, schedule=self.schedule)
+
+    def with_schedule_overrides(self, steps: int | None = None, strength: float | None = None) -> Editor:
+        """This editor with ``steps``/``strength`` replacing its schedule's (``None``: kept);
+        ``ValueError`` for values out of range."""
+        if steps is None and strength is None:
+            return self
+        return self.with_schedule(EditSchedule(steps=self.schedule.steps if steps is None else steps,
+                                               strength=self.schedule.strength if strength is None
+                                               else strength))
+
+    def with_schedule(self, schedule: EditSchedule) -> Editor:
+        """The same editor (shared network) applying its updates by ``schedule``."""
+        return Editor(self.backbone, self.network, name=self.name,
+                      use_instructions=self.use_instructions, metadata=self.metadata,
+                      patch_rank=self.patch_rank, schedule=schedule)
 
     def save_pretrained(self, path, provenance: dict | None = None) -> None:
         save_editor_checkpoint(path, self.network, self.backbone, name=self.name,
-                               use_instructions=self.use_instructions, provenance=provenance)
+                               use_instructions=self.use_instructions, provenance=provenance,
+                               edit_schedule=None if self.schedule.is_default else self.schedule.to_dict())
 
     # ----- editing --------------------------------------------------------------------------
     @property
@@ -317,10 +376,10 @@ class Editor:
         inputs = tokenize_edit_inputs(self.backbone.tokenizer, self.network, [wrapped],
                                       [request.prompt], [request.target],
                                       [request.subject or request.topic]).to(self.backbone.device)
-        with PatchEngine.activate([e.patch for e in active]):
-            batched, _ = patch_from_inputs(self.network, self.module_names, inputs,
-                                           self.full_hidden, self.backbone.model,
-                                           pad_id=self.backbone.tokenizer.pad_token_id or 0)
+        batched, _ = scheduled_patch_from_inputs(self.network, self.module_names, inputs,
+                                                 self.full_hidden, self.backbone.model, self.schedule,
+                                                 pad_id=self.backbone.tokenizer.pad_token_id or 0,
+                                                 active=[e.patch for e in active])
         patch = unbatch_patch(batched, 0)
         patch.check_finite()
         patch = patch.truncated(self.patch_rank)

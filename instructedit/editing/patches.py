@@ -129,6 +129,12 @@ class Patch:
                                       torch.cat([layer.d[:half], layer.d[half:]], dim=1), layer.scale)
         return Patch(joined)
 
+    def scaled(self, factor: float) -> Patch:
+        """The same update times ``factor`` (each module's scale multiplied)."""
+        if factor == 1.0:
+            return self
+        return Patch({k: LayerPatch(v.u, v.d, v.scale * factor) for k, v in self.layers.items()})
+
     def truncated(self, rank: int | None) -> Patch:
         """Every module's update cut to its best rank-``rank`` approximation (None: unchanged)."""
         if rank is None:

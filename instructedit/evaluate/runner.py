@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..data.neighbours import NeighbourIndex
 from ..data.records import EditRecord
 from ..data.sentiment import SentimentScorer
-from ..editing.editor import MAX_TARGET_TOKENS, Editor, patch_from_inputs, tokenize_edit_inputs
+from ..editing.editor import MAX_TARGET_TOKENS, Editor, scheduled_patch_from_inputs, tokenize_edit_inputs
 from ..editing.patches import Patch, PatchEngine, stack_patches
 from ..model.backbone import Backbone
 from ..model.forward import CachedTopForward
@@ -161,9 +161,10 @@ class Evaluator:
                                       [it.record.subject or it.record.topic for it in items],
                                       self.config.max_answer_tokens, wrapped_batch=batch,
                                       ).to(self.backbone.device)
-        patch, logits = patch_from_inputs(self.editor.network, self.editor.module_names, inputs,
-                                          self.forward, self.backbone.model,
-                                          pad_id=tokenizer.pad_token_id or 0)
+        patch, logits = scheduled_patch_from_inputs(self.editor.network, self.editor.module_names,
+                                                    inputs, self.forward, self.backbone.model,
+                                                    self.editor.schedule,
+                                                    pad_id=tokenizer.pad_token_id or 0)
         patch = patch.detach().truncated(self.editor.patch_rank)
         self._sync()
         latency = (time.perf_counter() - start) * 1000 / batch.size

@@ -28,6 +28,26 @@ def _metrics_table(metrics: dict) -> list[str]:
     return lines
 
 
+def _schedule_section(config: dict) -> list[str]:
+    """How edits apply the update (a calibrated schedule, see ``instructedit calibrate``)."""
+    schedule = config.get("edit_schedule")
+    if not schedule:
+        return []
+    how = config.get("edit_schedule_calibration") or {}
+    lines = ["", "## Edit schedule",
+             f"Each edit applies the network's update in {schedule.get('steps', 1)} pass(es) (each made "
+             f"with the earlier ones active) at strength {schedule.get('strength', 1.0):g}."]
+    if how:
+        scores = ", ".join(f"{k}: {'not eligible' if v is None else f'{v:.3f}'}"
+                           for k, v in how.get("scores", {}).items())
+        lines += [f"Chosen on the {how.get('split')} split of {', '.join(how.get('tasks', []))} "
+                  f"({how.get('limit')} records per task, seed {how.get('seed')}, "
+                  f"{how.get('quantization')} backbone) by the plain protocol's score (harmonic mean of "
+                  f"efficacy and specificity; fluency ratio at least {how.get('min_fluency')}): {scores}.",
+                  "", "```bash", how.get("command") or "(command not recorded)", "```"]
+    return lines
+
+
 def render_card(folder: Path) -> str:
     """The markdown model card of the checkpoint in ``folder``."""
     config = read_checkpoint_config(folder)
@@ -83,6 +103,7 @@ def render_card(folder: Path) -> str:
         f"{score if score is None else round(score, 4)})",
         *_metrics_table(val),
     ]
+    lines += _schedule_section(config)
     eval_file = folder / EVAL_FILE
     if eval_file.is_file():
         test = json.loads(eval_file.read_text())

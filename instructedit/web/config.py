@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..defaults import DEFAULT_PATCH_RANK
+from ..editing.schedule import EditSchedule
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_EDITOR = PROJECT_ROOT / "checkpoints" / "smollm2-135m" / "instructedit"
@@ -116,6 +117,10 @@ class AppConfig:
             (rank-one locate-and-edit of one MLP at the edit's subject; a few seconds an edit on a
             CPU, shown after InstructEdit's result), both, or none.
         patch_rank: rank each trained editor keeps an edit's update at (``None``: full rank).
+        edit_steps: passes of each trained editor per edit, each made with the earlier ones active
+            (default: the checkpoint's calibrated edit schedule, else 1).
+        edit_strength: multiplier of each trained editor's update (default: the checkpoint's
+            calibrated edit schedule, else 1).
         host: address to listen on (127.0.0.1: this machine only; 0.0.0.0: the network;
             ``$GRADIO_SERVER_NAME`` when set).
         port: port to listen on (``$GRADIO_SERVER_PORT`` when set).
@@ -140,6 +145,8 @@ class AppConfig:
     baseline_editor: str = str(DEFAULT_BASELINE)
     compare: str = COMPARE_BASELINE
     patch_rank: int | None = DEFAULT_PATCH_RANK
+    edit_steps: int | None = None
+    edit_strength: float | None = None
     host: str = field(default_factory=default_host)
     port: int = field(default_factory=default_port)
     share: bool = False
@@ -152,6 +159,9 @@ class AppConfig:
     def __post_init__(self) -> None:
         if self.compare not in COMPARE_CHOICES:
             raise ValueError(f"compare must be one of {', '.join(COMPARE_CHOICES)}, got {self.compare!r}")
+        if self.edit_steps is not None or self.edit_strength is not None:
+            EditSchedule(steps=1 if self.edit_steps is None else self.edit_steps,
+                         strength=1.0 if self.edit_strength is None else self.edit_strength)
 
 
 def cpu_threads(config: AppConfig) -> int:

@@ -1,0 +1,139 @@
+"""Choosing a trained editor's edit schedule on a validation split, by the plain protocol.
+
+Each candidate :class:`~instructedit.editing.schedule.EditSchedule` (passes, strength) is
+evaluated on the same records of each task (the evaluation code of ``eval``), next to the
+unedited model on them (its neighbourhood score is the ceiling). A candidate's score per task is
+the harmonic mean of
+
+- efficacy: the mean of plain reliability, plain generalization (where the task has rephrases)
+  and generation success, and
+- specificity: the mean of the neighbourhood score as a share of the unedited model's (at most
+  1), one minus the neighbour bleed and one minus the unrelated bleed;
+
+a candidate whose continuations lose fluency (entropy ratio below ``min_fluency`` on a task) is
+not eligible. The chosen schedule has the best mean score over the tasks.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..editing.editor import Editor
+from ..editing.schedule import EditSchedule
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CalibrationConfig", "CandidateScore", "Calibration", "schedule_score", "calibrate",
+           "parse_schedule"]
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """What a calibration tries and how it judges (see the module docstring)."""
+
+    schedules: tuple[EditSchedule, ...] = (EditSchedule(1, 1.0), EditSchedule(2, 1.0),
+                                           EditSchedule(1, 2.0), EditSchedule(3, 1.0))
+    min_fluency: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not self.schedules:
+            raise ValueError("a calibration needs at least one schedule to try")
+        if len(set(self.schedules)) != len(self.schedules):
+            raise ValueError("the schedules to try repeat one another")
+        if not 0 <= self.min_fluency <= 1:
+            raise ValueError(f"min_fluency must be between 0 and 1, got {self.min_fluency}")
+
+
+def parse_schedule(text: str) -> EditSchedule:
+    """``"2x1.5"``: 2 passes at strength 1.5 (``"2"``: 2 passes at strength 1)."""
+    steps, _, strength = text.strip().lower().partition("x")
+    try:
+        return EditSchedule(steps=int(steps), strength=float(strength) if strength else 1.0)
+    except ValueError as exc:
+        if "edit " in str(exc):
+            raise
+        raise ValueError(f"a schedule is written STEPSxSTRENGTH, e.g. 2x1.5; got {text!r}") from None
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def schedule_score(summary: Mapping, ns_ceiling: float | None, min_fluency: float) -> float | None:
+    """The score of one task's summary (``eval``'s JSON fields); ``None``: not eligible or not
+    measurable (no plain protocol)."""
+    efficacy = _mean([summary.get("plain_reliability"), summary.get("plain_generalization"),
+                      summary.get("generation_success")])
+    ns = summary.get("neighbourhood_score")
+    ns_share = None if ns is None else (min(1.0, ns / ns_ceiling) if ns_ceiling else ns)
+    specificity = _mean([ns_share,
+                         None if summary.get("neighbour_bleed") is None else 1 - summary["neighbour_bleed"],
+                         None if summary.get("unrelated_bleed") is None else 1 - summary["unrelated_bleed"]])
+    if efficacy is None or specificity is None:
+        return None
+    fluency = summary.get("fluency_ratio")
+    if fluency is not None and fluency < min_fluency:
+        return None
+    if efficacy + specificity == 0:
+        return 0.0
+    return 2 * efficacy * specificity / (efficacy + specificity)
+
+
+@dataclass
+class CandidateScore:
+    """One schedule's summaries and scores per task."""
+
+    schedule: EditSchedule
+    summaries: dict[str, dict] = field(default_factory=dict)
+    scores: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def score(self) -> float | None:
+        """Mean over tasks; ``None`` when not eligible on some task."""
+        if not self.scores or any(s is None for s in self.scores.values()):
+            return None
+        return sum(self.scores.values()) / len(self.scores)
+
+
+@dataclass
+class Calibration:
+    """Every candidate, the unedited summaries, and the chosen schedule."""
+
+    candidates: list[CandidateScore]
+    unedited: dict[str, dict]
+    chosen: EditSchedule | None
+
+    def to_dict(self) -> dict:
+        return {"chosen": None if self.chosen is None else self.chosen.to_dict(),
+                "unedited": self.unedited,
+                "candidates": [{"schedule": c.schedule.to_dict(), "score": c.score, "scores": c.scores,
+                                "summaries": c.summaries} for c in self.candidates]}
+
+
+def calibrate(editor: Editor, records: Mapping[str, Sequence], pools: Mapping[str, Sequence],
+              config: CalibrationConfig, eval_config) -> Calibration:
+    """Evaluate every schedule of ``config`` on ``records`` (per task; ``pools``: the whole split,
+    for same-template neighbours) with ``eval_config`` (an ``EvalConfig``, plain protocol on) and
+    choose the best (``None`` if none is eligible)."""
+    from .runner import Evaluator
+
+    if not eval_config.plain:
+        raise ValueError("a calibration needs the plain protocol (EvalConfig.plain)")
+    unedited = {task: Evaluator(editor.backbone, None, eval_config, neighbour_pool=pools[task])
+                .run(recs).summary.to_dict() for task, recs in records.items()}
+    candidates = []
+    for schedule in config.schedules:
+        trial = editor.with_schedule(schedule)
+        candidate = CandidateScore(schedule)
+        for task, recs in records.items():
+            summary = Evaluator(editor.backbone, trial, eval_config, neighbour_pool=pools[task]).run(recs).summary.to_dict()
+            candidate.summaries[task] = summary
+            candidate.scores[task] = schedule_score(summary, unedited[task].get("neighbourhood_score"),
+                                                    config.min_fluency)
+        log.info("schedule %s: score %s", schedule.to_dict(), candidate.score)
+        candidates.append(candidate)
+    eligible = [c for c in candidates if c.score is not None]
+    chosen = max(eligible, key=lambda c: c.score).schedule if eligible else None
+    return Calibration(candidates, unedited, chosen)

@@ -1,0 +1,223 @@
+"""Edit schedules: a trained network's update applied in several passes and/or scaled."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from instructedit.editing.checkpoint import CheckpointError
+from instructedit.editing.editor import Editor, EditRequest, EditSchedule
+from instructedit.model.backbone import load_backbone
+
+from .cli_helpers import run_main
+from .test_evaluate import DATA
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama_dir):
+    return load_backbone(str(tiny_llama_dir), device="cpu")
+
+
+REQUEST = EditRequest("The Eiffel Tower is located in", "Rome Italy")
+
+
+def _deltas(edit) -> dict[str, torch.Tensor]:
+    return {name: layer.delta_weight() for name, layer in edit.patch.layers.items()}
+
+
+def test_strength_multiplies_the_update(llama):
+    editor = Editor.untrained(llama, step_size=0.5)
+    one = _deltas(editor.edit(REQUEST))
+    twice = _deltas(editor.with_schedule(EditSchedule(strength=2.5)).edit(REQUEST))
+    for name, delta in one.items():
+        assert delta.abs().max() > 1e-4
+        torch.testing.assert_close(twice[name], 2.5 * delta, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_two_steps_are_the_second_edit_made_on_top_of_the_first(llama):
+    editor = Editor.untrained(llama, step_size=0.5)
+    first = editor.edit(REQUEST)
+    second = editor.edit(REQUEST, active=[first])
+    scheduled = editor.with_schedule(EditSchedule(steps=2)).edit(REQUEST)
+    for name, delta in _deltas(scheduled).items():
+        expected = first.patch.layers[name].delta_weight() + second.patch.layers[name].delta_weight()
+        assert (second.patch.layers[name].delta_weight() - first.patch.layers[name].delta_weight()).abs().max() > 1e-6
+        torch.testing.assert_close(delta, expected, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_steps_stack_on_active_edits(llama):
+    editor = Editor.untrained(llama, step_size=0.5)
+    other = editor.edit(EditRequest("The capital of France is", "Berlin"))
+    first = editor.edit(REQUEST, active=[other])
+    second = editor.edit(REQUEST, active=[other, first])
+    scheduled = editor.with_schedule(EditSchedule(steps=2)).edit(REQUEST, active=[other])
+    for name, delta in _deltas(scheduled).items():
+        expected = first.patch.layers[name].delta_weight() + second.patch.layers[name].delta_weight()
+        torch.testing.assert_close(delta, expected, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"steps": 0}, "edit steps"), ({"steps": 9}, "edit steps"), ({"steps": 1.5}, "edit steps"),
+    ({"strength": 0}, "edit strength"), ({"strength": -1.0}, "edit strength"),
+    ({"strength": 11.0}, "edit strength"), ({"strength": "2"}, "edit strength"),
+])
+def test_bad_schedules_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EditSchedule(**kwargs)
+
+
+def test_schedule_from_dict():
+    assert EditSchedule.from_dict(None) == EditSchedule()
+    assert EditSchedule.from_dict({"steps": 2, "strength": 1.5}) == EditSchedule(2, 1.5)
+    assert EditSchedule(2, 1.5).label() == "steps 2, strength 1.5" and EditSchedule().label() == ""
+    with pytest.raises(ValueError, match="unknown fields: speed"):
+        EditSchedule.from_dict({"speed": 3})
+    with pytest.raises(ValueError, match="must be an object"):
+        EditSchedule.from_dict([2])
+
+
+def test_checkpoint_carries_its_schedule(llama, tmp_path):
+    editor = Editor.untrained(llama, step_size=0.5).with_schedule(EditSchedule(steps=2, strength=1.5))
+    editor.save_pretrained(tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "editor.json").read_text())
+    assert config["edit_schedule"] == {"steps": 2, "strength": 1.5}
+    loaded = Editor.from_pretrained(tmp_path / "ckpt", llama)
+    assert loaded.schedule == EditSchedule(2, 1.5)
+    assert loaded.with_patch_rank(None).schedule == EditSchedule(2, 1.5)
+    # the default schedule is not written at all
+    Editor.untrained(llama, step_size=0.5).save_pretrained(tmp_path / "plain")
+    assert "edit_schedule" not in json.loads((tmp_path / "plain" / "editor.json").read_text())
+
+
+def test_checkpoint_with_a_bad_schedule_is_refused_clearly(llama, tmp_path):
+    Editor.untrained(llama, step_size=0.5).save_pretrained(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "editor.json"
+    config = json.loads(path.read_text())
+    config["edit_schedule"] = {"steps": 0}
+    path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="edit_schedule: edit steps must be"):
+        Editor.from_pretrained(tmp_path / "ckpt", llama)
+
+
+def _eval(capsys, model_dir, *extra):
+    code, out, err = run_main(capsys, "eval", "--model", str(model_dir), "--editor", "gradient",
+                              "--step-size", "0.02", "--data", str(DATA / "easyedit_cf.json"),
+                              "--json", "--no-progress", "--no-plain", *extra)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_eval_applies_the_schedule(capsys, tiny_llama_dir):
+    one = _eval(capsys, tiny_llama_dir)
+    assert one["edit_schedule"] == {"steps": 1, "strength": 1.0}
+    stronger = _eval(capsys, tiny_llama_dir, "--edit-strength", "3")
+    assert stronger["edit_schedule"] == {"steps": 1, "strength": 3.0}
+    assert stronger["target_prob_post"] > one["target_prob_post"]
+    more = _eval(capsys, tiny_llama_dir, "--edit-steps", "3")
+    assert more["edit_schedule"] == {"steps": 3, "strength": 1.0}
+    assert more["target_prob_post"] > one["target_prob_post"]
+
+
+def test_eval_refuses_a_bad_schedule(capsys, tiny_llama_dir):
+    code, _, err = run_main(capsys, "eval", "--model", str(tiny_llama_dir), "--editor", "gradient",
+                            "--data", str(DATA / "easyedit_cf.json"), "--edit-steps", "0")
+    assert code != 0 and "edit steps must be an integer from 1 to 8, got 0" in err
+
+
+def test_app_config_overrides_the_schedule(tiny_llama_dir):
+    from instructedit.web.config import AppConfig
+    from instructedit.web.loading import load_models
+
+    with pytest.raises(ValueError, match="edit strength"):
+        AppConfig(model=str(tiny_llama_dir), edit_strength=0.0)
+    loaded = load_models(AppConfig(model=str(tiny_llama_dir), quant="none", device="cpu", editor="none",
+                                   baseline_editor="none", compare="none", edit_steps=2))
+    assert loaded.editor.schedule == EditSchedule(steps=2, strength=1.0)
+
+
+# ----- calibration ------------------------------------------------------------------------------
+def test_parse_schedule():
+    from instructedit.evaluate.calibration import parse_schedule
+
+    assert parse_schedule("2x1.5") == EditSchedule(2, 1.5)
+    assert parse_schedule(" 3 ") == EditSchedule(3, 1.0)
+    with pytest.raises(ValueError, match="STEPSxSTRENGTH"):
+        parse_schedule("fast")
+    with pytest.raises(ValueError, match="edit strength"):
+        parse_schedule("1x0")
+
+
+def test_schedule_score_balances_efficacy_and_specificity():
+    from instructedit.evaluate.calibration import schedule_score
+
+    base = {"plain_reliability": 0.5, "plain_generalization": 0.3, "generation_success": 0.4,
+            "neighbourhood_score": 0.6, "neighbour_bleed": 0.1, "unrelated_bleed": 0.0,
+            "fluency_ratio": 0.99}
+    score = schedule_score(base, 0.75, 0.95)
+    efficacy, specificity = 0.4, (0.8 + 0.9 + 1.0) / 3
+    assert score == pytest.approx(2 * efficacy * specificity / (efficacy + specificity))
+    # more efficacy at the same specificity scores higher; more bleed scores lower
+    assert schedule_score({**base, "generation_success": 0.9}, 0.75, 0.95) > score
+    assert schedule_score({**base, "neighbour_bleed": 0.5}, 0.75, 0.95) < score
+    # the ceiling caps the neighbourhood share; lost fluency is not eligible; no plain protocol: None
+    assert schedule_score({**base, "neighbourhood_score": 0.9}, 0.75, 0.95) == pytest.approx(
+        schedule_score({**base, "neighbourhood_score": 0.75}, 0.75, 0.95))
+    assert schedule_score({**base, "fluency_ratio": 0.9}, 0.75, 0.95) is None
+    assert schedule_score({"reliability": 1.0}, 0.75, 0.95) is None
+
+
+def test_calibrate_command_chooses_and_writes(capsys, tiny_llama_dir, tmp_path):
+    from tests.data.layout import make_data_dir
+
+    data = make_data_dir(tmp_path / "data")
+    llama = load_backbone(str(tiny_llama_dir), device="cpu")
+    Editor.untrained(llama, step_size=0.05).save_pretrained(tmp_path / "ckpt")
+    weights = (tmp_path / "ckpt" / "editor.safetensors").read_bytes()
+    out = tmp_path / "calibration.json"
+    code, stdout, err = run_main(capsys, "calibrate", "--model", str(tiny_llama_dir), "--editor",
+                                 str(tmp_path / "ckpt"), "--data", str(data), "--limit", "3",
+                                 "--schedules", "1x1,2x1,1x3", "--min-fluency", "0", "--write",
+                                 "--out", str(out))
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    assert [c["schedule"] for c in report["candidates"]] == [
+        {"steps": 1, "strength": 1.0}, {"steps": 2, "strength": 1.0}, {"steps": 1, "strength": 3.0}]
+    best = max(report["candidates"], key=lambda c: c["score"])
+    assert report["chosen"] == best["schedule"] and "<- chosen" in stdout
+    # more passes or strength move the target more: efficacy grows
+    posts = [c["summaries"]["counterfact"]["target_prob_post"] for c in report["candidates"]]
+    assert posts[1] > posts[0] and posts[2] > posts[0]
+    config = json.loads((tmp_path / "ckpt" / "editor.json").read_text())
+    assert config["edit_schedule"] == report["chosen"]
+    assert config["edit_schedule_calibration"]["split"] == "val"
+    assert (tmp_path / "ckpt" / "editor.safetensors").read_bytes() == weights
+    assert Editor.from_pretrained(tmp_path / "ckpt", llama).schedule == EditSchedule.from_dict(report["chosen"])
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--schedules", "1x0"], "edit strength"),
+    (["--schedules", "1x1,1x1"], "repeat"),
+    (["--editor", "gradient"], "not a checkpoint folder"),
+])
+def test_calibrate_command_refuses_bad_input(capsys, tiny_llama_dir, tmp_path, args, match):
+    Editor.untrained(load_backbone(str(tiny_llama_dir), device="cpu"), step_size=0.05).save_pretrained(tmp_path / "ckpt")
+    base = ["calibrate", "--model", str(tiny_llama_dir), "--editor", str(tmp_path / "ckpt"), "--data", str(tmp_path)]
+    code, _, err = run_main(capsys, *base, *args)
+    assert code != 0 and match in err
+    assert "edit_schedule" not in json.loads((tmp_path / "ckpt" / "editor.json").read_text())
+
+
+def test_model_card_states_the_schedule(llama, tmp_path):
+    from instructedit.editing.checkpoint import write_edit_schedule
+    from instructedit.train.card import render_card
+
+    Editor.untrained(llama, step_size=0.5).save_pretrained(tmp_path / "ckpt")
+    assert "Edit schedule" not in render_card(tmp_path / "ckpt")
+    write_edit_schedule(tmp_path / "ckpt", {"steps": 2, "strength": 1.5},
+                        {"split": "val", "tasks": ["counterfact"], "limit": 50, "seed": 0,
+                         "quantization": "4bit", "min_fluency": 0.95, "scores": {"1x1": 0.5, "2x1.5": 0.6},
+                         "command": "python -m instructedit calibrate --editor ckpt --write"})
+    card = render_card(tmp_path / "ckpt")
+    assert "in 2 pass(es)" in card and "strength 1.5" in card and "2x1.5: 0.600" in card
+    assert "python -m instructedit calibrate --editor ckpt --write" in card
