@@ -46,6 +46,22 @@ def test_two_steps_are_the_second_edit_made_on_top_of_the_first(llama):
         torch.testing.assert_close(delta, expected, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("use_instructions", [True, False])
+def test_steps_of_an_editor_that_edits_from_wrapped_and_plain(llama, use_instructions):
+    from instructedit.editing.mend import EditorConfig, MendNetwork
+
+    config = EditorConfig(rank=8, n_blocks=1, init_lr=0.5, normalize=False, edit_from="wrapped+plain")
+    network = MendNetwork(Editor.module_shapes(llama, llama.edited_module_names()), config)
+    editor = Editor(llama, network, use_instructions=use_instructions, patch_rank=None)
+    request = EditRequest("The Eiffel Tower is located in", "Rome", task="counterfact", instruction=0)
+    first = editor.edit(request)
+    second = editor.edit(request, active=[first])
+    scheduled = editor.with_schedule(EditSchedule(steps=2)).edit(request)
+    for name, delta in _deltas(scheduled).items():
+        expected = first.patch.layers[name].delta_weight() + second.patch.layers[name].delta_weight()
+        torch.testing.assert_close(delta, expected, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_steps_stack_on_active_edits(llama):
     editor = Editor.untrained(llama, step_size=0.5)
     other = editor.edit(EditRequest("The capital of France is", "Berlin"))
@@ -221,3 +237,17 @@ def test_model_card_states_the_schedule(llama, tmp_path):
     card = render_card(tmp_path / "ckpt")
     assert "in 2 pass(es)" in card and "strength 1.5" in card and "2x1.5: 0.600" in card
     assert "python -m instructedit calibrate --editor ckpt --write" in card
+
+
+def test_eval_steps_with_an_editor_that_edits_from_wrapped_and_plain(capsys, llama, tiny_llama_dir, tmp_path):
+    from instructedit.editing.mend import EditorConfig, MendNetwork
+
+    config = EditorConfig(rank=8, n_blocks=1, init_lr=0.02, normalize=False, edit_from="wrapped+plain")
+    network = MendNetwork(Editor.module_shapes(llama, llama.edited_module_names()), config)
+    Editor(llama, network, use_instructions=True, patch_rank=None).save_pretrained(tmp_path / "ckpt")
+    runs = [run_main(capsys, "eval", "--model", str(tiny_llama_dir), "--editor", str(tmp_path / "ckpt"),
+                     "--data", str(DATA / "easyedit_cf.json"), "--json", "--no-progress", "--no-plain",
+                     "--edit-steps", steps) for steps in ("1", "2")]
+    assert all(code == 0 for code, _, _ in runs), [err for _, _, err in runs]
+    one, two = (json.loads(out) for _, out, _ in runs)
+    assert two["edit_schedule"]["steps"] == 2 and two["target_prob_post"] > one["target_prob_post"]

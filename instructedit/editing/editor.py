@@ -228,8 +228,14 @@ def scheduled_patch_from_inputs(network: MendNetwork, module_names: Sequence[str
     this edit) pass."""
     passes: list[Patch] = []
     first_logits = None
+    rows = inputs.wrapped.size
+    # an editor that edits from the wrapped and the plain input runs both halves in one batch:
+    # each earlier pass then acts on its edit's two rows
+    if inputs.plain is not None:
+        both_halves = torch.arange(rows, device=inputs.wrapped.input_ids.device).repeat(2)
     for _ in range(schedule.steps):
-        with PatchEngine.activate([*active, *passes]):
+        earlier = passes if inputs.plain is None else [p.select_rows(both_halves) for p in passes]
+        with PatchEngine.activate([*active, *earlier]):
             patch, logits = patch_from_inputs(network, module_names, inputs, final_hidden,
                                               head_model, pad_id=pad_id)
         if first_logits is None:
