@@ -1,6 +1,7 @@
 """Cross-session batching (instructedit/serving/batcher.py) on the tiny models: each request's rows
-carry its own edits and equal its run alone; calls are really batched; a bad request fails alone;
-the unedited model stays exact; the studio, app.py and the stress tool wire it in."""
+carry its own edits and equal its run alone (bitwise at equal widths, within the stated tolerance in
+a batch of mixed widths); calls are really batched; the extra-padding cap holds; a bad request
+fails alone; the unedited model stays exact; the studio, app.py and the stress tool wire it in."""
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +19,9 @@ from instructedit.measuring.probing import generate_under
 from instructedit.model.backbone import load_backbone
 from instructedit.model.generation import GenerationConfig, generate
 from instructedit.serving.batcher import (
+    DEFAULT_MAX_EXTRA_PAD,
     LOGIT_TOLERANCE,
+    PADDED_LOGIT_TOLERANCE,
     GenerationBatcher,
     RequestRows,
     current_batcher,
@@ -35,6 +38,11 @@ TOKENS = 8
 @pytest.fixture(scope="module")
 def llama4(tiny_llama_dir):
     return load_backbone(str(tiny_llama_dir), "4bit", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def gpt24(tiny_gpt2_dir):
+    return load_backbone(str(tiny_gpt2_dir), "4bit", device="cpu")
 
 
 def make_edits(backbone, n: int = 3) -> list[Patch]:
@@ -61,6 +69,41 @@ class Counting:
         with self._lock:
             self.calls.append(len(texts))
         return generate(backbone, texts, config)
+
+
+class Recording:
+    """A generate function that records, per call, its prompts, every step's logits (rows, steps,
+    vocab) and the attention mask and position ids of its prompt pass. Calls run one at a time
+    (its forward hook sees the shared model)."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, backbone, texts, config):
+        record = {"texts": list(texts), "logits": []}
+
+        def hook(module, args, kwargs, output):
+            if "positions" not in record:
+                mask = kwargs.get("attention_mask")
+                record["mask"] = None if mask is None else mask.clone()
+                record["positions"] = kwargs["position_ids"].clone()
+            record["logits"].append(output.logits[:, -1].float().clone())
+
+        with self._lock:
+            handle = backbone.model.register_forward_hook(hook, with_kwargs=True)
+            try:
+                outputs = generate(backbone, texts, config)
+            finally:
+                handle.remove()
+            record["logits"] = torch.stack(record["logits"], dim=1)
+            record["outputs"] = outputs
+            self.calls.append(record)
+        return outputs
+
+
+def width(backbone, text: str) -> int:
+    return len(backbone.tokenizer(text)["input_ids"])
 
 
 def run_threads(work: Callable[[int], object], n: int, timeout: float = 120) -> tuple[dict, dict]:
@@ -132,6 +175,7 @@ def test_rows_patch_refuses_what_it_cannot_keep_exact():
 # ----- batching concurrent requests -------------------------------------------------------------
 @pytest.mark.parametrize("quant", ["none", "4bit"])
 def test_concurrent_requests_are_batched_and_each_equals_its_run_alone(request, quant):
+    """The exact rule (``max_extra_pad=0``): only equal padded widths meet; texts bitwise equal."""
     backbone = request.getfixturevalue("llama" if quant == "none" else "llama4")
     e = make_edits(backbone)
     other = "Rome is in"                      # another token width: its own batch
@@ -145,7 +189,7 @@ def test_concurrent_requests_are_batched_and_each_equals_its_run_alone(request, 
     expected = [alone(backbone, stack, texts) for stack, texts in requests]
     assert len({tuple(x) for x in expected[:5]}) >= 3, expected  # the edits are visible
     counting = Counting()
-    batcher = GenerationBatcher(backbone, window_ms=5000, generate_fn=counting)
+    batcher = GenerationBatcher(backbone, window_ms=5000, max_extra_pad=0, generate_fn=counting)
     results, errors = submit_together(batcher, requests)
     assert errors == {}
     assert [results[i] for i in range(len(requests))] == expected  # bitwise the same texts
@@ -154,7 +198,100 @@ def test_concurrent_requests_are_batched_and_each_equals_its_run_alone(request, 
     assert max(counting.calls) >= 4  # the four one-prompt edited requests in one call
     assert sorted(counting.calls) == sorted([1, 4, 1, 4])  # observer; 1-4 edits; other width; padded pair
     assert stats["requests"] == len(requests) and stats["fallbacks"] == 0
+    assert stats["mixed_width_batches"] == stats["extra_padded_rows"] == stats["largest_extra_pad"] == 0
     assert batcher.close(timeout=10)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "llama4", "gpt24"])
+def test_mixed_widths_share_a_batch_within_the_stated_tolerance(request, name):
+    """Requests of different padded widths run as one left-padded batch: each row's mask and
+    positions are those of its run alone (extra padding masked, positions from the mask), every
+    step's logits within PADDED_LOGIT_TOLERANCE of its run alone; the observer (no edits) runs
+    alone, bitwise. Texts: equal in float32; in bf16 a token may flip only at a near tie (one does
+    on 4-bit GPT-2: "Madrid is the capital of", 7th token, the run alone's two best logits 2.234
+    and 2.219, one bf16 step apart)."""
+    backbone = request.getfixturevalue(name)
+    tolerance = PADDED_LOGIT_TOLERANCE[backbone.model.dtype]
+    e = make_edits(backbone)
+    requests = [([], [PROMPT]),                                           # the observer
+                ([e[0]], ["The capital of France is"]),
+                ([e[1]], [PROMPT]),
+                ([e[0], e[1]], ["The mother tongue of Danielle Darrieux is"]),
+                ([e[2]], ["Madrid is the capital of", "What do you think of cats ?"]),  # padded alone
+                ([e[1], e[2], e[0]], ["piano guitar Sega BBC"])]
+    widths = [max(width(backbone, t) for t in texts) for _, texts in requests]
+    edited = range(1, len(requests))
+    assert len({widths[i] for i in edited}) == len(edited)  # every edited request its own width
+    largest = max(widths[i] for i in edited) - min(widths[i] for i in edited)
+    assert 0 < largest <= DEFAULT_MAX_EXTRA_PAD
+    reference = Recording()
+    alone_calls = []
+    for stack, texts in requests:
+        with PatchEngine.activate(list(stack)):
+            reference(backbone, texts, GenerationConfig(max_new_tokens=TOKENS))
+        alone_calls.append(reference.calls[-1])
+    assert len({tuple(alone_calls[i]["outputs"]) for i in (0, 2)}) == 2  # the edit is visible
+
+    recording = Recording()
+    batcher = GenerationBatcher(backbone, window_ms=5000, generate_fn=recording)
+    results, errors = submit_together(batcher, requests)
+    assert errors == {}
+    assert sorted(len(c["texts"]) for c in recording.calls) == [1, 6]  # observer alone; one batch
+    stats = batcher.stats()
+    assert stats["batches"] == stats["mixed_width_batches"] == 1 and stats["batched_requests"] == 5
+    assert stats["largest_extra_pad"] == largest and stats["extra_padded_rows"] == 5
+    observer = next(c for c in recording.calls if len(c["texts"]) == 1)
+    assert results[0] == observer["outputs"] == alone_calls[0]["outputs"]
+    assert torch.equal(observer["logits"], alone_calls[0]["logits"])  # rule 3: bitwise
+    batch = next(c for c in recording.calls if len(c["texts"]) == 6)
+    batch_width = batch["positions"].shape[1]
+    assert batch_width == max(widths)
+    worst, compared, flipped = 0.0, 0, []
+    for i in edited:
+        own = alone_calls[i]
+        for r, text in enumerate(requests[i][1]):
+            row = batch["texts"].index(text)
+            assert results[i][r] == batch["outputs"][row]  # each caller got exactly its rows
+            extra = batch_width - widths[i]
+            own_mask = own["mask"][r] if own["mask"] is not None else torch.ones(widths[i], dtype=torch.long)
+            assert torch.equal(batch["mask"][row], torch.cat([own_mask.new_zeros(extra), own_mask]))
+            assert torch.equal(batch["positions"][row, extra:], own["positions"][r])
+            for step, theirs in enumerate(own["logits"][r]):
+                mine = batch["logits"][row, step]
+                worst, compared = max(worst, (mine - theirs).abs().max().item()), compared + 1
+                if mine.argmax() != theirs.argmax():  # later steps continue other tokens
+                    top = theirs.topk(2).values
+                    assert top[0] - top[1] <= 2 * tolerance, (i, r, step)  # only at a near tie
+                    flipped.append(text)
+                    break
+            assert (results[i][r] == own["outputs"][r]) == (text not in flipped), text
+    assert compared >= 5 * TOKENS and worst <= tolerance, worst
+    assert len(flipped) <= (0 if backbone.model.dtype == torch.float32 else 1), flipped
+    assert batcher.close(timeout=10)
+
+
+def test_the_extra_padding_cap_keeps_far_widths_apart(llama):
+    """A request that would be padded more than ``max_extra_pad`` beyond its run alone gets a batch
+    of its own; the default cap puts the three together; 0 keeps every width apart."""
+    e = make_edits(llama)
+    requests = [([e[0]], ["Rome is in"]), ([e[1]], ["Berlin is in"]), ([e[2]], ["The capital of France is"])]
+    a, b, c = (width(llama, texts[0]) for _, texts in requests)
+    cap = 4
+    assert 0 < b - a <= cap < c - b and c - a <= DEFAULT_MAX_EXTRA_PAD
+    expected = [alone(llama, stack, texts) for stack, texts in requests]
+    for max_extra_pad, calls in ((cap, [1, 2]), (DEFAULT_MAX_EXTRA_PAD, [3]), (0, [1, 1, 1])):
+        recording = Recording()
+        batcher = GenerationBatcher(llama, window_ms=5000, max_extra_pad=max_extra_pad,
+                                    generate_fn=recording)
+        results, errors = submit_together(batcher, requests)
+        assert errors == {} and [results[i] for i in range(3)] == expected
+        assert sorted(len(call["texts"]) for call in recording.calls) == calls, max_extra_pad
+        for call in recording.calls:  # no row padded more than the cap beyond its run alone
+            own = [width(llama, t) for t in call["texts"]]
+            assert max(own) - min(own) <= max_extra_pad
+        assert batcher.stats()["largest_extra_pad"] == {cap: b - a, DEFAULT_MAX_EXTRA_PAD: c - a, 0: 0}[max_extra_pad]
+    with pytest.raises(ValueError):
+        GenerationBatcher(llama, max_extra_pad=-1)
 
 
 @pytest.mark.parametrize("quant", ["none", "4bit"])
@@ -326,6 +463,19 @@ def test_limits_app_flags_and_stress_option():
     assert stress.build_parser().parse_args([]).batched is None
     assert stress.build_parser().parse_args(["--batched"]).batched == 20.0
     assert stress.build_parser().parse_args(["--batched", "5"]).batched == 5.0
+    assert Limits().batch_max_extra_pad == DEFAULT_MAX_EXTRA_PAD
+    with pytest.raises(ValueError, match="batch_max_extra_pad"):
+        Limits(batch_max_extra_pad=-1)
+    exact = app_module.config_from_args(parser.parse_args(["--batch-window-ms", "20",
+                                                           "--batch-max-extra-pad", "0"])).limits
+    assert exact.batch_max_extra_pad == 0
+    assert stress.build_parser().parse_args(["--batched", "--max-extra-pad", "0"]).max_extra_pad == 0
+
+
+def test_the_service_passes_the_padding_cap_to_its_batcher(llama, tmp_path):
+    limits = Limits(batch_window_ms=5, batch_max_extra_pad=3)
+    service = EditService(llama, Editor.untrained(llama, step_size=0.5), None, limits, export_dir=tmp_path)
+    assert service.batcher.max_extra_pad == 3
 
 
 def test_short_stress_run_batched(tiny_llama_dir, tmp_path):

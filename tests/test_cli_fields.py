@@ -61,7 +61,8 @@ ADDED = {  # config fields that had no flag and now have one
               "--latency-warmup", "--new-tokens", "--profile-top", "--rome-edits", "--seed", "--svd-ranks",
               "--train-batches", "--train-pool-per-task", "--train-repeats", "--edit-steps", "--edit-strength"},
     "app": {"--figures-dir", "--max-import-bytes", "--max-lines", "--max-sessions", "--max-total-edits",
-            "--probe-answer-tokens", "--results-file", "--no-fast-4bit", "--edit-steps", "--edit-strength"},
+            "--probe-answer-tokens", "--results-file", "--no-fast-4bit", "--edit-steps", "--edit-strength",
+            "--batch-max-extra-pad"},
 }
 ADDED_VALUELESS = {"--kl-all-positions", "--neighbour-locality", "--plain-loss", "--no-fast-4bit",
                    "--continuation-kl-neighbours"}

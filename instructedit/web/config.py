@@ -43,6 +43,10 @@ class Limits:
             each row under its own session's edits (0: only calls that queue while the model is
             busy); calls without edits always run on their own (default, ``None``: off).
         batch_max_rows: most prompts in one batched generation call.
+        batch_max_extra_pad: most padding tokens a batched call's prompts may get beyond their
+            run alone (calls whose prompt widths differ by more never share a batch); 0 keeps
+            every edited text bitwise that of a single-user run, more lets calls of different
+            lengths meet within the batcher's stated logit tolerance (docs/reliability.md).
     """
 
     max_new_tokens: int = 20
@@ -58,13 +62,15 @@ class Limits:
     probe_answer_tokens: int = 5
     batch_window_ms: float | None = None
     batch_max_rows: int = 16
+    batch_max_extra_pad: int = 16
 
     def __post_init__(self) -> None:
         checks = {"max_new_tokens": (1, 256), "max_edits_per_session": (1, 1000),
                   "max_input_chars": (10, 1000), "max_lines": (1, 50), "queue_size": (1, 10_000),
                   "concurrency_limit": (1, 64), "max_sessions": (1, 100_000),
                   "max_total_edits": (1, 1_000_000),
-                  "probe_answer_tokens": (1, 64), "batch_max_rows": (1, 1024)}
+                  "probe_answer_tokens": (1, 64), "batch_max_rows": (1, 1024),
+                  "batch_max_extra_pad": (0, 256)}
         for name, (low, high) in checks.items():
             value = getattr(self, name)
             if not low <= value <= high:

@@ -148,7 +148,8 @@ class EditService:
         self.export_dir = Path(export_dir or tempfile.mkdtemp(prefix="instructedit-exports-"))
         self.trace_dir = Path(trace_dir or tempfile.mkdtemp(prefix="instructedit-traces-"))
         self.unedited = UneditedTexts()
-        self.batcher = (GenerationBatcher(backbone, self.limits.batch_window_ms, self.limits.batch_max_rows)
+        self.batcher = (GenerationBatcher(backbone, self.limits.batch_window_ms, self.limits.batch_max_rows,
+                                          max_extra_pad=self.limits.batch_max_extra_pad)
                         if self.limits.batch_window_ms is not None else None)
 
     def _batching(self) -> contextlib.AbstractContextManager:
