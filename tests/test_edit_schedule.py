@@ -251,3 +251,19 @@ def test_eval_steps_with_an_editor_that_edits_from_wrapped_and_plain(capsys, lla
     assert all(code == 0 for code, _, _ in runs), [err for _, _, err in runs]
     one, two = (json.loads(out) for _, out, _ in runs)
     assert two["edit_schedule"]["steps"] == 2 and two["target_prob_post"] > one["target_prob_post"]
+
+
+def test_results_cache_and_checkpoint_card_follow_the_schedule(llama, tmp_path):
+    from instructedit.editing.checkpoint import write_edit_schedule
+    from instructedit.evaluate.config import ResultsConfig
+    from instructedit.evaluate.results_data import RunSpec
+    from instructedit.evaluate.run_store import ResultsRunner, checkpoint_card
+
+    Editor.untrained(llama, step_size=0.5).save_pretrained(tmp_path / "ckpt")
+    runner = ResultsRunner(ResultsConfig(data=str(tmp_path), cache_dir=str(tmp_path / "cache")))
+    spec = RunSpec("InstructEdit", "counterfact", str(tmp_path / "ckpt"))
+    before = runner._cache_file(spec)
+    assert checkpoint_card(str(tmp_path / "ckpt"))["edit_schedule"] is None
+    write_edit_schedule(tmp_path / "ckpt", {"steps": 2, "strength": 0.75})
+    assert runner._cache_file(spec) != before  # a run cached under the old schedule is not reused
+    assert checkpoint_card(str(tmp_path / "ckpt"))["edit_schedule"] == {"steps": 2, "strength": 0.75}

@@ -716,7 +716,10 @@ def setup_table(data: ResultsData) -> str:
             best, total = card.get("steps"), card.get("total_steps_run")
             steps = "–" if best is None else (f"{best} (best of {total})" if total and total != best else str(best))
             wall = card.get("wall_time_s")
-            rows.append([method, f"`{card['path']}`", "yes" if card.get("use_instructions") else "no", steps,
+            schedule = card.get("edit_schedule")
+            path = f"`{card['path']}`" + (f" (edits: {schedule.get('steps', 1)} pass(es) at strength "
+                                          f"{schedule.get('strength', 1.0):g})" if schedule else "")
+            rows.append([method, path, "yes" if card.get("use_instructions") else "no", steps,
                          f"{wall / 60:.0f} min" if wall else "–", num(card.get("validation_score"), 3)])
         else:
             rows.append([method, "missing", "–", "–", "–", "–"])

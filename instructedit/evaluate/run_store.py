@@ -36,7 +36,7 @@ def checkpoint_card(path: str) -> dict | None:
             "wall_time_s": prov.get("total_wall_time_s", prov.get("wall_time_s")),
             "tasks": prov.get("tasks"), "stopped_early": prov.get("stopped_early"),
             "validation_score": (prov.get("validation") or {}).get("score"),
-            "editor": config.get("editor")}
+            "editor": config.get("editor"), "edit_schedule": config.get("edit_schedule")}
 
 
 class ResultsRunner:
@@ -88,7 +88,10 @@ class ResultsRunner:
         weights = Path(spec.editor) / "editor.safetensors"
         if weights.is_file():
             stat = weights.stat()
-            stamp = (stat.st_mtime_ns, stat.st_size)
+            # the config too: it carries the edit schedule (calibrate --write changes only it)
+            config = Path(spec.editor) / "editor.json"
+            config_sha = hashlib.sha1(config.read_bytes()).hexdigest() if config.is_file() else None
+            stamp = (stat.st_mtime_ns, stat.st_size, config_sha)
         key = json.dumps({"v": CACHE_VERSION, "spec": asdict(spec), "stamp": stamp,
                           "model": self.config.model, "seed": self.config.seed,
                           "data": str(Path(self.config.data).resolve()),
