@@ -20,7 +20,7 @@ INFO_KEYS = {"model_id", "source", "family", "model_type", "parameters", "quanti
              "edited_modules"}
 EDIT_KEYS = {"model_id", "quantization", "editor", "task", "instruction", "prompt", "target",
              "wrapped_input", "latency_ms", "continuation", "wrapped_continuation", "target_scores",
-             "scores", "rephrases", "probes", "patch"}
+             "scores", "rephrases", "probes", "patch", "subject", "keyed_on_subject", "edit_schedule"}
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -267,3 +267,32 @@ def test_results_cache_and_checkpoint_card_follow_the_schedule(llama, tmp_path):
     write_edit_schedule(tmp_path / "ckpt", {"steps": 2, "strength": 0.75})
     assert runner._cache_file(spec) != before  # a run cached under the old schedule is not reused
     assert checkpoint_card(str(tmp_path / "ckpt"))["edit_schedule"] == {"steps": 2, "strength": 0.75}
+
+
+def _subject_keyed_checkpoint(llama, path):
+    from instructedit.editing.mend import EditorConfig, MendNetwork
+
+    config = EditorConfig(rank=8, n_blocks=1, init_lr=0.5, normalize=False, key_on="subject")
+    network = MendNetwork(Editor.module_shapes(llama, llama.edited_module_names()), config)
+    Editor(llama, network, use_instructions=False, patch_rank=None).save_pretrained(path)
+
+
+def test_edit_command_keys_a_subject_keyed_editor_on_the_named_or_guessed_subject(capsys, llama,
+                                                                                   tiny_llama_dir, tmp_path):
+    """The command line makes the edit the studio makes: a subject-keyed editor gets the subject
+    (``--subject``, else the studio's guess from the prompt), never every token."""
+    _subject_keyed_checkpoint(llama, tmp_path / "ckpt")
+    base = ["edit", "--model", str(tiny_llama_dir), "--editor", str(tmp_path / "ckpt"),
+            "--prompt", "The Eiffel Tower is located in", "--target", "Rome", "--max-new-tokens", "2"]
+    reports = {}
+    for name, extra in (("guessed", []), ("named", ["--subject", "Eiffel Tower"]),
+                        ("other", ["--subject", "located"])):
+        code, out, err = run_main(capsys, *base, *extra, "--json")
+        assert code == 0, err
+        reports[name] = json.loads(out)
+    assert reports["guessed"]["subject"] == reports["named"]["subject"] == "Eiffel Tower"
+    assert reports["guessed"]["keyed_on_subject"] is True
+    post = {k: r["target_scores"]["raw"]["post"]["probability"] for k, r in reports.items()}
+    assert post["guessed"] == post["named"] != post["other"]  # the key decides the update
+    code, out, _ = run_main(capsys, *base)
+    assert code == 0 and "subject   'Eiffel Tower' (the update is keyed on its tokens)" in out

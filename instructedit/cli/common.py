@@ -181,6 +181,10 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default: 0 for tasks with instructions, none for custom)")
     group.add_argument("--topic", default=None, help="ConvSent topic ([TOPIC])")
     group.add_argument("--label", default=None, help="ConvSent label: positive or negative ([LABEL])")
+    group.add_argument("--subject", default=None,
+                       help="what the fact is about, as written in the prompt (editors keyed on the "
+                            "subject's tokens need it; default: the ConvSent topic, else a guess from "
+                            "the prompt, as the studio pre-fills it)")
 
 
 def instruction_choice(task: str, value: str | None) -> int | str | None:
@@ -193,6 +197,7 @@ def instruction_choice(task: str, value: str | None) -> int | str | None:
 def request_from_args(args: argparse.Namespace):
     """The :class:`~instructedit.editing.editor.EditRequest` of :func:`add_request_arguments`."""
     from ..editing.editor import EditRequest
+    from ..editing.subject_guess import guess_subject
 
     rephrases = tuple(getattr(args, "rephrase", None) or ())
     probes = tuple(getattr(args, "probe", None) or ())
@@ -202,7 +207,9 @@ def request_from_args(args: argparse.Namespace):
                 raise CliError(f"--{kind} number {i} is empty")
     return EditRequest(prompt=args.prompt, target=args.target, task=args.task,
                        instruction=instruction_choice(args.task, args.instruction),
-                       topic=args.topic, label=args.label, rephrases=rephrases, probes=probes)
+                       topic=args.topic, label=args.label, rephrases=rephrases, probes=probes,
+                       subject=(getattr(args, "subject", None) or args.topic
+                                or guess_subject(args.prompt) or None))
 
 
 def add_verbose(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:

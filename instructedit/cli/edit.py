@@ -91,6 +91,9 @@ def edit_report(editor, request, max_new_tokens: int = 20) -> tuple[Any, dict]:
         "instruction": request.instruction,
         "prompt": request.prompt,
         "target": request.target,
+        "subject": request.subject,
+        "keyed_on_subject": bool(getattr(editor, "keyed_on_subject", False)),
+        "edit_schedule": editor.schedule.to_dict() if hasattr(editor, "schedule") else None,
         "wrapped_input": edit.wrapped_input,
         "latency_ms": round(edit.latency_ms, 3),
         "continuation": _continuation(measured.prompt),
@@ -117,6 +120,11 @@ def _format_edit(report: dict) -> str:
     s = report["scores"]
     lines = [f"model     {report['model_id']} ({report['quantization']}), editor {report['editor']}",
              f"input     {report['wrapped_input']!r}",
+             *([f"subject   {report['subject']!r} (the update is keyed on its tokens)"]
+               if report["keyed_on_subject"] and report["subject"] else []),
+             *([f"schedule  {report['edit_schedule']['steps']} pass(es) at strength "
+                f"{report['edit_schedule']['strength']:g}"]
+               if report["edit_schedule"] and report["edit_schedule"] != {"steps": 1, "strength": 1.0} else []),
              f"target    {report['target']!r}  ({report['latency_ms']:.0f} ms)",
              f"before    {report['continuation']['pre']!r}",
              f"after     {report['continuation']['post']!r}  ({report['continuation']['verdict']})"]

@@ -1,10 +1,8 @@
 """What an edit is about and what kind of thing that is: best guesses the page shows for the user to
 correct, and the built-in lists of comparable subjects (``instructedit/assets/blast_radius.json``).
 
-- :func:`guess_subject`: the longest run of capitalised words of the prompt ("The mother tongue of
-  Danielle Darrieux is" -> "Danielle Darrieux"), a sentence-initial "The"/"What"/... dropped;
-  for a prompt without one, the words after "about"/"on"/"of"/"for" ("What is your opinion on
-  comic books?" -> "comic books").
+- :func:`guess_subject` (from :mod:`instructedit.editing.subject_guess`): the longest run of
+  capitalised words of the prompt, a sentence-initial "The"/"What"/... dropped.
 - :meth:`Catalog.guess_kind`: the kind whose list holds the subject, else whose cue words the
   subject's name or the prompt contains, else ``person`` for a capitalised name, else ``other``.
 """
@@ -16,74 +14,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
+from ..editing.subject_guess import capitalised, guess_subject
+
+__all__ = ["Catalog", "Kind", "default_catalog", "guess_subject", "OTHER", "PERSON"]
+
 OTHER = "other"
 PERSON = "person"
-_TOKEN = re.compile(r"[\w.&'’-]+|[,;:!?()\"“”]")
-_CONNECTORS = frozenset({"of", "the", "de", "da", "del", "della", "di", "du", "von", "van", "der", "den",
-                         "la", "le", "y", "and", "&", "from", "for", "upon"})
-_LEADING = frozenset({"the", "a", "an", "what", "who", "whom", "whose", "which", "where", "when", "why",
-                      "how", "is", "are", "was", "were", "does", "did", "do", "in", "on", "at", "my",
-                      "your", "his", "her", "its", "their", "this", "that", "these", "those", "i", "it",
-                      "he", "she", "we", "they", "there", "tell", "please", "name", "if", "after",
-                      "before", "since", "during"})
-_QUESTION = re.compile(r"\b(?:about|on|of|regarding)\s+(?:the\s+)?([^?]+?)\s*\?\s*$", re.IGNORECASE)
-_STATEMENT = re.compile(r"\b(?:of|for|about|on)\s+(?:the\s+)?(.+?)\s+(?:is|are|was|were)\b", re.IGNORECASE)
-
-
-def _capitalised(word: str) -> bool:
-    return any(c.isupper() for c in word)
-
-
-def _runs(prompt: str) -> list[tuple[int, list[str]]]:
-    """(index of the first token, words) of every run of capitalised words."""
-    runs: list[tuple[int, list[str]]] = []
-    current: list[str] = []
-    pending: list[str] = []
-    start = 0
-
-    def close() -> None:
-        nonlocal current, pending
-        if current:
-            runs.append((start, current))
-        current, pending = [], []
-
-    for i, token in enumerate(_TOKEN.findall(prompt)):
-        possessive = token.endswith(("'s", "’s"))
-        word = token[:-2] if possessive else token
-        if word.endswith(".") and word.count(".") == 1:
-            word = word[:-1]
-        if not word or not any(c.isalnum() for c in word):
-            close()
-            continue
-        if _capitalised(word) or (current and word.isdigit()):
-            if not current:
-                start = i
-            current += pending + [word]
-            pending = []
-        elif current and word.lower() in _CONNECTORS:
-            pending.append(word)
-        else:
-            close()
-        if possessive:
-            close()
-    close()
-    return runs
-
-
-def guess_subject(prompt: str) -> str:
-    """A best guess of what ``prompt`` is about (empty when nothing stands out)."""
-    prompt = (prompt or "").strip()
-    best: list[str] = []
-    for start, words in _runs(prompt):
-        if start == 0:  # a capitalised sentence opener is no name: "The Eiffel Tower" -> "Eiffel Tower"
-            while words and words[0].lower() in _LEADING:
-                words = words[1:]
-        if len(words) > len(best):
-            best = words
-    if best:
-        return " ".join(best)
-    match = _QUESTION.search(prompt) or _STATEMENT.search(prompt)
-    return match.group(1).strip() if match else ""
 
 
 @dataclass(frozen=True)
@@ -139,7 +75,7 @@ class Catalog:
         if scores[best] > 0:
             return best
         names = subject.split()
-        if len(names) >= 2 and all(_capitalised(n) for n in names) and PERSON in self.names:
+        if len(names) >= 2 and all(capitalised(n) for n in names) and PERSON in self.names:
             return PERSON
         return OTHER if OTHER in self.names else self.kinds[-1].name
 
