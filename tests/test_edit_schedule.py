@@ -171,7 +171,7 @@ def test_schedule_score_balances_efficacy_and_specificity():
             "neighbourhood_score": 0.6, "neighbour_bleed": 0.1, "unrelated_bleed": 0.0,
             "fluency_ratio": 0.99}
     score = schedule_score(base, 0.75, 0.95)
-    efficacy, specificity = 0.4, (0.8 + 0.9 + 1.0) / 3
+    efficacy, specificity = 0.4, (0.8 + 0.9 + 1.0 + 0.99) / 4
     assert score == pytest.approx(2 * efficacy * specificity / (efficacy + specificity))
     # more efficacy at the same specificity scores higher; more bleed scores lower
     assert schedule_score({**base, "generation_success": 0.9}, 0.75, 0.95) > score
@@ -180,6 +180,7 @@ def test_schedule_score_balances_efficacy_and_specificity():
     assert schedule_score({**base, "neighbourhood_score": 0.9}, 0.75, 0.95) == pytest.approx(
         schedule_score({**base, "neighbourhood_score": 0.75}, 0.75, 0.95))
     assert schedule_score({**base, "fluency_ratio": 0.9}, 0.75, 0.95) is None
+    assert schedule_score({**base, "fluency_ratio": 0.9}, 0.75, 0.85) < score  # counted, not gated
     assert schedule_score({"reliability": 1.0}, 0.75, 0.95) is None
 
 

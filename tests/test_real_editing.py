@@ -13,6 +13,7 @@ import pytest
 from instructedit.editing.editor import EditRequest
 from instructedit.editing.editors import load_editor
 from instructedit.editing.patches import PatchEngine
+from instructedit.editing.subject_guess import guess_subject
 from instructedit.measuring.verdicts import contains_answer
 from instructedit.model.backbone import load_backbone
 from instructedit.model.generation import GenerationConfig, generate
@@ -44,7 +45,9 @@ def test_an_edit_changes_the_typed_sentence_and_spares_its_neighbour():
         # facts the unedited model knows (else the test would measure nothing): not an expected failure
         if not (contains_answer(before[0], truth) and contains_answer(before[1], neighbour_truth)):
             pytest.fail(f"the unedited model does not know this fact: {before}")
-        edit = editor.edit(EditRequest(prompt, target, task="counterfact", instruction=0))
+        # as the studio makes it: the subject field pre-filled with its guess
+        edit = editor.edit(EditRequest(prompt, target, task="counterfact", instruction=0,
+                                       subject=guess_subject(prompt)))
         with PatchEngine.activate([edit.patch]):
             after = generate(backbone, [prompt], config)[0]
             after_neighbour = generate(backbone, [neighbour], config)[0]

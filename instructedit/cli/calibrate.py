@@ -25,8 +25,8 @@ def register(subparsers) -> None:
                     "the same val records, next to the unedited model, and choose the one with the "
                     "best harmonic mean of efficacy (plain reliability, plain generalization, "
                     "generation success) and specificity (neighbourhood score as a share of the "
-                    "unedited model's, 1 - neighbour bleed, 1 - unrelated bleed), among those that "
-                    "keep fluency; --write stores it in the checkpoint's editor.json (the app, eval "
+                    "unedited model's, 1 - neighbour bleed, 1 - unrelated bleed, fluency ratio), "
+                    "among those whose text does not degenerate; --write stores it in the checkpoint's editor.json (the app, eval "
                     "and edit then use it by default).")
     add_model_arguments(p)
     p.add_argument("--editor", required=True, help="editor checkpoint folder")
@@ -38,8 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, default=50, help="seeded records per task (default: %(default)s)")
     p.add_argument("--schedules", default=DEFAULT_SCHEDULES,
                    help="comma-separated STEPSxSTRENGTH candidates (default: %(default)s)")
-    p.add_argument("--min-fluency", type=float, default=0.95,
-                   help="least fluency ratio (after / before) a candidate may have (default: %(default)s)")
+    p.add_argument("--min-fluency", type=float, default=0.85,
+                   help="least fluency ratio (after / before) a candidate may have: below it the "
+                        "text degenerates (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="records edited per pass (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seeds the sample and instructions (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -103,7 +104,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     if result.chosen is None:
-        raise CliError("no schedule keeps fluency on every task; nothing chosen")
+        raise CliError("every schedule degenerates the text (fluency ratio below --min-fluency) on "
+                       "some task; nothing chosen")
     if args.write:
         how = {k: report[k] for k in ("split", "tasks", "limit", "seed", "quantization", "min_fluency", "date")}
         how["scores"] = {f"{c.schedule.steps}x{c.schedule.strength:g}": c.score for c in result.candidates}

@@ -8,10 +8,11 @@ the harmonic mean of
 - efficacy: the mean of plain reliability, plain generalization (where the task has rephrases)
   and generation success, and
 - specificity: the mean of the neighbourhood score as a share of the unedited model's (at most
-  1), one minus the neighbour bleed and one minus the unrelated bleed;
+  1), one minus the neighbour bleed, one minus the unrelated bleed and the fluency ratio (the
+  continuations' generation entropy after / before, at most 1);
 
-a candidate whose continuations lose fluency (entropy ratio below ``min_fluency`` on a task) is
-not eligible. The chosen schedule has the best mean score over the tasks.
+a candidate whose continuations degenerate (fluency ratio below ``min_fluency`` on a task) is not
+eligible. The chosen schedule has the best mean score over the tasks.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ class CalibrationConfig:
 
     schedules: tuple[EditSchedule, ...] = (EditSchedule(1, 1.0), EditSchedule(2, 1.0),
                                            EditSchedule(1, 2.0), EditSchedule(3, 1.0))
-    min_fluency: float = 0.95
+    min_fluency: float = 0.85
 
     def __post_init__(self) -> None:
         if not self.schedules:
@@ -68,12 +69,13 @@ def schedule_score(summary: Mapping, ns_ceiling: float | None, min_fluency: floa
                       summary.get("generation_success")])
     ns = summary.get("neighbourhood_score")
     ns_share = None if ns is None else (min(1.0, ns / ns_ceiling) if ns_ceiling else ns)
+    fluency = summary.get("fluency_ratio")
     specificity = _mean([ns_share,
                          None if summary.get("neighbour_bleed") is None else 1 - summary["neighbour_bleed"],
-                         None if summary.get("unrelated_bleed") is None else 1 - summary["unrelated_bleed"]])
+                         None if summary.get("unrelated_bleed") is None else 1 - summary["unrelated_bleed"],
+                         None if fluency is None else min(1.0, fluency)])
     if efficacy is None or specificity is None:
         return None
-    fluency = summary.get("fluency_ratio")
     if fluency is not None and fluency < min_fluency:
         return None
     if efficacy + specificity == 0:

@@ -43,7 +43,7 @@ def _schedule_section(config: dict) -> list[str]:
         lines += [f"Chosen on the {how.get('split')} split of {', '.join(how.get('tasks', []))} "
                   f"({how.get('limit')} records per task, seed {how.get('seed')}, "
                   f"{how.get('quantization')} backbone) by the plain protocol's score (harmonic mean of "
-                  f"efficacy and specificity; fluency ratio at least {how.get('min_fluency')}): {scores}.",
+                  f"efficacy and specificity; eligible: fluency ratio at least {how.get('min_fluency')}): {scores}.",
                   "", "```bash", how.get("command") or "(command not recorded)", "```"]
     return lines
 
