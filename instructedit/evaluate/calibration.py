@@ -33,8 +33,8 @@ __all__ = ["CalibrationConfig", "CandidateScore", "Calibration", "schedule_score
 class CalibrationConfig:
     """What a calibration tries and how it judges (see the module docstring)."""
 
-    schedules: tuple[EditSchedule, ...] = (EditSchedule(1, 1.0), EditSchedule(2, 1.0),
-                                           EditSchedule(1, 2.0), EditSchedule(3, 1.0))
+    schedules: tuple[EditSchedule, ...] = (EditSchedule(1, 1.0), EditSchedule(2, 0.75),
+                                           EditSchedule(3, 0.5), EditSchedule(4, 0.4))
     min_fluency: float = 0.85
 
     def __post_init__(self) -> None:
