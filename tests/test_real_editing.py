@@ -35,25 +35,63 @@ FACTS = (
 NEEDED = 4  # of the five facts
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the shipped InstructEdit editor holds 3 of the 5 "
-                                       "facts (docs/training.md, 'Edit schedules')")
-def test_an_edit_changes_the_typed_sentence_and_spares_its_neighbour():
-    backbone = load_backbone("smollm2-135m", "4bit", device="cpu", fast_4bit=True)
-    editor = load_editor("checkpoints/smollm2-135m/instructedit", backbone)
+def facts_held(backbone, editor, *, on_unknown=pytest.fail, show=None) -> list[bool]:
+    """For each fact: the typed sentence now says the target and its neighbour keeps its answer
+    (``show(prompt, after, neighbour, after_neighbour)`` sees the texts)."""
     config = GenerationConfig(max_new_tokens=20)
     held = []
     for prompt, truth, target, neighbour, neighbour_truth in FACTS:
         before = generate(backbone, [prompt, neighbour], config)
         # facts the unedited model knows (else the test would measure nothing): not an expected failure
         if not (contains_answer(before[0], truth) and contains_answer(before[1], neighbour_truth)):
-            pytest.fail(f"the unedited model does not know this fact: {before}")
+            on_unknown(f"the unedited model does not know this fact: {before}")
         # as the studio makes it: the subject field pre-filled with its guess
         edit = editor.edit(EditRequest(prompt, target, task="counterfact", instruction=0,
                                        subject=guess_subject(prompt)))
         with PatchEngine.activate([edit.patch]):
             after = generate(backbone, [prompt], config)[0]
             after_neighbour = generate(backbone, [neighbour], config)[0]
+        if show is not None:
+            show(prompt, after, neighbour, after_neighbour)
         held.append(contains_answer(after, target) and contains_answer(after_neighbour, neighbour_truth)
                     and not contains_answer(after_neighbour, target))
+    return held
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the shipped InstructEdit editor holds 3 of the 5 "
+                                       "facts (docs/training.md, 'Edit schedules')")
+def test_an_edit_changes_the_typed_sentence_and_spares_its_neighbour():
+    backbone = load_backbone("smollm2-135m", "4bit", device="cpu", fast_4bit=True)
+    editor = load_editor("checkpoints/smollm2-135m/instructedit", backbone)
+    held = facts_held(backbone, editor)
     assert sum(held) >= NEEDED, held
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.test_real_editing [CHECKPOINT [STEPS STRENGTH]]``: the test's check with
+    another editor or edit schedule, printing each fact's texts."""
+    import argparse
+
+    from instructedit.editing.schedule import EditSchedule
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("checkpoint", nargs="?", default="checkpoints/smollm2-135m/instructedit")
+    parser.add_argument("steps", nargs="?", type=int, default=None)
+    parser.add_argument("strength", nargs="?", type=float, default=None)
+    args = parser.parse_args(argv)
+    backbone = load_backbone("smollm2-135m", "4bit", device="cpu", fast_4bit=True)
+    editor = load_editor(args.checkpoint, backbone)
+    if args.steps is not None:
+        editor = editor.with_schedule(EditSchedule(args.steps, 1.0 if args.strength is None else args.strength))
+
+    def show(prompt, after, neighbour, after_neighbour):
+        print(f"{prompt!r} -> {after!r}\n    {neighbour!r} -> {after_neighbour!r}")
+
+    held = facts_held(backbone, editor, on_unknown=lambda message: print("warning:", message), show=show)
+    print(f"{sum(held)} of {len(held)} facts held: {held}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
