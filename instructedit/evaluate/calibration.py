@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ..editing.editor import Editor
 from ..editing.schedule import EditSchedule
+from .runner import Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,6 @@ def calibrate(editor: Editor, records: Mapping[str, Sequence], pools: Mapping[st
     """Evaluate every schedule of ``config`` on ``records`` (per task; ``pools``: the whole split,
     for same-template neighbours) with ``eval_config`` (an ``EvalConfig``, plain protocol on) and
     choose the best (``None`` if none is eligible)."""
-    from .runner import Evaluator
-
     if not eval_config.plain:
         raise ValueError("a calibration needs the plain protocol (EvalConfig.plain)")
     unedited = {task: Evaluator(editor.backbone, None, eval_config, neighbour_pool=pools[task])
