@@ -81,6 +81,26 @@ def test_results_sections_pick_what_runs(capsys, setup, tiny_llama_dir):
     assert code != 0 and "bogus" in captured.err
 
 
+def test_results_rome_apart_on_fewer_records(capsys, setup, tiny_llama_dir):
+    """--rome-limit below --limit: ROME in a table of its own (1b) beside the others cut to its records."""
+    root, data = setup
+    out = root / "rome.md"
+    code, captured = run(capsys, "results", "--data", str(data), "--out", str(out),
+                         "--model", str(tiny_llama_dir), "--instructedit", str(root / "ck" / "instructedit"),
+                         "--baseline", str(root / "ck" / "mend-multitask"), "--sections", "table3",
+                         "--limit", "3", "--rome-limit", "2", "--rome-tasks", "counterfact",
+                         "--step-size", "0.5", "--no-progress")
+    assert code == 0, captured.err
+    text = out.read_text()
+    main, apart = text.split("## 1b. Table 3 with ROME beside the trained editors")
+    main = main.split("## 1. Multi-task")[1]
+    assert "| ROME |" not in main and "| InstructEdit |" in main
+    assert "| ROME |" in apart and "| InstructEdit |" in apart and "limit 2 records per task" in apart
+    assert "**Findings.** Mean over CounterFact" in apart and "--rome-limit 2" in text
+    rome_runs = [line for line in text.splitlines() if line.startswith("| ROME | counterfact |")]
+    assert len(rome_runs) == 1 and "| 2 |" in rome_runs[0]    # ROME ran on 2 records, not 3
+
+
 def test_results_trace_section(capsys, setup, tiny_llama_dir):
     root, data = setup
     out = root / "trace.md"

@@ -29,7 +29,7 @@ from ..scoring import (
 from .checkpoint import CheckpointError, load_editor_checkpoint, save_editor_checkpoint
 from .keying import KEY_ON_SUBJECT, key_mask
 from .mend import EditorConfig, MendNetwork
-from .patches import LayerPatch, Patch, PatchEngine
+from .patches import LayerPatch, Patch, PatchEngine, concat_layer_patches
 from .preconditioning import attach_preconditioners
 from .schedule import EditSchedule
 
@@ -249,14 +249,7 @@ def join_patch_passes(passes: Sequence[Patch]) -> Patch:
     factors side by side along the rank axis, each pass's scale folded into its ``D``."""
     if len(passes) == 1:
         return passes[0]
-    joined = {}
-    for name, first in passes[0].layers.items():
-        layers = [p.layers[name] for p in passes]
-        axis = 1 if first.batched else 0
-        u = torch.cat([layer.u for layer in layers], dim=axis)
-        d = torch.cat([layer.d * layer.scale.to(layer.d.dtype) for layer in layers], dim=axis)
-        joined[name] = LayerPatch(u, d, torch.ones((), dtype=torch.float32, device=u.device))
-    return Patch(joined)
+    return Patch({name: concat_layer_patches([p.layers[name] for p in passes]) for name in passes[0].layers})
 
 
 def unbatch_patch(patch: Patch, row: int) -> Patch:

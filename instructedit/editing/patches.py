@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import UserFacingError
 
 __all__ = ["LayerPatch", "Patch", "Capture", "PatchEngine", "NonFiniteEditError", "active_patches",
-           "combine_patches", "stack_patches"]
+           "combine_patches", "concat_layer_patches", "stack_patches"]
 
 
 class NonFiniteEditError(UserFacingError, ValueError):
@@ -170,6 +170,15 @@ _CAPTURE: contextvars.ContextVar[Capture | None] = contextvars.ContextVar(
     "instructedit_capture", default=None)
 
 
+def concat_layer_patches(layers: Sequence[LayerPatch]) -> LayerPatch:
+    """One layer patch whose delta is the sum of ``layers``' (all batched or all not): their
+    factors side by side along the rank axis, each one's scale folded into its ``D``."""
+    axis = 1 if layers[0].batched else 0
+    u = torch.cat([layer.u for layer in layers], dim=axis)
+    d = torch.cat([layer.d * layer.scale.to(layer.d.dtype) for layer in layers], dim=axis)
+    return LayerPatch(u, d, torch.ones((), dtype=torch.float32, device=u.device))
+
+
 def combine_patches(patches: Sequence[Patch]) -> tuple[Patch, ...]:
     """Fold several unbatched patches into one per module (rows concatenated, scales folded in).
 
@@ -188,11 +197,7 @@ def combine_patches(patches: Sequence[Patch]) -> tuple[Patch, ...]:
     for patch in plain:
         for name, layer in patch.layers.items():
             names.setdefault(name, []).append(layer)
-    combined = {}
-    for name, layers in names.items():
-        u = torch.cat([layer.u for layer in layers])
-        d = torch.cat([layer.d * layer.scale.to(layer.d.dtype) for layer in layers])
-        combined[name] = LayerPatch(u, d, torch.ones((), dtype=torch.float32, device=u.device))
+    combined = {name: concat_layer_patches(layers) for name, layers in names.items()}
     return (Patch(combined), *batched)
 
 

@@ -50,6 +50,9 @@ class ResultsConfig:
         sections: sections of the report to run, in run order.
         rome: run ROME beside the trained editors (sections 'user' and 'table3').
         rome_tasks: tasks ROME runs on (a subset saves time: ROME optimises every edit).
+        rome_limit: records per task of ROME in section 'table3' (ROME optimises every edit, 15-30 s
+            each on a CPU): below ``limit``, ROME gets its own table beside every method on those
+            records (a nested sample: the others' runs re-summarised, not rerun); None: ``limit``.
         trace_limit: known CounterFact test records averaged by causal tracing (section 'trace').
     """
 
@@ -78,8 +81,14 @@ class ResultsConfig:
     sections: tuple[str, ...] = SECTIONS
     rome: bool = True
     rome_tasks: tuple[str, ...] = ROME_TASKS
+    rome_limit: int | None = 30
     trace_limit: int = 20
 
     @property
     def quant_records(self) -> int:
         return self.quant_limit if self.quant_limit is not None else self.limit
+
+    @property
+    def rome_apart(self) -> bool:
+        """Whether section 'table3' shows ROME in a table of its own, on fewer records."""
+        return self.rome and self.rome_limit is not None and self.rome_limit < self.limit

@@ -111,7 +111,13 @@ def command(data: ResultsData) -> str:
     parts = ["python -m instructedit results", f"--data {cfg.data}", f"--out {cfg.out}",
              f"--figures {cfg.figures}", f"--model {cfg.model}", f"--limit {cfg.limit}",
              f"--quant-limit {cfg.quant_records}", f"--pca-limit {cfg.pca_limit}",
-             f"--sweep-limit {cfg.sweep_limit}", f"--split {cfg.split}", f"--seed {cfg.seed}"]
+             f"--sweep-limit {cfg.sweep_limit}", f"--split {cfg.split}", f"--seed {cfg.seed}",
+             f"--user-limit {cfg.user_limit}", f"--user-quant {cfg.user_quant}"]
+    if cfg.rome:
+        parts += [f"--rome-tasks {','.join(cfg.rome_tasks)}",
+                  f"--rome-limit {cfg.rome_limit if cfg.rome_limit is not None else cfg.limit}"]
+    else:
+        parts.append("--no-rome")
     if cfg.step_size is not None:
         parts.append(f"--step-size {cfg.step_size:g}")
     return " ".join(parts)
@@ -177,8 +183,9 @@ def method_row_note(data: ResultsData, method: str) -> str:
     return f"`{card['path']}`"
 
 
-def table3_table(data: ResultsData) -> str:
-    grid = data.table3
+def table3_table(data: ResultsData, grid: dict | None = None) -> str:
+    """Section 1's table of ``grid`` (default: ``data.table3``)."""
+    grid = data.table3 if grid is None else grid
     edited = [m for m in METHODS if m != "Unedited"]
     best = _best(grid, edited)
     header = ["Method"] + [f"{TASK_NAMES[t]} {label}" for t in EVAL_TASKS for _, label in METRICS]
@@ -326,9 +333,41 @@ def table3_findings(data: ResultsData) -> Table3Findings:
     return Table3Findings(**found)
 
 
+@dataclass(frozen=True)
+class RomeFindings:
+    """ROME beside the trained editors on ROME's records: means over the tasks both ran."""
+
+    tasks: tuple[str, ...]
+    rows: tuple[tuple[str, float | None, float | None, float | None, float | None], ...]
+    # (method, reliability, generalization, locality, harmonic mean of rel. and loc.), best first
+
+
+def rome_findings(data: ResultsData) -> RomeFindings | None:
+    grid = data.table3_rome
+    rome = grid.get("ROME", {})
+    tasks = tuple(t for t, o in rome.items() if o.ok)
+    if not tasks:
+        return None
+    rows = []
+    for method in ("ROME", "InstructEdit", "MEND multi-task", "Gradient step"):
+        outcomes = grid.get(method, {})
+        if not _ran({t: outcomes[t] for t in tasks if t in outcomes}):
+            continue
+        rel, gen, loc = (_avg(outcomes, key, tasks) for key in ("reliability", "generalization", "locality"))
+        rows.append((method, rel, gen, loc, harmonic(rel, loc)))
+    rows.sort(key=lambda row: -1 if row[4] is None else row[4], reverse=True)
+    return RomeFindings(tasks, tuple(rows))
+
+
 def section_table3(data: ResultsData) -> str:
-    return _section("table3.md.j2", data, table=table3_table(data), extras=table3_extras_table(data),
+    text = _section("table3.md.j2", data, table=table3_table(data), extras=table3_extras_table(data),
                     f=table3_findings(data))
+    if data.table3_rome:
+        found = rome_findings(data)
+        names = ", ".join(SHORT_NAMES[t] for t in found.tasks) if found else ""
+        text = text.rstrip() + "\n\n" + _section(
+            "table3_rome.md.j2", data, table=table3_table(data, data.table3_rome), f=found, task_names=names)
+    return text
 
 
 # ----- section 2 -------------------------------------------------------------------------------------

@@ -79,6 +79,7 @@ class ResultsData:
     step_size: float | None = None
     step_chosen_by: str = ""
     table3: dict = field(default_factory=dict)           # method -> task -> Outcome
+    table3_rome: dict = field(default_factory=dict)      # the same on ROME's fewer records, ROME too
     instructions: dict = field(default_factory=dict)     # mode -> task -> Outcome
     quantization: dict = field(default_factory=dict)     # quant -> task -> Outcome
     patch_ranks: dict = field(default_factory=dict)      # rank (None: full) -> task -> Outcome

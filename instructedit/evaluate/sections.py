@@ -68,13 +68,14 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def _method_grid(runner: ResultsRunner, data: ResultsData, tasks: Sequence[str], **spec) -> dict:
-    """Every method of :data:`METHODS` on every task of ``tasks`` (method -> task -> Outcome)."""
+def _method_grid(runner: ResultsRunner, data: ResultsData, tasks: Sequence[str],
+                 methods: Sequence[str] = METHODS, **spec) -> dict:
+    """Every method of ``methods`` on every task of ``tasks`` (method -> task -> Outcome)."""
     cfg = runner.config
     editors = {"Unedited": "none", "Gradient step": "gradient", "MEND multi-task": cfg.baseline,
                "InstructEdit": cfg.instructedit, "ROME": "rome"}
     grid: dict = {}
-    for method in METHODS:
+    for method in methods:
         if method == "ROME" and not cfg.rome:
             continue
         step = data.step_size if method == "Gradient step" else None
@@ -92,7 +93,18 @@ def _method_grid(runner: ResultsRunner, data: ResultsData, tasks: Sequence[str],
 
 
 def run_table3(runner: ResultsRunner, data: ResultsData) -> None:
-    data.table3 = _method_grid(runner, data, EVAL_TASKS, limit=runner.config.limit)
+    """Every method on every task; with ``rome_limit`` below ``limit``, ROME on fewer records in a
+    table of its own (:attr:`ResultsData.table3_rome`) beside the others' runs cut to those records."""
+    cfg = runner.config
+    methods = [m for m in METHODS if not (m == "ROME" and cfg.rome_apart)]
+    data.table3 = _method_grid(runner, data, EVAL_TASKS, methods, limit=cfg.limit)
+    if not cfg.rome_apart:
+        return
+    rome = _method_grid(runner, data, EVAL_TASKS, ("ROME",), limit=cfg.rome_limit)["ROME"]
+    data.table3_rome = {method: {task: nested_subset(runner, outcome, cfg.rome_limit) or outcome
+                                 for task, outcome in by_task.items()}
+                        for method, by_task in data.table3.items()}
+    data.table3_rome["ROME"] = rome
 
 
 def run_user(runner: ResultsRunner, data: ResultsData) -> None:
@@ -144,13 +156,18 @@ def run_instructions(runner: ResultsRunner, data: ResultsData) -> None:
                 limit=cfg.limit))
 
 
+def nested_subset(runner: ResultsRunner, outcome: Outcome | None, limit: int) -> Outcome | None:
+    """``outcome`` (a run on ``config.limit`` records) re-summarised over the seeded sample of
+    ``limit`` records of its task (samples are nested); None when it cannot be."""
+    cfg = runner.config
+    if outcome is None or not outcome.ok or limit > cfg.limit:
+        return None
+    return subset(outcome, {r.id for r in runner.records(outcome.spec.task, cfg.split, limit)})
+
+
 def instructedit_subset(runner: ResultsRunner, data: ResultsData, task: str) -> Outcome | None:
     """Section 1's fp32 InstructEdit run of ``task`` restricted to the smaller sections' records."""
-    cfg = runner.config
-    reference = data.table3.get("InstructEdit", {}).get(task)
-    if reference is None or cfg.quant_records > cfg.limit:
-        return None
-    return subset(reference, {r.id for r in runner.records(task, cfg.split, cfg.quant_records)})
+    return nested_subset(runner, data.table3.get("InstructEdit", {}).get(task), runner.config.quant_records)
 
 
 def run_quantization(runner: ResultsRunner, data: ResultsData) -> None:
