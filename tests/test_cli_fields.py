@@ -55,7 +55,7 @@ ADDED = {  # config fields that had no flag and now have one
               "--max-answer-tokens", "--n-blocks", "--neighbour-locality", "--patience", "--plain-loss",
               "--plain-rephrase-share", "--precondition", "--step-size-lr", "--continuation-kl-tokens",
               "--init-from", "--continuation-kl-neighbours"},
-    "results": {"--patch-ranks"},
+    "results": {"--patch-ranks", "--rome-limit"},
     "bench": {"--active-counts", "--compression-edits", "--eval-batch-size", "--eval-records",
               "--finetune-edits", "--first-answer-edits", "--first-answer-tokens", "--generation-prompt", "--generation-repeats", "--latency-edits",
               "--latency-warmup", "--new-tokens", "--profile-top", "--rome-edits", "--seed", "--svd-ranks",
@@ -126,16 +126,16 @@ def test_results_flags_set_the_config_as_before(tmp_path):
                  "--sweep-limit", "6", "--split", "val", "--quants", "none,4bit", "--device", "cpu", "--seed", "7",
                  "--batch-size", "2", "--threads", "1", "--user-quant", "none", "--user-limit", "8",
                  "--sections", "user, trace", "--no-rome", "--rome-tasks", "counterfact", "--trace-limit", "9",
-                 "--cache-dir", "c", "--no-progress")
+                 "--cache-dir", "c", "--no-progress", "--rome-limit", "2")
     assert evaluate_cli.results_config_from_args(args) == ResultsConfig(
         data=data, out="o.md", figures="f", model="m", instructedit="i", baseline="b", step_size=0.5, limit=3,
         quant_limit=4, pca_limit=5, sweep_limit=6, split="val", quants=("none", "4bit"), device="cpu", seed=7,
         batch_size=2, threads=1, user_quant="none", user_limit=8, sections=("user", "trace"), rome=False,
-        rome_tasks=("counterfact",), trace_limit=9, cache_dir="c", progress=False)
+        rome_tasks=("counterfact",), trace_limit=9, cache_dir="c", progress=False, rome_limit=2)
     assert evaluate_cli.results_config_from_args(parse("results", "--data", data)) == ResultsConfig(data=data)
     for argv, message in ((("--sections", "user,bogus"), "unknown --sections"), (("--sections", ""), "unknown --sections"),
                           (("--quants", "none,2bit"), "unknown --quants"), (("--pca-limit", "1"), "--pca-limit is too small"),
-                          (("--limit", "0"), "--limit is too small")):
+                          (("--limit", "0"), "--limit is too small"), (("--rome-limit", "0"), "--rome-limit is too small")):
         with pytest.raises(CliError, match=message):
             evaluate_cli.results_config_from_args(parse("results", "--data", data, *argv))
     with pytest.raises(CliError, match="is not a data folder"):

@@ -190,9 +190,11 @@ def results_config_from_args(args: argparse.Namespace) -> ResultsConfig:
     bad = [q for q in config.quants if q not in QUANTS]
     if bad:
         raise CliError(f"unknown --quants {bad}; choose from {QUANTS}")
-    for name in ("limit", "pca_limit", "sweep_limit", "batch_size"):
-        if getattr(config, name) < 1 or (name == "pca_limit" and config.pca_limit < 2):
-            raise CliError(f"--{name.replace('_', '-')} is too small: {getattr(config, name)}")
+    for name in ("limit", "pca_limit", "sweep_limit", "batch_size", "rome_limit", "user_limit", "quant_limit",
+                 "trace_limit"):
+        value = getattr(config, name)
+        if value is not None and (value < 1 or (name == "pca_limit" and value < 2)):
+            raise CliError(f"--{name.replace('_', '-')} is too small: {value}")
     if not Path(config.data).is_dir():
         raise CliError(f"--data {config.data} is not a data folder")
     unknown = [x for x in config.sections if x not in SECTIONS]

@@ -77,7 +77,7 @@ class ResultsConfig:
     cache_dir: str | None = None
     progress: bool = True
     user_quant: str = "4bit"
-    user_limit: int = 100
+    user_limit: int = 50
     sections: tuple[str, ...] = SECTIONS
     rome: bool = True
     rome_tasks: tuple[str, ...] = ROME_TASKS
