@@ -278,6 +278,22 @@ def _subject_keyed_checkpoint(llama, path):
     Editor(llama, network, use_instructions=False, patch_rank=None).save_pretrained(path)
 
 
+def test_library_edit_without_a_subject_keys_on_the_guess(llama, tmp_path):
+    """``Editor.edit`` (README's library example passes no subject) keys a subject-keyed editor on
+    the guessed subject, records it in the edit, and leaves a request with a subject alone."""
+    _subject_keyed_checkpoint(llama, tmp_path / "ckpt")
+    editor = Editor.from_pretrained(tmp_path / "ckpt", llama)
+    plain = editor.edit(EditRequest("The Eiffel Tower is located in", "Rome"))
+    named = editor.edit(EditRequest("The Eiffel Tower is located in", "Rome", subject="Eiffel Tower"))
+    other = editor.edit(EditRequest("The Eiffel Tower is located in", "Rome", subject="located"))
+    assert plain.request.subject == "Eiffel Tower" and other.request.subject == "located"
+    for name, layer in plain.patch.layers.items():
+        assert torch.equal(layer.u, named.patch.layers[name].u) and torch.equal(layer.d, named.patch.layers[name].d)
+    assert any(not torch.equal(layer.u, other.patch.layers[name].u) for name, layer in plain.patch.layers.items())
+    nothing = editor.edit(EditRequest("what is up", "Rome"))   # nothing to guess: every token, as before
+    assert nothing.request.subject is None
+
+
 def test_edit_command_keys_a_subject_keyed_editor_on_the_named_or_guessed_subject(capsys, llama,
                                                                                    tiny_llama_dir, tmp_path):
     """The command line makes the edit the studio makes: a subject-keyed editor gets the subject

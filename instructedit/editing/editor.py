@@ -10,7 +10,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 import torch
@@ -32,6 +32,7 @@ from .mend import EditorConfig, MendNetwork
 from .patches import LayerPatch, Patch, PatchEngine, concat_layer_patches
 from .preconditioning import attach_preconditioners
 from .schedule import EditSchedule
+from .subject_guess import guess_subject
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ class EditRequest:
 
     ``instruction``: an index into the task's instructions, ``"heldout"``, custom text, or
     ``None`` for no instruction. ``topic``/``label`` fill ConvSent placeholders. ``subject``:
-    what the fact is about (editors keyed on the subject need it; see :mod:`instructedit.editing.keying`).
+    what the fact is about (editors keyed on the subject need it; see :mod:`instructedit.editing.keying`;
+    left out, such an editor keys on a guess from the prompt, which the :class:`Edit` records).
     """
 
     prompt: str
@@ -371,6 +373,11 @@ class Editor:
         """
         start = time.perf_counter()
         validate_request(request, self.backbone.tokenizer)
+        if self.keyed_on_subject and not (request.subject or request.topic):
+            guess = guess_subject(request.prompt)
+            if guess:  # as the studio and the command line would: never every token by omission
+                log.info("no subject given: the update is keyed on the guessed subject %r", guess)
+                request = replace(request, subject=guess)
         wrapped = request.edit_input(self.use_instructions)
         inputs = tokenize_edit_inputs(self.backbone.tokenizer, self.network, [wrapped],
                                       [request.prompt], [request.target],
