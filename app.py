@@ -32,6 +32,7 @@ log = logging.getLogger("instructedit.app")
 APP_OPTIONS = {
     "quant": Option(choices=QUANT_MODES),
     "compare": Option(choices=COMPARE_CHOICES),
+    "edit_rekey": Option(choices=("on", "off")),
     "data_dir": Option(flag="--data", type=lambda text: None if text.strip().lower() == "none" else Path(text)),
 }
 """Where a flag differs from the one ``add_fields`` derives from its AppConfig field."""
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fields(g, Limits, options=LIMIT_OPTIONS)
     added += add_fields(g, AppConfig, include=("threads",))
     g = p.add_argument_group("other settings")
-    add_fields(g, AppConfig, exclude=(*added, "limits", "patch_rank"))
+    add_fields(g, AppConfig, exclude=(*added, "limits", "patch_rank"), options=APP_OPTIONS)
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v, -vv)")
     return p
 

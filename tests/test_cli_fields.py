@@ -46,8 +46,9 @@ VALUELESS = {"train": {"--fresh", "--no-cache", "--no-instructions"},
              "app": {"--share", "-v", "--verbose"}}
 CHOICES = {"train": {"--quant": ("none", "8bit", "4bit")},
            "results": {"--split": ("val", "test"), "--user-quant": ("none", "8bit", "4bit")},
-           "bench": {"--quant": ("none", "8bit", "4bit", "all")},
-           "app": {"--compare": ("baseline", "rome", "both", "none"), "--quant": ("none", "8bit", "4bit")}}
+           "bench": {"--quant": ("none", "8bit", "4bit", "all"), "--edit-rekey": ("on", "off")},
+           "app": {"--compare": ("baseline", "rome", "both", "none"), "--quant": ("none", "8bit", "4bit"),
+                   "--edit-rekey": ("on", "off")}}
 REQUIRED = {"train": {"--out"}, "results": set(), "bench": set(), "app": set()}
 ADDED = {  # config fields that had no flag and now have one
     "train": {"--convsent-share", "--edit-from", "--editor-lr", "--grad-clip", "--init-lr", "--key-on",
@@ -59,10 +60,11 @@ ADDED = {  # config fields that had no flag and now have one
     "bench": {"--active-counts", "--compression-edits", "--eval-batch-size", "--eval-records",
               "--finetune-edits", "--first-answer-edits", "--first-answer-tokens", "--generation-prompt", "--generation-repeats", "--latency-edits",
               "--latency-warmup", "--new-tokens", "--profile-top", "--rome-edits", "--seed", "--svd-ranks",
-              "--train-batches", "--train-pool-per-task", "--train-repeats", "--edit-steps", "--edit-strength"},
+              "--train-batches", "--train-pool-per-task", "--train-repeats", "--edit-steps", "--edit-strength",
+              "--edit-rekey"},
     "app": {"--figures-dir", "--max-import-bytes", "--max-lines", "--max-sessions", "--max-total-edits",
             "--probe-answer-tokens", "--results-file", "--no-fast-4bit", "--edit-steps", "--edit-strength",
-            "--batch-max-extra-pad"},
+            "--batch-max-extra-pad", "--edit-rekey"},
 }
 ADDED_VALUELESS = {"--kl-all-positions", "--neighbour-locality", "--plain-loss", "--no-fast-4bit",
                    "--continuation-kl-neighbours"}

@@ -108,7 +108,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                        "some task; nothing chosen")
     if args.write:
         how = {k: report[k] for k in ("split", "tasks", "limit", "seed", "quantization", "min_fluency", "date")}
-        how["scores"] = {f"{c.schedule.steps}x{c.schedule.strength:g}": c.score for c in result.candidates}
+        how["scores"] = {c.schedule.short(): c.score for c in result.candidates}
         how["command"] = "python -m instructedit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         write_edit_schedule(args.editor, result.chosen.to_dict(), how)
         write_card(args.editor)

@@ -116,33 +116,35 @@ def add_patch_rank_argument(parser) -> None:
 
 
 def add_schedule_arguments(parser) -> None:
-    """``--edit-steps --edit-strength``: how a trained editor applies its update (read by
-    :func:`apply_schedule_args`; default: the checkpoint's calibrated schedule, else one step)."""
+    """``--edit-steps --edit-strength --edit-rekey``: how a trained editor applies its update (read
+    by :func:`apply_schedule_args`; default: the checkpoint's calibrated schedule, else one step)."""
     parser.add_argument("--edit-steps", type=int, default=argparse.SUPPRESS,
                         help="passes of a trained editor per edit, each with the earlier ones "
                              "active (default: the checkpoint's edit_schedule, else 1)")
     parser.add_argument("--edit-strength", type=float, default=argparse.SUPPRESS,
                         help="multiplier of a trained editor's update (default: the checkpoint's "
                              "edit_schedule, else 1)")
+    parser.add_argument("--edit-rekey", choices=("on", "off"), default=argparse.SUPPRESS,
+                        help="re-key each pass of a trained editor's update on the edit's own keys "
+                             "(narrower, ROME-like edits; default: the checkpoint's edit_schedule, else off)")
 
 
 def apply_schedule_args(editor, args: argparse.Namespace):
-    """``editor`` with ``--edit-steps/--edit-strength`` applied (unchanged when neither is given
-    or the editor is not a trained MEND-style editor)."""
-    from ..editing.editor import Editor, EditSchedule
+    """``editor`` with ``--edit-steps/--edit-strength/--edit-rekey`` applied (unchanged when none
+    is given or the editor is not a trained MEND-style editor)."""
+    from ..editing.editor import Editor
 
-    steps, strength = getattr(args, "edit_steps", None), getattr(args, "edit_strength", None)
-    if steps is None and strength is None:
+    rekey = getattr(args, "edit_rekey", None)
+    overrides = (getattr(args, "edit_steps", None), getattr(args, "edit_strength", None),
+                 None if rekey is None else rekey == "on")
+    if overrides == (None, None, None):
         return editor
     if not isinstance(editor, Editor):
-        raise CliError("--edit-steps/--edit-strength apply to trained editors and gradient steps only")
-    current = editor.schedule
+        raise CliError("--edit-steps/--edit-strength/--edit-rekey apply to trained editors and gradient steps only")
     try:
-        schedule = EditSchedule(steps=current.steps if steps is None else steps,
-                                strength=current.strength if strength is None else strength)
+        return editor.with_schedule_overrides(*overrides)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    return editor.with_schedule(schedule)
 
 
 def editor_from_args(args: argparse.Namespace, backbone):

@@ -123,7 +123,8 @@ def _format_edit(report: dict) -> str:
              *([f"subject   {report['subject']!r} (the update is keyed on its tokens)"]
                if report["keyed_on_subject"] and report["subject"] else []),
              *([f"schedule  {report['edit_schedule']['steps']} pass(es) at strength "
-                f"{report['edit_schedule']['strength']:g}"]
+                f"{report['edit_schedule']['strength']:g}"
+                + (", each re-keyed on the edit's own keys" if report["edit_schedule"].get("rekey") else "")]
                if report["edit_schedule"] and report["edit_schedule"] != {"steps": 1, "strength": 1.0} else []),
              f"target    {report['target']!r}  ({report['latency_ms']:.0f} ms)",
              f"before    {report['continuation']['pre']!r}",

@@ -27,10 +27,12 @@ from ..scoring import (
     tokenize_answers,
 )
 from .checkpoint import CheckpointError, load_editor_checkpoint, save_editor_checkpoint
+from .contexts import context_prefixes, prefixed
 from .keying import KEY_ON_SUBJECT, key_mask
 from .mend import EditorConfig, MendNetwork
 from .patches import LayerPatch, Patch, PatchEngine, concat_layer_patches
 from .preconditioning import attach_preconditioners
+from .rekey import capture_module_inputs, rekey_patch
 from .schedule import EditSchedule
 from .subject_guess import guess_subject
 
@@ -162,40 +164,49 @@ class EditInputs:
     wrapped_keys: torch.Tensor | None = None
     plain: AnswerBatch | None = None
     plain_keys: torch.Tensor | None = None
+    contexts: AnswerBatch | None = None        # each prompt after each context prefix (edit-major)
+    context_keys: torch.Tensor | None = None   # for re-keying (:mod:`.rekey`); not edited from
 
     def to(self, device) -> EditInputs:
         def move(x):
             return None if x is None else x.to(device)
         return EditInputs(self.wrapped.to(device), move(self.wrapped_keys), move(self.plain),
-                          move(self.plain_keys))
+                          move(self.plain_keys), move(self.contexts), move(self.context_keys))
 
 
 def tokenize_edit_inputs(tokenizer, network: MendNetwork, wrapped: Sequence[str],
                          plain: Sequence[str], targets: Sequence[str],
                          subjects: Sequence[str | None],
                          max_answer_tokens: int = MAX_TARGET_TOKENS,
-                         wrapped_batch: AnswerBatch | None = None) -> EditInputs:
+                         wrapped_batch: AnswerBatch | None = None,
+                         contexts: Sequence[str] = ()) -> EditInputs:
     """Tokenize a batch of edits for ``network`` (its ``key_on`` and ``edit_from`` settings).
 
-    ``wrapped_batch``: the wrapped inputs already tokenized with their targets (not redone)."""
-    def tokenize(prompts: Sequence[str], batch: AnswerBatch | None = None,
-                 ) -> tuple[AnswerBatch, torch.Tensor | None]:
+    ``wrapped_batch``: the wrapped inputs already tokenized with their targets (not redone).
+    ``contexts``: prefixes to put each plain prompt after, for re-keying (:mod:`.rekey`)."""
+    def tokenize(prompts: Sequence[str], batch: AnswerBatch | None = None, answers: Sequence[str] = targets,
+                 about: Sequence[str | None] = subjects) -> tuple[AnswerBatch, torch.Tensor | None]:
         if batch is None:
-            batch = tokenize_answers(tokenizer, prompts, targets, max_answer_tokens=max_answer_tokens)
-        keys = (key_mask(tokenizer, batch, prompts, subjects)
+            batch = tokenize_answers(tokenizer, prompts, answers, max_answer_tokens=max_answer_tokens)
+        keys = (key_mask(tokenizer, batch, prompts, about)
                 if network.config.key_on == KEY_ON_SUBJECT else None)
         return batch, keys
 
+    context_batch = context_keys = None
+    if contexts:
+        context_batch, context_keys = tokenize(
+            [prefixed(p.strip(), c) for p in plain for c in contexts],
+            answers=[t for t in targets for _ in contexts], about=[s for s in subjects for _ in contexts])
     wrapped_batch, wrapped_keys = tokenize(wrapped, wrapped_batch)
     if network.config.edit_from != "wrapped+plain":
-        return EditInputs(wrapped_batch, wrapped_keys)
+        return EditInputs(wrapped_batch, wrapped_keys, contexts=context_batch, context_keys=context_keys)
     plain_batch, plain_keys = tokenize([p.strip() for p in plain])
     if plain_keys is None:
         plain_keys = plain_batch.attention_mask.bool().clone()
     for row, (w, p) in enumerate(zip(wrapped, plain, strict=True)):
         if w.strip() == p.strip():
             plain_keys[row] = False
-    return EditInputs(wrapped_batch, wrapped_keys, plain_batch, plain_keys)
+    return EditInputs(wrapped_batch, wrapped_keys, plain_batch, plain_keys, context_batch, context_keys)
 
 
 def patch_from_inputs(network: MendNetwork, module_names: Sequence[str], inputs: EditInputs,
@@ -206,15 +217,7 @@ def patch_from_inputs(network: MendNetwork, module_names: Sequence[str], inputs:
     if inputs.plain is None:
         return compute_batched_patch(network, module_names, inputs.wrapped, final_hidden, head_model,
                                      key_mask=inputs.wrapped_keys)
-    both = concat_batches(inputs.wrapped, inputs.plain, pad_id=pad_id)
-    width = both.input_ids.shape[1]
-    wrapped_keys = (inputs.wrapped_keys if inputs.wrapped_keys is not None
-                    else inputs.wrapped.attention_mask.bool())
-
-    def widen(mask: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pad(mask, (0, width - mask.shape[1]), value=False)
-
-    keys = torch.cat([widen(wrapped_keys.bool()), widen(inputs.plain_keys.bool())])
+    both, keys, _ = keyed_batch(inputs, pad_id)
     patch, logits = compute_batched_patch(network, module_names, both, final_hidden, head_model,
                                           key_mask=keys)
     return patch.join_halves(), logits[: inputs.wrapped.answer_tokens.numel()]
@@ -242,8 +245,68 @@ def scheduled_patch_from_inputs(network: MendNetwork, module_names: Sequence[str
                                               head_model, pad_id=pad_id)
         if first_logits is None:
             first_logits = logits
-        passes.append(patch.detach().scaled(float(schedule.strength)))
+        patch = patch.detach().scaled(float(schedule.strength))
+        if schedule.rekey:
+            patch = rekey_on_inputs(patch, network, module_names, inputs, head_model, pad_id, active, passes)
+        passes.append(patch)
     return join_patch_passes(passes), first_logits
+
+
+REKEY_CONTEXTS = (5, 10)
+"""Context prefixes a re-keyed edit also answers its subject after: how many, tokens each (ROME's)."""
+
+
+def rekey_contexts(backbone: Backbone, schedule: EditSchedule) -> tuple[str, ...]:
+    """The context prefixes an edit made by ``schedule`` is re-keyed on (none without re-keying)."""
+    return context_prefixes(backbone, *REKEY_CONTEXTS) if schedule.rekey else ()
+
+
+def keyed_batch(inputs: EditInputs, pad_id: int) -> tuple[AnswerBatch, torch.Tensor, int]:
+    """The batch edits are computed from (wrapped rows, then plain rows when the editor edits from
+    both), its key positions, and the number of edits."""
+    rows = inputs.wrapped.size
+    if inputs.plain is None:
+        keys = inputs.wrapped_keys if inputs.wrapped_keys is not None else inputs.wrapped.attention_mask
+        return inputs.wrapped, keys.bool(), rows
+    both = concat_batches(inputs.wrapped, inputs.plain, pad_id=pad_id)
+    width = both.input_ids.shape[1]
+    wrapped_keys = (inputs.wrapped_keys if inputs.wrapped_keys is not None
+                    else inputs.wrapped.attention_mask.bool())
+    plain_keys = (inputs.plain_keys if inputs.plain_keys is not None
+                  else inputs.plain.attention_mask.bool())
+
+    def widen(mask: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(mask.bool(), (0, width - mask.shape[1]), value=False)
+
+    return both, torch.cat([widen(wrapped_keys), widen(plain_keys)]), rows
+
+
+def rekey_on_inputs(patch: Patch, network: MendNetwork, module_names: Sequence[str], inputs: EditInputs,
+                    model, pad_id: int = 0, active: Sequence[Patch] = (), earlier: Sequence[Patch] = (),
+                    ) -> Patch:
+    """``patch`` (one row per edit of ``inputs``) re-keyed on each edit's keyed inputs as the
+    edited model computes them (:mod:`.rekey`): with ``active`` (unbatched, every row), the
+    ``earlier`` passes of the same edits (batched like ``patch``) and ``patch`` applied."""
+    batch, keys, rows = keyed_batch(inputs, pad_id)
+    device = batch.input_ids.device
+    per_row: dict[str, list[list[torch.Tensor]]] = {name: [[] for _ in range(rows)] for name in module_names}
+    parts = [(batch, keys, torch.arange(rows, device=device).repeat(batch.size // rows))]
+    if inputs.contexts is not None:
+        context_keys = (inputs.context_keys if inputs.context_keys is not None
+                        else inputs.contexts.attention_mask).bool()
+        parts.append((inputs.contexts, context_keys,
+                      torch.arange(rows, device=device).repeat_interleave(inputs.contexts.size // rows)))
+    for part, part_keys, owners in parts:
+        with PatchEngine.activate([*active, *(p.select_rows(owners) for p in (*earlier, patch))]):
+            captured = capture_module_inputs(model, module_names, part.input_ids, part.attention_mask)
+        for name, x in captured.items():
+            for r, owner in enumerate(owners.tolist()):
+                per_row[name][owner].append(x[r][part_keys[r]])
+    keyed = {name: [torch.cat(chunks) for chunks in by_row] for name, by_row in per_row.items()}
+    # without whitening (an editor trained without preconditioners) the metric is the identity
+    inverses = {name: network.preconditioners.get(name) if network.preconditioners.get(name) is not None
+                else torch.eye(patch.layers[name].u.shape[-1], device=device) for name in patch.layers}
+    return rekey_patch(patch, keyed, inverses)
 
 
 def join_patch_passes(passes: Sequence[Patch]) -> Patch:
@@ -333,14 +396,13 @@ class Editor:
                       use_instructions=self.use_instructions, metadata=self.metadata,
                       patch_rank=patch_rank, schedule=self.schedule)
 
-    def with_schedule_overrides(self, steps: int | None = None, strength: float | None = None) -> Editor:
-        """This editor with ``steps``/``strength`` replacing its schedule's (``None``: kept);
-        ``ValueError`` for values out of range."""
-        if steps is None and strength is None:
+    def with_schedule_overrides(self, steps: int | None = None, strength: float | None = None,
+                                rekey: bool | None = None) -> Editor:
+        """This editor with ``steps``/``strength``/``rekey`` replacing its schedule's (``None``:
+        kept); ``ValueError`` for values out of range."""
+        if steps is None and strength is None and rekey is None:
             return self
-        return self.with_schedule(EditSchedule(steps=self.schedule.steps if steps is None else steps,
-                                               strength=self.schedule.strength if strength is None
-                                               else strength))
+        return self.with_schedule(self.schedule.with_overrides(steps, strength, rekey))
 
     def with_schedule(self, schedule: EditSchedule) -> Editor:
         """The same editor (shared network) applying its updates by ``schedule``."""
@@ -380,8 +442,9 @@ class Editor:
                 request = replace(request, subject=guess)
         wrapped = request.edit_input(self.use_instructions)
         inputs = tokenize_edit_inputs(self.backbone.tokenizer, self.network, [wrapped],
-                                      [request.prompt], [request.target],
-                                      [request.subject or request.topic]).to(self.backbone.device)
+                                      [request.prompt], [request.target], [request.subject or request.topic],
+                                      contexts=rekey_contexts(self.backbone, self.schedule),
+                                      ).to(self.backbone.device)
         batched, _ = scheduled_patch_from_inputs(self.network, self.module_names, inputs,
                                                  self.full_hidden, self.backbone.model, self.schedule,
                                                  pad_id=self.backbone.tokenizer.pad_token_id or 0,

@@ -49,7 +49,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -59,8 +58,8 @@ import torch.nn.functional as F
 
 from ..model.adapters import intervene
 from ..model.backbone import Backbone
-from ..model.generation import GenerationConfig, generate
 from ..scoring import AnswerBatch, answer_logits_from_hidden, score_answers, tokenize_answers
+from .contexts import context_prefixes, prefixed
 from .covariance import COVARIANCE_CHOICES, CovarianceConfig, key_covariance, right_padded
 from .editor import MAX_TARGET_TOKENS, Edit, EditError, EditRequest, validate_request
 from .keying import find_subject, subject_token_span
@@ -84,9 +83,6 @@ TRACED_LAYERS: dict[str, int] = {
 ``rome_layer``, the best MLP restoration at the last subject token, the first MLP left out)."""
 
 # Multi-word seeds: small models continue a lone word at the start of a text badly ("The-the-...").
-PREFIX_SEEDS = ("The weather today", "In the morning,", "My friend told me", "After the game,",
-                "According to the report,", "Once upon a time,", "Last year,", "The new law",
-                "Because of this,", "I think that")
 
 
 class SubjectError(EditError):
@@ -216,35 +212,8 @@ def default_layer(backbone: Backbone) -> int:
     return n // 3
 
 
-_PREFIX_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_CACHE_LOCK = threading.Lock()
-
-
-def _clean_prefix(text: str) -> str:
-    text = " ".join(text.split())
-    return text.rstrip(" .")
-
-
-def context_prefixes(backbone: Backbone, n: int, n_tokens: int) -> tuple[str, ...]:
-    """``n`` short prefixes: the unedited model's greedy continuations of seed phrases (cached)."""
-    if n <= 0:
-        return ()
-    key = (n, n_tokens)
-    with _CACHE_LOCK:
-        cached = _PREFIX_CACHE.get(backbone.model, {}).get(key)
-    if cached is not None:
-        return cached
-    seeds = [PREFIX_SEEDS[i % len(PREFIX_SEEDS)] for i in range(n)]
-    with PatchEngine.activate(None):
-        texts = generate(backbone, seeds, GenerationConfig(max_new_tokens=n_tokens))
-    prefixes = tuple(_clean_prefix(seed + text) or seed for seed, text in zip(seeds, texts, strict=True))
-    with _CACHE_LOCK:
-        _PREFIX_CACHE.setdefault(backbone.model, {})[key] = prefixes
-    return prefixes
-
-
 def _prefixed(prompt: str, prefixes: Sequence[str]) -> list[str]:
-    return [prompt] + [f"{_clean_prefix(p)}. {prompt}" for p in prefixes]
+    return [prompt] + [prefixed(prompt, p) for p in prefixes]
 
 
 # ----- the update --------------------------------------------------------------------------------

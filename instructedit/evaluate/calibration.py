@@ -48,14 +48,17 @@ class CalibrationConfig:
 
 
 def parse_schedule(text: str) -> EditSchedule:
-    """``"2x1.5"``: 2 passes at strength 1.5 (``"2"``: 2 passes at strength 1)."""
-    steps, _, strength = text.strip().lower().partition("x")
+    """``"2x1.5"``: 2 passes at strength 1.5 (``"2"``: 2 passes at strength 1); a trailing ``r``
+    (``"4x0.4r"``): each pass re-keyed (:class:`EditSchedule`)."""
+    spec = text.strip().lower()
+    rekey = spec.endswith("r")
+    steps, _, strength = spec.removesuffix("r").partition("x")
     try:
-        return EditSchedule(steps=int(steps), strength=float(strength) if strength else 1.0)
+        return EditSchedule(steps=int(steps), strength=float(strength) if strength else 1.0, rekey=rekey)
     except ValueError as exc:
         if "edit " in str(exc):
             raise
-        raise ValueError(f"a schedule is written STEPSxSTRENGTH, e.g. 2x1.5; got {text!r}") from None
+        raise ValueError(f"a schedule is written STEPSxSTRENGTH[r], e.g. 2x1.5 or 4x0.4r; got {text!r}") from None
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

@@ -19,7 +19,13 @@ from tqdm import tqdm
 from ..data.neighbours import NeighbourIndex
 from ..data.records import EditRecord
 from ..data.sentiment import SentimentScorer
-from ..editing.editor import MAX_TARGET_TOKENS, Editor, scheduled_patch_from_inputs, tokenize_edit_inputs
+from ..editing.editor import (
+    MAX_TARGET_TOKENS,
+    Editor,
+    rekey_contexts,
+    scheduled_patch_from_inputs,
+    tokenize_edit_inputs,
+)
 from ..editing.patches import Patch, PatchEngine, stack_patches
 from ..model.backbone import Backbone
 from ..model.forward import CachedTopForward
@@ -160,6 +166,7 @@ class Evaluator:
                                       [it.record.target_new for it in items],
                                       [it.record.subject or it.record.topic for it in items],
                                       self.config.max_answer_tokens, wrapped_batch=batch,
+                                      contexts=rekey_contexts(self.backbone, self.editor.schedule),
                                       ).to(self.backbone.device)
         patch, logits = scheduled_patch_from_inputs(self.editor.network, self.editor.module_names,
                                                     inputs, self.forward, self.backbone.model,

@@ -78,7 +78,7 @@ def load_models(config: AppConfig) -> LoadedModels:
     editor, warning = load_app_editor(config.editor, backbone, role="InstructEdit editor",
                                   default=str(DEFAULT_EDITOR), use_instructions=True,
                                   patch_rank=config.patch_rank)
-    editor = editor.with_schedule_overrides(config.edit_steps, config.edit_strength)
+    editor = editor.with_schedule_overrides(*config.schedule_overrides)
     warnings = [warning] if warning else []
     show_baseline, show_rome = compared_editors(config)
     baseline = rome = None
@@ -86,7 +86,7 @@ def load_models(config: AppConfig) -> LoadedModels:
         baseline, warning = load_app_editor(config.baseline_editor, backbone, role="Baseline editor",
                                         default=str(DEFAULT_BASELINE), use_instructions=False,
                                         patch_rank=config.patch_rank)
-        baseline = baseline.with_schedule_overrides(config.edit_steps, config.edit_strength)
+        baseline = baseline.with_schedule_overrides(*config.schedule_overrides)
         if baseline.use_instructions:
             warnings.append(f"the baseline editor {baseline.name!r} was trained with instructions")
         warnings += [warning] if warning else []
