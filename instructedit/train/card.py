@@ -36,7 +36,9 @@ def _schedule_section(config: dict) -> list[str]:
     how = config.get("edit_schedule_calibration") or {}
     lines = ["", "## Edit schedule",
              f"Each edit applies the network's update in {schedule.get('steps', 1)} pass(es) (each made "
-             f"with the earlier ones active) at strength {schedule.get('strength', 1.0):g}."]
+             f"with the earlier ones active) at strength {schedule.get('strength', 1.0):g}"
+             + (", each pass re-keyed on the edit's own keys (ROME-like specificity)." if schedule.get("rekey")
+                else ".")]
     if how:
         scores = ", ".join(f"{k}: {'not eligible' if v is None else f'{v:.3f}'}"
                            for k, v in how.get("scores", {}).items())
