@@ -89,9 +89,10 @@ def test_results_rome_apart_on_fewer_records(capsys, setup, tiny_llama_dir):
                          "--model", str(tiny_llama_dir), "--instructedit", str(root / "ck" / "instructedit"),
                          "--baseline", str(root / "ck" / "mend-multitask"), "--sections", "table3",
                          "--limit", "3", "--rome-limit", "2", "--rome-tasks", "counterfact",
-                         "--step-size", "0.5", "--no-progress")
+                         "--step-size", "0.5", "--no-progress", "--cache-dir", str(root / "rome-cache"))
     assert code == 0, captured.err
     text = out.read_text()
+    assert "read from the cache" not in text and "(cached)" not in text
     main, apart = text.split("## 1b. Table 3 with ROME beside the trained editors")
     main = main.split("## 1. Multi-task")[1]
     assert "| ROME |" not in main and "| InstructEdit |" in main
@@ -99,6 +100,17 @@ def test_results_rome_apart_on_fewer_records(capsys, setup, tiny_llama_dir):
     assert "**Findings.** Mean over CounterFact" in apart and "--rome-limit 2" in text
     rome_runs = [line for line in text.splitlines() if line.startswith("| ROME | counterfact |")]
     assert len(rome_runs) == 1 and "| 2 |" in rome_runs[0]    # ROME ran on 2 records, not 3
+    # run again: every evaluation comes from the cache, and the report says so
+    code, captured = run(capsys, "results", "--data", str(data), "--out", str(out),
+                         "--model", str(tiny_llama_dir), "--instructedit", str(root / "ck" / "instructedit"),
+                         "--baseline", str(root / "ck" / "mend-multitask"), "--sections", "table3",
+                         "--limit", "3", "--rome-limit", "2", "--rome-tasks", "counterfact",
+                         "--step-size", "0.5", "--no-progress", "--cache-dir", str(root / "rome-cache"))
+    assert code == 0, captured.err
+    again = out.read_text()
+    runs = again.split("## Run times")[1]
+    n = sum(1 for line in runs.splitlines() if line.startswith("| ") and not line.startswith("| Run"))
+    assert f"{n} of {n} evaluations were read from the cache" in again and "(cached)" in runs
 
 
 def test_results_trace_section(capsys, setup, tiny_llama_dir):

@@ -766,7 +766,8 @@ def setup_table(data: ResultsData) -> str:
 
 
 def section_setup(data: ResultsData) -> str:
-    return _section("setup.md.j2", data, table=setup_table(data), patch_rank=DEFAULT_PATCH_RANK)
+    return _section("setup.md.j2", data, table=setup_table(data), patch_rank=DEFAULT_PATCH_RANK,
+                    cached=sum(1 for o in data.runs if o.cached))
 
 
 def runs_table(data: ResultsData) -> str:
@@ -778,7 +779,8 @@ def runs_table(data: ResultsData) -> str:
             instruction = "none (editor without instructions)"
         method = s.method if s.patch_rank == "default" else f"{s.method} ({_rank_name(s.patch_rank, None)})"
         rows.append([method, s.task, quant_name(s.quant), instruction,
-                     s.split, str(o.get("n") or 0), num(o.get("seconds"), 1) if o.ok else f"n/a ({o.reason})"])
+                     s.split, str(o.get("n") or 0),
+                     (num(o.get("seconds"), 1) + (" (cached)" if o.cached else "")) if o.ok else f"n/a ({o.reason})"])
     for item in data.analyses:
         rows.append([f"PCA {item['method']}", "all", "fp32", "seen" if item["use_instructions"] else "none",
                      data.config.split, str(sum(item["n_per_task"].values())), num(item["seconds"], 1)])

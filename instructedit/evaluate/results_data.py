@@ -56,6 +56,7 @@ class Outcome:
     editor_name: str = ""
     reason: str = ""
     records: list = field(default_factory=list)    # per-record results (RecordResult dicts)
+    cached: bool = False                             # read from --cache-dir, not run now
 
     @property
     def ok(self) -> bool:

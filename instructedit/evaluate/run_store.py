@@ -109,7 +109,8 @@ class ResultsRunner:
         cache = self._cache_file(spec)
         if cache is not None and cache.is_file():
             data = json.loads(cache.read_text())
-            outcome = Outcome(spec, data["summary"], data["editor_name"], records=data.get("records", []))
+            outcome = Outcome(spec, data["summary"], data["editor_name"], records=data.get("records", []),
+                              cached=True)
             log.info("cached: %s", spec.label())
             self.runs.append(outcome)
             return outcome
