@@ -85,11 +85,11 @@ def test_results_rome_apart_on_fewer_records(capsys, setup, tiny_llama_dir):
     """--rome-limit below --limit: ROME in a table of its own (1b) beside the others cut to its records."""
     root, data = setup
     out = root / "rome.md"
-    code, captured = run(capsys, "results", "--data", str(data), "--out", str(out),
-                         "--model", str(tiny_llama_dir), "--instructedit", str(root / "ck" / "instructedit"),
-                         "--baseline", str(root / "ck" / "mend-multitask"), "--sections", "table3",
-                         "--limit", "3", "--rome-limit", "2", "--rome-tasks", "counterfact",
-                         "--step-size", "0.5", "--no-progress", "--cache-dir", str(root / "rome-cache"))
+    argv = ("results", "--data", str(data), "--out", str(out), "--model", str(tiny_llama_dir),
+            "--instructedit", str(root / "ck" / "instructedit"), "--baseline", str(root / "ck" / "mend-multitask"),
+            "--sections", "table3", "--limit", "3", "--rome-limit", "2", "--rome-tasks", "counterfact",
+            "--step-size", "0.5", "--no-progress", "--cache-dir", str(root / "rome-cache"))
+    code, captured = run(capsys, *argv)
     assert code == 0, captured.err
     text = out.read_text()
     assert "read from the cache" not in text and "(cached)" not in text
@@ -101,11 +101,7 @@ def test_results_rome_apart_on_fewer_records(capsys, setup, tiny_llama_dir):
     rome_runs = [line for line in text.splitlines() if line.startswith("| ROME | counterfact |")]
     assert len(rome_runs) == 1 and "| 2 |" in rome_runs[0]    # ROME ran on 2 records, not 3
     # run again: every evaluation comes from the cache, and the report says so
-    code, captured = run(capsys, "results", "--data", str(data), "--out", str(out),
-                         "--model", str(tiny_llama_dir), "--instructedit", str(root / "ck" / "instructedit"),
-                         "--baseline", str(root / "ck" / "mend-multitask"), "--sections", "table3",
-                         "--limit", "3", "--rome-limit", "2", "--rome-tasks", "counterfact",
-                         "--step-size", "0.5", "--no-progress", "--cache-dir", str(root / "rome-cache"))
+    code, captured = run(capsys, *argv)
     assert code == 0, captured.err
     again = out.read_text()
     runs = again.split("## Run times")[1]
