@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .patches import LayerPatch, Patch
+from .patches import LayerPatch, Patch, PatchEngine
 
 __all__ = ["capture_module_inputs", "rekey_layer", "rekey_patch"]
 
@@ -33,19 +33,14 @@ wrapped and the plain input, so the matrix is rank deficient)."""
 @torch.no_grad()
 def capture_module_inputs(model, module_names: Sequence[str], input_ids: torch.Tensor,
                           attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One forward pass of ``model``; the (B, T, in) input of each module in ``module_names``
-    (GPT-2's Conv1D and LLaMA's Linear both take it as their first argument)."""
-    modules = dict(model.named_modules())
-    captured: dict[str, torch.Tensor] = {}
-    hooks = [modules[name].register_forward_hook(
-        lambda _m, args, _out, name=name: captured.__setitem__(name, args[0].detach()))
-        for name in module_names]
-    try:
+    """One forward pass of ``model``; the (B, T, in) input of each edited module in
+    ``module_names`` (read by the patch engine's hooks, which an editor installs on its modules)."""
+    with PatchEngine.capture(module_names) as capture:
         model(input_ids=input_ids, attention_mask=attention_mask)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return captured
+    missing = [name for name in module_names if name not in capture.inputs]
+    if missing:
+        raise ValueError(f"no patch hook on {', '.join(missing)}: install the editor's modules first")
+    return {name: capture.inputs[name] for name in module_names}
 
 
 def rekey_layer(u: torch.Tensor, keys: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
