@@ -304,8 +304,9 @@ def rekey_on_inputs(patch: Patch, network: MendNetwork, module_names: Sequence[s
                 per_row[name][owner].append(x[r][part_keys[r]])
     keyed = {name: [torch.cat(chunks) for chunks in by_row] for name, by_row in per_row.items()}
     # without whitening (an editor trained without preconditioners) the metric is the identity
-    inverses = {name: network.preconditioners.get(name) if network.preconditioners.get(name) is not None
-                else torch.eye(patch.layers[name].u.shape[-1], device=device) for name in patch.layers}
+    identity = {name: torch.eye(layer.u.shape[-1], device=device) for name, layer in patch.layers.items()
+                if name not in network.preconditioners}
+    inverses = {**identity, **network.preconditioners}
     return rekey_patch(patch, keyed, inverses)
 
 

@@ -70,7 +70,7 @@ def rekey_patch(patch: Patch, keys: Mapping[str, Sequence[torch.Tensor]],
             continue
         if not layer.batched:
             raise ValueError("rekey_patch takes a batched patch (one row per edit)")
-        u = torch.stack([rekey_layer(layer.u[row], keys[name][row], inverse.to(layer.u.device))
-                         for row in range(layer.u.shape[0])])
+        inverse = inverse.to(layer.u.device, torch.float64)  # once per module, not per row
+        u = torch.stack([rekey_layer(layer.u[row], keys[name][row], inverse) for row in range(layer.u.shape[0])])
         layers[name] = LayerPatch(u, layer.d, layer.scale)
     return Patch(layers)

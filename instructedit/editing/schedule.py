@@ -47,10 +47,7 @@ class EditSchedule:
         unknown = set(data) - {"steps", "strength", "rekey"}
         if unknown:
             raise ValueError(f"edit_schedule has unknown fields: {', '.join(sorted(unknown))}")
-        strength = data.get("strength", 1.0)
-        return cls(steps=data.get("steps", 1),
-                   strength=float(strength) if isinstance(strength, (int, float)) and not isinstance(strength, bool)
-                   else strength, rekey=data.get("rekey", False))
+        return cls(steps=data.get("steps", 1), strength=float(data.get("strength", 1.0)), rekey=data.get("rekey", False))
 
     def to_dict(self) -> dict:
         """Its fields (``rekey`` only when on, so schedules stored before it read the same)."""
