@@ -476,10 +476,15 @@ def test_unedited_continuations_are_remembered_across_requests(service, backbone
     # a new request's first look reads it from there: the same text, nothing regenerated
     cache = GenerationCache(service.unedited)
     assert generate_under(backbone, [], [PROMPT], n, cache)[PROMPT] == without
-    # texts generated in a batch (padded) are not kept; the memory is bounded
+    # texts generated in a batch (padded) are kept only under the batch's padded width, never as
+    # the Playground's single-prompt text; the memory is bounded
     store = UneditedTexts(capacity=2)
-    generate_under(backbone, [], ["The sky is", "Paris is in"], 3, GenerationCache(store))
-    assert len(store) == 0
+    batch = generate_under(backbone, [], ["The sky is", "Paris is in"], 3, GenerationCache(store))
+    width = max(len(backbone.tokenizer(t)["input_ids"]) for t in batch)
+    assert store.get(3, "The sky is") is None and store.get(3, "Paris is in") is None
+    assert store.get(3, "The sky is", width=width) == batch["The sky is"]
+    assert store.get(3, "The sky is", width=width + 1) is None
+    store = UneditedTexts(capacity=2)
     for text in ("a", "b", "c"):
         generate_under(backbone, [], [text], 3, GenerationCache(store))
     assert len(store) == 2 and store.get(3, "a") is None and store.get(3, "c") is not None

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import UserFacingError
+from ..model.decoding import live_rows
 
 __all__ = ["LayerPatch", "Patch", "Capture", "PatchEngine", "NonFiniteEditError", "active_patches",
            "combine_patches", "concat_layer_patches", "stack_patches"]
@@ -52,6 +53,9 @@ class LayerPatch:
         u = self.u.to(x.dtype) if self.u.dtype != x.dtype else self.u
         d = self.d.to(x.dtype) if self.d.dtype != x.dtype else self.d
         if self.batched:
+            live = live_rows()
+            if live is not None and x.dim() == 3 and x.shape[0] == len(live) != u.shape[0]:
+                u, d = u[live], d[live]  # the decoder dropped finished rows
             if x.dim() != 3 or x.shape[0] != u.shape[0]:
                 raise ValueError(f"a batched patch of {u.shape[0]} rows got input {tuple(x.shape)}")
             return torch.bmm(torch.bmm(x, u.transpose(1, 2)), d) * self.scale.to(x.dtype)

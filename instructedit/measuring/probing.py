@@ -26,33 +26,43 @@ from ..editing.editor import MAX_TARGET_TOKENS
 from ..editing.patches import Patch, PatchEngine
 from ..model.backbone import Backbone
 from ..model.generation import GenerationConfig, generate
-from ..scoring import agreement, full_model_answer_logits, score_answers, tokenize_answers
-from ..serving.batcher import current_batcher
+from ..scoring import AnswerBatch, agreement, full_model_answer_logits, score_answers, tokenize_answers
+from ..serving.batcher import current_batcher, request_rows_patch
 from .verdicts import SAME_ANSWER, verdict
 
 
 class UneditedTexts:
-    """Server-wide memory of the unedited model's continuations of single prompts (thread-safe,
-    least recently used first out). Only texts generated on their own (one prompt per call, as
-    the Playground generates) are kept, so a cached text is the one the Playground shows."""
+    """Server-wide memory of the unedited model's continuations (thread-safe, least recently used
+    first out).
+
+    Two kinds of entry: texts generated on their own (one prompt per call, as the Playground
+    generates: ``width=None``), so a cached text is the one the Playground shows; and rows of a
+    batched call (the blast radius's probes before an edit), kept under the batch's padded width
+    (``width``: tokens of its longest prompt) and read back only by a call padded to the same
+    width, so a row read back matches the edited rows computed beside it as if it had been
+    generated with them (only the batch size differs). ``first_sentence`` marks continuations cut
+    at their first sentence."""
 
     def __init__(self, capacity: int = 1024) -> None:
         self.capacity = capacity
-        self._texts: OrderedDict[tuple[int, str], str] = OrderedDict()
+        self._texts: OrderedDict[tuple, str] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, max_new_tokens: int, prompt: str) -> str | None:
+    def get(self, max_new_tokens: int, prompt: str, *, first_sentence: bool = False,
+            width: int | None = None) -> str | None:
         with self._lock:
-            key = (max_new_tokens, prompt)
+            key = (_length_key(max_new_tokens, first_sentence), prompt, width)
             if key in self._texts:
                 self._texts.move_to_end(key)
                 return self._texts[key]
             return None
 
-    def put(self, max_new_tokens: int, prompt: str, text: str) -> None:
+    def put(self, max_new_tokens: int, prompt: str, text: str, *, first_sentence: bool = False,
+            width: int | None = None) -> None:
         with self._lock:
-            self._texts[(max_new_tokens, prompt)] = text
-            self._texts.move_to_end((max_new_tokens, prompt))
+            key = (_length_key(max_new_tokens, first_sentence), prompt, width)
+            self._texts[key] = text
+            self._texts.move_to_end(key)
             while len(self._texts) > self.capacity:
                 self._texts.popitem(last=False)
 
@@ -62,15 +72,18 @@ class UneditedTexts:
 
 class GenerationCache(dict):
     """One request's continuations, keyed by (patch stack, length, text); the unedited model's
-    are also looked up in and added to ``shared`` (see :class:`UneditedTexts`)."""
+    are also looked up in and added to ``shared`` (see :class:`UneditedTexts`). It also keeps the
+    teacher-forced answer logits of probes before an edit, which the next editor measured on the
+    same stack and probes reads instead of recomputing."""
 
     def __init__(self, shared: UneditedTexts | None = None) -> None:
         super().__init__()
         self.shared = shared
 
     def add(self, patches: Sequence[Patch], max_new_tokens: int, text: str, continuation: str) -> None:
-        """Record a continuation of ``text`` already known under exactly ``patches``."""
-        self[(_patch_state(patches), max_new_tokens, text)] = continuation
+        """Record a continuation of ``text`` (whole, not cut at its first sentence) already known
+        under exactly ``patches``."""
+        self[(_patch_state(patches), _length_key(max_new_tokens, False), text)] = continuation
 
 
 def _patch_state(patches: Sequence[Patch]) -> tuple[int, ...]:
@@ -122,36 +135,125 @@ class ProbeResult:
         return self.verdict == SAME_ANSWER
 
 
+Job = tuple[Sequence[Patch], Sequence[str]]
+"""A patch stack and the texts to continue with exactly it active."""
+
+
+def _length_key(max_new_tokens: int, first_sentence: bool) -> int | tuple[int, str]:
+    return (max_new_tokens, "first sentence") if first_sentence else max_new_tokens
+
+
 def generate_under(backbone: Backbone, patches: Sequence[Patch], texts: Sequence[str],
-                   max_new_tokens: int, cache: GenerationCache | None = None) -> dict[str, str]:
+                   max_new_tokens: int, cache: GenerationCache | None = None, *,
+                   first_sentence: bool = False) -> dict[str, str]:
     """Greedy continuations of ``texts`` with exactly ``patches`` active (memoised in ``cache``;
     with no patch, also in the cache's ``shared`` store when it has one). Inside a
     :meth:`~instructedit.serving.batcher.GenerationBatcher.client` context of this backbone's
-    batcher, the texts to generate go through it (batched with other sessions' calls)."""
+    batcher, the texts to generate go through it (batched with other sessions' calls).
+    ``first_sentence``: each continuation stops at the end of its first sentence."""
+    return generate_jobs(backbone, [(patches, texts)], max_new_tokens, cache, first_sentence=first_sentence)[0]
+
+
+def generate_jobs(backbone: Backbone, jobs: Sequence[Job], max_new_tokens: int,
+                  cache: GenerationCache | None = None, *, first_sentence: bool = False,
+                  ) -> list[dict[str, str]]:
+    """:func:`generate_under` for several patch stacks at once: the texts not yet in ``cache``
+    run as one batched generation in which each job's rows carry its own stack
+    (:func:`~instructedit.serving.batcher.request_rows_patch`; stacks of batched patches run one
+    call each), so what a request shows before and after an edit costs one call, not two.
+
+    Unedited rows of a call of several rows are also looked up in and kept in the cache's shared
+    store under the call's padded width (:class:`UneditedTexts`), when the call runs with exactly
+    that width (directly, or alone through the batcher)."""
     cache = GenerationCache() if cache is None else cache
-    state = _patch_state(patches)
-    shared = getattr(cache, "shared", None) if not state else None
-    missing = []
-    for text in dict.fromkeys(texts):
-        if (state, max_new_tokens, text) in cache:
+    length = _length_key(max_new_tokens, first_sentence)
+    shared = getattr(cache, "shared", None)
+    width = _padded_width(backbone, [t for _, texts in jobs for t in texts]) if shared is not None else 0
+    missing: dict[int, list[str]] = {}
+    borrowed: list[tuple[int, str]] = []  # unedited rows read back from earlier calls of this width
+    for j, (patches, texts) in enumerate(jobs):
+        state = _patch_state(patches)
+        for text in dict.fromkeys(texts):
+            key = (state, length, text)
+            if key in cache:
+                continue
+            if shared is not None and not state:
+                alone = None if first_sentence else shared.get(max_new_tokens, text)
+                row = None if alone is not None else shared.get(max_new_tokens, text, first_sentence=first_sentence,
+                                                                 width=width)
+                if alone is not None or row is not None:
+                    cache[key] = alone if alone is not None else row
+                    if alone is None:
+                        borrowed.append((j, text))
+                    continue
+            missing.setdefault(j, []).append(text)
+    todo = [(tuple(jobs[j][0]), texts) for j, texts in sorted(missing.items())]
+    if todo and borrowed and _padded_width(backbone, [t for _, texts in todo for t in texts]) != width:
+        for j, text in borrowed:  # the rows left would pad to another width: generate all
+            del cache[((), length, text)]
+            missing.setdefault(j, []).append(text)
+        todo = [(tuple(jobs[j][0]), texts) for j, texts in sorted(missing.items())]
+    if todo:
+        outputs, exact = _run_jobs(backbone, todo, max_new_tokens, first_sentence)
+        for (patches, texts), outs in zip(todo, outputs, strict=True):
+            for text, out in zip(texts, outs, strict=True):
+                cache[(_patch_state(patches), length, text)] = out
+        if shared is not None and exact:
+            _keep_unedited(backbone, shared, todo, outputs, max_new_tokens, first_sentence)
+    return [{t: cache[(_patch_state(patches), length, t)] for t in texts} for patches, texts in jobs]
+
+
+def _padded_width(backbone: Backbone, texts: Sequence[str]) -> int:
+    """Tokens of the longest of ``texts``: the width a call pads them to."""
+    return max((len(backbone.tokenizer(t)["input_ids"]) for t in texts), default=0)
+
+
+def _keep_unedited(backbone: Backbone, shared: UneditedTexts, jobs: list[tuple[tuple[Patch, ...], list[str]]],
+                   outputs: list[list[str]], max_new_tokens: int, first_sentence: bool) -> None:
+    """Keep the unedited rows of a call just run (one prompt alone: as the Playground's text)."""
+    rows = sum(len(texts) for _, texts in jobs)
+    width = _padded_width(backbone, [t for _, texts in jobs for t in texts])
+    for (patches, texts), outs in zip(jobs, outputs, strict=True):
+        if patches:
             continue
-        known = shared.get(max_new_tokens, text) if shared is not None else None
-        if known is None:
-            missing.append(text)
-        else:
-            cache[(state, max_new_tokens, text)] = known
-    if missing:
-        batcher = current_batcher()
-        if batcher is not None and batcher.backbone is backbone:
-            outputs = batcher.generate(patches, missing, max_new_tokens)
-        else:
+        for text, out in zip(texts, outs, strict=True):
+            if rows == 1 and not first_sentence:
+                shared.put(max_new_tokens, text, out)
+            else:
+                shared.put(max_new_tokens, text, out, first_sentence=first_sentence, width=width)
+
+
+def _run_jobs(backbone: Backbone, jobs: list[tuple[tuple[Patch, ...], list[str]]], max_new_tokens: int,
+              first_sentence: bool) -> tuple[list[list[str]], bool]:
+    """Each job's continuations, all jobs in one call where their stacks allow it, and whether
+    the call ran with exactly these rows (not batched with other requests' rows)."""
+    batcher = current_batcher()
+    if batcher is not None and batcher.backbone is backbone:
+        exact = batcher.runs_alone(jobs, max_new_tokens, first_sentence=first_sentence)
+        return batcher.generate_jobs(jobs, max_new_tokens, first_sentence=first_sentence), exact
+    config = GenerationConfig(max_new_tokens=max_new_tokens, first_sentence=first_sentence)
+    if len(jobs) == 1 or any(_has_batched(patches) for patches, _ in jobs):
+        outputs = []
+        for patches, texts in jobs:
             with PatchEngine.activate(list(patches)):
-                outputs = generate(backbone, missing, GenerationConfig(max_new_tokens=max_new_tokens))
-        for text, out in zip(missing, outputs, strict=True):
-            cache[(state, max_new_tokens, text)] = out
-        if shared is not None and len(missing) == 1:
-            shared.put(max_new_tokens, missing[0], outputs[0])
-    return {t: cache[(state, max_new_tokens, t)] for t in texts}
+                outputs.append(generate(backbone, texts, config))
+        return outputs, len(jobs) == 1
+    with PatchEngine.activate(request_rows_patch([(len(texts), patches) for patches, texts in jobs])):
+        flat = generate(backbone, [t for _, texts in jobs for t in texts], config)
+    return split_rows(flat, [len(texts) for _, texts in jobs]), True
+
+
+def _has_batched(patches: Sequence[Patch]) -> bool:
+    return any(layer.batched for p in patches for layer in p.layers.values())
+
+
+def split_rows(flat: Sequence, counts: Sequence[int]) -> list[list]:
+    """``flat`` cut into consecutive pieces of ``counts`` items."""
+    pieces, start = [], 0
+    for count in counts:
+        pieces.append(list(flat[start:start + count]))
+        start += count
+    return pieces
 
 
 def first_tokens(tokenizer, text: str, n: int) -> str | None:
@@ -167,6 +269,21 @@ def _answer_logits(backbone: Backbone, patches: Sequence[Patch], batch) -> torch
         return full_model_answer_logits(backbone.model, batch)
 
 
+def _answer_logits_before_after(backbone: Backbone, before: Sequence[Patch], after: Sequence[Patch],
+                                batch: AnswerBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The answer logits of ``batch`` with ``before`` and with ``after`` active, in one pass over
+    the batch twice, each half under its own stack (two passes for stacks of batched patches)."""
+    if _has_batched(before) or _has_batched(after):
+        return _answer_logits(backbone, before, batch), _answer_logits(backbone, after, batch)
+    rows, answers = batch.size, len(batch.rows)
+    doubled = AnswerBatch(batch.input_ids.repeat(2, 1), batch.attention_mask.repeat(2, 1),
+                          torch.cat([batch.rows, batch.rows + rows]), batch.positions.repeat(2),
+                          batch.answer_tokens.repeat(2), batch.prompt_lengths * 2)
+    stacks = request_rows_patch([(rows, tuple(before)), (rows, tuple(after))])
+    logits = _answer_logits(backbone, [stacks], doubled)
+    return logits[:answers], logits[answers:]
+
+
 def _same(a: str, b: str) -> bool:
     return a.strip().lower() == b.strip().lower()
 
@@ -176,7 +293,7 @@ def measure_probes(backbone: Backbone, before: Sequence[Patch], after: Sequence[
                    cache: GenerationCache | None = None, says_target: bool = True,
                    agreement_groups: Collection[str] = (), agreement_tokens: int = 5,
                    texts: bool = True, text_groups: Collection[str] | None = None,
-                   ) -> tuple[ProbeResult, ...]:
+                   first_sentence: bool = False) -> tuple[ProbeResult, ...]:
     """Measure ``probes`` with ``before`` and with ``after`` active (see the module doc).
 
     ``says_target=False``: verdicts never say "now says <target>" (targets that are responses).
@@ -184,16 +301,21 @@ def measure_probes(backbone: Backbone, before: Sequence[Patch], after: Sequence[
     long as the agreement answer), and no verdicts (re-applying imported edits).
     ``text_groups``: only these groups' continuations are shown (None: every group's); the
     others get teacher-forced figures only (what a first, quick look needs).
+    ``first_sentence``: continuations stop at the end of their first sentence (the blast radius:
+    its verdicts read only that).
     """
     if not probes:
         return ()
+    cache = GenerationCache() if cache is None else cache
     tokenizer = backbone.tokenizer
     shown = [p.prompt for p in probes if texts and (text_groups is None or p.group in text_groups)]
     read_off = [p.prompt for p in probes if p.answer is None or p.group in agreement_groups]
-    pre_tokens = max_new_tokens if texts else agreement_tokens
-    pre = generate_under(backbone, before, list(dict.fromkeys([*shown, *read_off])) if texts else read_off,
-                         pre_tokens, cache)
-    post = generate_under(backbone, after, shown, max_new_tokens, cache) if shown else {}
+    if shown:  # before and after in one call
+        pre, post = generate_jobs(backbone, [(before, list(dict.fromkeys([*shown, *read_off]))), (after, shown)],
+                                  max_new_tokens, cache, first_sentence=first_sentence)
+    else:
+        pre, post = generate_under(backbone, before, read_off, max_new_tokens if texts else agreement_tokens,
+                                   cache, first_sentence=first_sentence), {}
 
     pairs: list[tuple[str, str]] = []
     rows: list[dict[str, int]] = []
@@ -215,8 +337,12 @@ def measure_probes(backbone: Backbone, before: Sequence[Patch], after: Sequence[
 
     batch = tokenize_answers(tokenizer, [p for p, _ in pairs], [a for _, a in pairs],
                              max_answer_tokens=MAX_TARGET_TOKENS).to(backbone.device)
-    logits_pre = _answer_logits(backbone, before, batch)
-    logits_post = _answer_logits(backbone, after, batch)
+    known = ("answer logits", _patch_state(before), tuple(pairs))  # another editor's pass before
+    if known in cache:
+        logits_pre, logits_post = cache[known], _answer_logits(backbone, after, batch)
+    else:
+        logits_pre, logits_post = _answer_logits_before_after(backbone, before, after, batch)
+        cache[known] = logits_pre
     s_pre, s_post = score_answers(logits_pre, batch), score_answers(logits_post, batch)
     agree = agreement(s_pre.argmax, s_post.argmax, batch).tolist()
     p_pre, p_post = s_pre.probability.tolist(), s_post.probability.tolist()

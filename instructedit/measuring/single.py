@@ -108,14 +108,15 @@ def mean_known(values: Iterable[float | None]) -> float | None:
 
 def measure_edit(backbone: Backbone, edit: Edit, use_instructions: bool, before: Sequence[Patch],
                  max_new_tokens: int = 20, probe_answer_tokens: int = 5, *, texts: bool = True,
-                 cache: GenerationCache | None = None) -> EditReport:
+                 cache: GenerationCache | None = None, plain_alone: bool = True) -> EditReport:
     """Measure ``edit`` (made on top of ``before``) on its prompt, rephrases and probes, as typed
     and as the editor read them.
 
-    The prompt as typed is generated on its own (one prompt per call, as the Playground does: a
-    batch pads, and padding can flip a greedy token in low precision), the rest in one batch.
-    With ``texts=False`` only what the scores need is generated, which is what re-applying
-    imported edits uses.
+    With ``plain_alone`` the prompt as typed is generated on its own (one prompt per call, as the
+    Playground does: a batch pads, and padding can flip a greedy token in low precision), the rest
+    in one batch, before and after the edit in one call; without it (an editor whose edits the
+    Playground does not show) the prompt joins that batch. With ``texts=False`` only what the
+    scores need is generated, which is what re-applying imported edits uses.
     """
     start = time.perf_counter()
     cache = GenerationCache() if cache is None else cache
@@ -124,9 +125,10 @@ def measure_edit(backbone: Backbone, edit: Edit, use_instructions: bool, before:
     says = request.task in CONTINUATION_TASKS
     after = [*before, edit.patch]
     plain = request.prompt.strip()
-    if texts:
-        generate_under(backbone, before, [plain], max_new_tokens, cache)
-    plain_after = generate_under(backbone, after, [plain], max_new_tokens, cache)[plain]
+    if plain_alone or not texts:
+        if texts:
+            generate_under(backbone, before, [plain], max_new_tokens, cache)
+        generate_under(backbone, after, [plain], max_new_tokens, cache)
     probes = [Probe(plain, PROMPT),
               *(Probe(r, REPHRASE, target) for r in request.rephrases),
               *(Probe(p, LOCALITY) for p in request.probes),
@@ -147,12 +149,22 @@ def measure_edit(backbone: Backbone, edit: Edit, use_instructions: bool, before:
         generalization=mean_known([r.target_accuracy for r in wrapped_rephrases]),
         locality=mean_known([p.agreement for p in locality]),
         plain_reliability=prompt.target_accuracy,
-        generation_success=float(contains_answer(plain_after, target)) if says else None,
+        generation_success=float(contains_answer(_after(backbone, after, plain, max_new_tokens, cache, prompt),
+                                                 target)) if says else None,
         plain_generalization=mean_known([r.target_accuracy for r in rephrases]))
     return EditReport(editor=edit.editor_name, target=target, prompt=prompt, rephrases=rephrases,
                       probes=locality, wrapped=wrapped, wrapped_rephrases=wrapped_rephrases,
                       scores=scores, edit_ms=edit.latency_ms,
                       measure_ms=(time.perf_counter() - start) * 1000, says_target=says)
+
+
+def _after(backbone: Backbone, after: Sequence[Patch], plain: str, max_new_tokens: int,
+           cache: GenerationCache, prompt: ProbeResult) -> str:
+    """The prompt's continuation after the edit: as shown when texts were generated, else (the
+    imports' scores-only route) the one generated for the score."""
+    if prompt.after:
+        return prompt.after
+    return generate_under(backbone, after, [plain], max_new_tokens, cache)[plain]
 
 
 def measure_first_look(backbone: Backbone, edit: Edit, before: Sequence[Patch], max_new_tokens: int = 20,

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+from ..model.sentences import SENTENCE_END
+
 CONTINUATION_TASKS = ("counterfact", "recent", "zsre", "custom")
 """Tasks whose target is a short answer a continuation can contain (not ConvSent's responses)."""
 
@@ -21,7 +23,6 @@ SAME_ANSWER = "same answer"
 CHANGED = "changed"
 NOW_SAYS = "now says"
 FIRST_WORDS = 3
-_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 _WORD = re.compile(r"\w+")
 
 
@@ -42,7 +43,7 @@ def _normal(text: str) -> str:
 def first_sentence(text: str) -> str:
     """The text up to its first sentence end (normalised; the whole text if none)."""
     text = text.strip()
-    end = _SENTENCE_END.search(text)
+    end = SENTENCE_END.search(text)
     return _normal(text[: end.start()] if end else text)
 
 

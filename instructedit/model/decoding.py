@@ -15,14 +15,23 @@ weights through bitsandbytes' fast packed kernel; bf16 rounding differs from the
 Evaluation and the command line keep the default route unless asked (their reported numbers
 stay reproducible).
 
+With ``row_done`` (a test on a row's new tokens, e.g. "its first sentence has ended",
+:func:`.generation.generate`'s ``first_sentence``) a row also stops when the test says so, and
+finished rows are dropped from the batch (their KV cache rows, mask and positions) so later steps
+cost only the rows still running. Per-row edits read which original rows are left from
+:func:`live_rows`. Dropping rows changes the batch size, so within the tolerance that batching
+states (:mod:`instructedit.serving.batcher`, rule 4), not bitwise.
+
 Models whose generation config asks for anything beyond plain greedy decoding (repetition
 penalty, forced or suppressed tokens, ...) and encoder-decoder models go through ``generate``.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -31,7 +40,19 @@ from . import packed4bit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["supports_lean_decoding", "greedy_new_tokens", "eos_ids"]
+__all__ = ["supports_lean_decoding", "greedy_new_tokens", "eos_ids", "live_rows"]
+
+RowDone = Callable[[int, list[int]], bool]
+"""``row_done(row, new_tokens)``: whether original row ``row`` stops after these new tokens."""
+
+_LIVE_ROWS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(
+    "instructedit_live_rows", default=None)
+
+
+def live_rows() -> torch.Tensor | None:
+    """The original batch rows (indices, ascending) still being decoded when the decoder has
+    dropped finished rows (module doc); None while the batch is whole."""
+    return _LIVE_ROWS.get()
 
 # generation-config fields that do not change plain greedy decoding (sampling settings are
 # ignored because decoding is greedy; lengths are set per call)
@@ -109,7 +130,8 @@ def _hf_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.
 @torch.no_grad()
 def greedy_new_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                       max_new_tokens: int, pad_token_id: int | None, *, min_new_tokens: int = 0,
-                      lean: bool = True, packed_4bit: bool = False) -> torch.Tensor:
+                      lean: bool = True, packed_4bit: bool = False,
+                      row_done: RowDone | None = None) -> torch.Tensor:
     """Greedy continuation tokens of a (left-padded) batch: (rows, steps), as ``generate`` gives.
 
     Args:
@@ -119,6 +141,8 @@ def greedy_new_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask:
         min_new_tokens: end tokens are suppressed before this many new tokens.
         lean: False runs ``model.generate`` (the reference path).
         packed_4bit: on a CPU, run 4-bit layers through bitsandbytes' packed inference kernel.
+        row_done: a row also stops when this says so, and stopped rows leave the batch (module
+            doc); the reference path (``lean=False``) ignores it (callers cut the text).
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -129,25 +153,35 @@ def greedy_new_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask:
         packed4bit.enable(model)
         route = packed4bit.decode_route()
     with route:
+        if row_done is not None:
+            return _pruning_greedy(model, input_ids, attention_mask, max_new_tokens, pad_token_id,
+                                   min_new_tokens, row_done)
         return _lean_greedy(model, input_ids, attention_mask, max_new_tokens, pad_token_id,
                             min_new_tokens)
 
 
-def _lean_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 max_new_tokens: int, pad_token_id: int | None, min_new_tokens: int) -> torch.Tensor:
-    rows = input_ids.shape[0]
+def _start(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int | None):
+    """What both loops start from: the pad id (the first end token when None), the end tokens,
+    the cache argument's name, position ids, the mask and a new cache."""
     eos = eos_ids(model)
     if pad_token_id is None and eos:
         pad_token_id = eos[0]
-    if max_new_tokens <= 0:
-        return input_ids.new_empty((rows, 0))
     eos_tensor = torch.tensor(eos, dtype=torch.long, device=input_ids.device) if eos else None
     cache_arg = _cache_argument(_forward_parameters(model))
     # as generate: positions count the unpadded tokens; an all-ones mask is dropped
     position_ids = attention_mask.long().cumsum(-1) - 1
     position_ids = position_ids.masked_fill(attention_mask == 0, 0)
     mask = None if bool((attention_mask == 1).all()) else attention_mask
-    cache = _new_cache(model)
+    return pad_token_id, eos_tensor, cache_arg, position_ids, mask, _new_cache(model)
+
+
+def _lean_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 max_new_tokens: int, pad_token_id: int | None, min_new_tokens: int) -> torch.Tensor:
+    rows = input_ids.shape[0]
+    if max_new_tokens <= 0:
+        return input_ids.new_empty((rows, 0))
+    pad_token_id, eos_tensor, cache_arg, position_ids, mask, cache = _start(model, input_ids, attention_mask,
+                                                                          pad_token_id)
     step_input = input_ids
     step_positions = position_ids
     unfinished = torch.ones(rows, dtype=torch.bool, device=input_ids.device)
@@ -175,3 +209,54 @@ def _lean_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
         del outputs
     return torch.stack(new_tokens, dim=1)
 
+
+
+def _pruning_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    max_new_tokens: int, pad_token_id: int | None, min_new_tokens: int,
+                    row_done: RowDone) -> torch.Tensor:
+    """:func:`_lean_greedy` where a row also stops when ``row_done`` says so, and stopped rows
+    (by it or by an end token) leave the batch."""
+    rows = input_ids.shape[0]
+    if max_new_tokens <= 0:
+        return input_ids.new_empty((rows, 0))
+    pad_token_id, eos_tensor, cache_arg, position_ids, mask, cache = _start(model, input_ids, attention_mask,
+                                                                          pad_token_id)
+    fill = pad_token_id if pad_token_id is not None else 0
+    out = torch.full((rows, max_new_tokens), fill, dtype=torch.long, device=input_ids.device)
+    step_input, step_positions = input_ids, position_ids
+    alive = torch.arange(rows, device=input_ids.device)
+    history: list[list[int]] = [[] for _ in range(rows)]
+    steps = 0
+    for step in range(max_new_tokens):
+        token_var = _LIVE_ROWS.set(None if len(alive) == rows else alive)
+        try:
+            outputs = model(input_ids=step_input, attention_mask=mask, position_ids=step_positions,
+                            use_cache=True, logits_to_keep=1, return_dict=True, **{cache_arg: cache})
+        finally:
+            _LIVE_ROWS.reset(token_var)
+        logits = outputs.logits[:, -1].to(dtype=torch.float32)
+        del outputs
+        if eos_tensor is not None and step < min_new_tokens:
+            logits[:, eos_tensor] = float("-inf")
+        token = logits.argmax(dim=-1)
+        out[alive, step] = token
+        steps = step + 1
+        ended = torch.isin(token, eos_tensor) if eos_tensor is not None else torch.zeros_like(token, dtype=torch.bool)
+        keep = []
+        for i, (row, tok) in enumerate(zip(alive.tolist(), token.tolist(), strict=True)):
+            history[row].append(tok)
+            if not bool(ended[i]) and not row_done(row, history[row]):
+                keep.append(i)
+        if not keep or step + 1 == max_new_tokens:
+            break
+        step_input = token[:, None]
+        step_positions = step_positions[:, -1:] + 1
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=-1)
+        if len(keep) < len(alive):
+            index = torch.tensor(keep, device=input_ids.device)
+            alive, step_input, step_positions = alive[index], step_input[index], step_positions[index]
+            if mask is not None:
+                mask = mask[index]
+            cache.batch_select_indices(index)
+    return out[:, :steps]

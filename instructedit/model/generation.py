@@ -2,7 +2,9 @@
 
 Decoding runs through :func:`.decoding.greedy_new_tokens` (a lean loop over the model's KV cache
 that returns ``model.generate``'s greedy tokens; ``GenerationConfig(lean=False)`` calls
-``generate`` itself).
+``generate`` itself). ``GenerationConfig(first_sentence=True)`` stops each row at the end of its
+first sentence (:mod:`.sentences`, the rule the studio's verdicts read sentences by) and drops
+stopped rows from the batch, for views that show only that sentence.
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from .backbone import Backbone
-from .decoding import greedy_new_tokens
-
+from .decoding import RowDone, greedy_new_tokens
+from .sentences import first_sentence_of, sentence_ended
 
 @dataclass(frozen=True)
 class GenerationConfig:
@@ -24,11 +26,14 @@ class GenerationConfig:
         chat: wrap the prompt in the tokenizer's chat template (when it has one).
         lean: decode with :mod:`.decoding`'s lean loop (the same greedy tokens as
             ``model.generate``, faster); False runs ``model.generate`` itself.
+        first_sentence: each continuation is cut after its first sentence (module doc), and a
+            row stops decoding there (at most ``max_new_tokens`` tokens all the same).
     """
 
     max_new_tokens: int = 20
     chat: bool = False
     lean: bool = True
+    first_sentence: bool = False
 
 
 def format_prompt(backbone: Backbone, prompt: str, chat: bool) -> str:
@@ -60,10 +65,10 @@ def _left_padded(tokenizer, texts: Sequence[str], add_special_tokens: bool,
 
 
 def _greedy_new_tokens(backbone: Backbone, enc: dict[str, torch.Tensor], max_new_tokens: int,
-                       lean: bool = True) -> torch.Tensor:
+                       lean: bool = True, row_done: RowDone | None = None) -> torch.Tensor:
     return greedy_new_tokens(backbone.model, enc["input_ids"], enc["attention_mask"], max_new_tokens,
                              backbone.tokenizer.pad_token_id, lean=lean,
-                             packed_4bit=backbone.config.fast_4bit)
+                             packed_4bit=backbone.config.fast_4bit, row_done=row_done)
 
 
 @torch.no_grad()
@@ -90,5 +95,7 @@ def generate(backbone: Backbone, prompts: Sequence[str] | str, config: Generatio
         prompts = [prompts]
     texts = [format_prompt(backbone, p, config.chat) for p in prompts]
     enc = _left_padded(backbone.tokenizer, texts, not config.chat, backbone.device)
-    new_tokens = _greedy_new_tokens(backbone, enc, config.max_new_tokens, config.lean)
-    return [backbone.tokenizer.decode(row, skip_special_tokens=True) for row in new_tokens]
+    row_done = sentence_ended(backbone.tokenizer) if config.first_sentence else None
+    new_tokens = _greedy_new_tokens(backbone, enc, config.max_new_tokens, config.lean, row_done)
+    texts = [backbone.tokenizer.decode(row, skip_special_tokens=True) for row in new_tokens]
+    return [first_sentence_of(t) for t in texts] if config.first_sentence else texts

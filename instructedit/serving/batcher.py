@@ -86,6 +86,7 @@ import torch
 
 from ..editing.patches import LayerPatch, Patch, PatchEngine, combine_patches
 from ..model.backbone import Backbone
+from ..model.decoding import live_rows
 from ..model.generation import GenerationConfig, format_prompt, generate
 
 __all__ = ["GenerationBatcher", "RequestRows", "LOGIT_TOLERANCE", "PADDED_LOGIT_TOLERANCE",
@@ -134,6 +135,9 @@ class RequestRows:
 
     def output_delta(self, x: torch.Tensor) -> torch.Tensor:
         rows = self.segments[-1][1]
+        live = live_rows()
+        if live is not None and x.dim() == 3 and x.shape[0] == len(live) != rows:
+            return self._live_delta(x, live)
         if x.dim() != 3 or x.shape[0] != rows:
             raise ValueError(f"edits for a batch of {rows} rows got input {tuple(x.shape)}")
         parts = []
@@ -145,6 +149,19 @@ class RequestRows:
             if part.data_ptr() % _ALIGNMENT:  # BLAS results may depend on alignment: as alone
                 part = part.clone()
             parts.append(layer.output_delta(part))
+        return torch.cat(parts)
+
+    def _live_delta(self, x: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        """The delta once the decoder has dropped finished rows: ``x``'s rows are the original
+        rows ``live`` (ascending), each request's still contiguous."""
+        parts = []
+        for start, stop, layer in self.segments:
+            chosen = ((live >= start) & (live < stop)).nonzero().flatten()
+            if len(chosen) == 0:
+                continue
+            part = x[int(chosen[0]):int(chosen[-1]) + 1]
+            parts.append(part.new_zeros((len(chosen), x.shape[1], self.out_features)) if layer is None
+                         else layer.output_delta(part.clone() if part.data_ptr() % _ALIGNMENT else part))
         return torch.cat(parts)
 
 
@@ -174,8 +191,7 @@ def request_rows_patch(requests: Sequence[tuple[int, Sequence[Patch]]]) -> Patch
 
 @dataclass(eq=False)
 class _Request:
-    patches: tuple[Patch, ...]
-    texts: list[str]
+    jobs: tuple[tuple[tuple[Patch, ...], list[str]], ...]  # (patch stack, texts) in row order
     config: GenerationConfig
     group: tuple
     width: int = 0        # its padded width alone: the token count of its longest prompt
@@ -186,8 +202,16 @@ class _Request:
     done: bool = False
 
     @property
+    def texts(self) -> list[str]:
+        return [t for _, texts in self.jobs for t in texts]
+
+    @property
     def rows(self) -> int:
-        return len(self.texts)
+        return sum(len(texts) for _, texts in self.jobs)
+
+    def row_stacks(self) -> list[tuple[int, tuple[Patch, ...]]]:
+        """(rows, stack) per job, for :func:`request_rows_patch`."""
+        return [(len(texts), patches) for patches, texts in self.jobs]
 
     def result(self) -> list[str]:
         if self.error is not None:
@@ -264,17 +288,26 @@ class GenerationBatcher:
         """Greedy continuations of ``texts`` with exactly ``patches`` active, as
         ``PatchEngine.activate(patches)`` around ``generate`` gives them alone (within the
         module doc's tolerance when batched). Raises what this request alone raises."""
-        texts = list(texts)
-        config = GenerationConfig(max_new_tokens=max_new_tokens, chat=chat)
-        patches = tuple(patches)
-        shape = self._shape(patches, texts, config)
+        return self.generate_jobs([(patches, texts)], max_new_tokens, chat=chat)[0]
+
+    def generate_jobs(self, jobs: Sequence[tuple[Sequence[Patch], Sequence[str]]], max_new_tokens: int = 20,
+                      *, chat: bool = False, first_sentence: bool = False) -> list[list[str]]:
+        """:meth:`generate` for one request holding several (patch stack, texts) jobs, each job's
+        rows under its own stack (one call alone; one request's rows when batched). Requests of
+        several jobs join batches when one of their stacks holds an edit (rule 3 reads the
+        request's stacks together). ``first_sentence``: continuations stop at their first
+        sentence's end (such requests batch only with each other)."""
+        request_jobs = tuple((tuple(patches), list(texts)) for patches, texts in jobs)
+        config = GenerationConfig(max_new_tokens=max_new_tokens, chat=chat, first_sentence=first_sentence)
+        request = _Request(request_jobs, config, ())
+        shape = self._shape(request)
         with self._cond:
             self._stats["requests"] += 1
             if shape is None:
                 self._stats["alone"] += 1
         if shape is None:
-            return self._alone(patches, texts, config)
-        request = _Request(patches, texts, config, *shape)
+            return self._split(request, self._alone(request))
+        request.group, request.width, request.padded = shape
         with self._cond:
             self._queue.append(request)
             self._cond.notify_all()
@@ -287,7 +320,22 @@ class GenerationBatcher:
                 raise
         if batch is not None:
             self._run_and_release(batch)
-        return request.result()
+        return self._split(request, request.result())
+
+    def runs_alone(self, jobs: Sequence[tuple[Sequence[Patch], Sequence[str]]], max_new_tokens: int = 20, *,
+                   chat: bool = False, first_sentence: bool = False) -> bool:
+        """Whether a request of these jobs would run alone, never batched with others' rows
+        (isolation rule 3, or more than ``max_rows`` rows)."""
+        config = GenerationConfig(max_new_tokens=max_new_tokens, chat=chat, first_sentence=first_sentence)
+        return self._shape(_Request(tuple((tuple(p), list(t)) for p, t in jobs), config, ())) is None
+
+    @staticmethod
+    def _split(request: _Request, outputs: list[str]) -> list[list[str]]:
+        pieces, start = [], 0
+        for _, texts in request.jobs:
+            pieces.append(outputs[start:start + len(texts)])
+            start += len(texts)
+        return pieces
 
     def stats(self) -> dict[str, int]:
         """Requests seen, run alone, batched calls and what they carried (``mixed_width_batches``:
@@ -317,21 +365,22 @@ class GenerationBatcher:
         self.close()
 
     # ----- grouping -------------------------------------------------------------------------
-    def _shape(self, patches: tuple[Patch, ...], texts: list[str], config: GenerationConfig,
-               ) -> tuple[tuple, int, bool] | None:
+    def _shape(self, request: _Request) -> tuple[tuple, int, bool] | None:
         """``(group, width, padded)`` of a request that can be batched (isolation rules 1 and 3),
         or None: it runs alone. Requests of one group may share a batch when their padded widths
         (``width``: its longest prompt in tokens) differ by at most ``max_extra_pad``; with
         ``max_extra_pad`` 0 also only when they agree on ``padded`` (any row shorter than another)."""
+        stacks = [patches for patches, _ in request.jobs]
+        texts, config = request.texts, request.config
         if (not texts or len(texts) > self.max_rows or self._closed
-                or (not patches and not self.batch_unedited)
-                or any(layer.batched for p in patches for layer in p.layers.values())):
+                or (not any(stacks) and not self.batch_unedited)
+                or any(layer.batched for patches in stacks for p in patches for layer in p.layers.values())):
             return None
         tokenizer = self.backbone.tokenizer
         lengths = [len(tokenizer(format_prompt(self.backbone, t, config.chat),
                                  add_special_tokens=not config.chat)["input_ids"]) for t in texts]
         width = max(lengths)
-        return (config.max_new_tokens, config.chat), width, min(lengths) < width
+        return (config.max_new_tokens, config.chat, config.first_sentence), width, min(lengths) < width
 
     def _lead_or_wait(self, request: _Request) -> list[_Request] | None:
         """Under the lock: wait until ``request`` is done (None) or leads a batch (returned, taken
@@ -374,9 +423,19 @@ class GenerationBatcher:
         return batch
 
     # ----- running --------------------------------------------------------------------------
-    def _alone(self, patches: Sequence[Patch], texts: list[str], config: GenerationConfig) -> list[str]:
-        with PatchEngine.activate(list(patches)):
-            return self._generate(self.backbone, texts, config)
+    def _alone(self, request: _Request) -> list[str]:
+        if len(request.jobs) == 1:
+            patches, texts = request.jobs[0]
+            with PatchEngine.activate(list(patches)):
+                return self._generate(self.backbone, texts, request.config)
+        if any(layer.batched for patches, _ in request.jobs for p in patches for layer in p.layers.values()):
+            outputs = []
+            for patches, texts in request.jobs:
+                with PatchEngine.activate(list(patches)):
+                    outputs += self._generate(self.backbone, texts, request.config)
+            return outputs
+        with PatchEngine.activate(request_rows_patch(request.row_stacks())):
+            return self._generate(self.backbone, request.texts, request.config)
 
     def _run_and_release(self, batch: list[_Request]) -> None:
         try:
@@ -409,13 +468,13 @@ class GenerationBatcher:
                 return
         for request in batch:
             try:
-                request.outputs = self._alone(request.patches, request.texts, request.config)
+                request.outputs = self._alone(request)
             except BaseException as exc:  # noqa: BLE001 - handed to the request's own caller
                 request.error = exc
 
     def _batched(self, batch: list[_Request]) -> list[str]:
         texts = [t for request in batch for t in request.texts]
-        patch = request_rows_patch([(request.rows, request.patches) for request in batch])
+        patch = request_rows_patch([stack for request in batch for stack in request.row_stacks()])
         with PatchEngine.activate(patch):
             outputs = self._generate(self.backbone, texts, batch[0].config)
         if len(outputs) != len(texts):

@@ -10,6 +10,9 @@ batched: one generation call before the edit and one after, one teacher-forced p
 - facts: other facts about the same subject (a few templates per kind);
 - unrelated: the evaluation's fixed panel of unrelated facts.
 
+Each probe's continuation stops at the end of its first sentence (the verdicts read no further),
+before and after the edit in one generation call.
+
 A probe counts as changed when its verdict is not "same answer"
 (:mod:`instructedit.measuring.verdicts`).
 """
@@ -155,7 +158,7 @@ def measure_blast(backbone: Backbone, before: Sequence[Patch], after: Sequence[P
                   says_target: bool = True) -> BlastRadius:
     """Measure ``plan``'s probes with ``before`` and with ``after`` active."""
     results = measure_probes(backbone, before, after, plan.probes, target, max_new_tokens=max_new_tokens,
-                             cache=cache, says_target=says_target)
+                             cache=cache, says_target=says_target, first_sentence=True)
     return BlastRadius(plan.subject, plan.kind, plan.source, target, results)
 
 

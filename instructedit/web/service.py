@@ -200,7 +200,8 @@ class EditService:
         """The report of ``edit`` (made on top of ``before``) and, with a plan, its blast radius."""
         limits = self.limits
         report = measure_edit(self.backbone, edit, editor.use_instructions, before, limits.max_new_tokens,
-                              limits.probe_answer_tokens, texts=texts, cache=cache)
+                              limits.probe_answer_tokens, texts=texts, cache=cache,
+                              plain_alone=editor is self.editor)  # the Playground shows its edits
         if plan is None:
             return report
         start = time.perf_counter()
@@ -239,9 +240,6 @@ class EditService:
             quick = measure_first_look(self.backbone, edit, before, self.limits.max_new_tokens, cache=cache)
             update(HistoryEntry(edit, quick.scores), quick, {}, (INSTRUCTEDIT, *slots))
         plan = self.blast.plan(request, kind) if texts else None  # once the request is known valid
-        if texts and not prior and comparisons:
-            progress(start + 0.3 * share, "Reading the model's answers before the edit")
-            self._prefill_before(request, cache)
         progress(start + 0.5 * share, "InstructEdit: measuring before and after, probing the blast radius")
         report = self._measure(self.editor, edit, before, plan, texts=texts, cache=cache)
         entry = HistoryEntry(edit, report.scores, blast=report.blast)
@@ -280,19 +278,6 @@ class EditService:
             return None, None, (f"The {info.label} editor failed on the server ({type(exc).__name__}); it "
                                 "was logged. InstructEdit's edit is not affected.")
         return edit, report, None
-
-    def _prefill_before(self, request: EditRequest, cache: GenerationCache) -> None:
-        """With no earlier edits both editors start from the same model: generate every text
-        either of them shows before the edit in one batch (one call instead of two). The prompt
-        as typed is generated on its own, as the Playground does (see :func:`measure_edit`)."""
-        n = self.limits.max_new_tokens
-        plain = request.prompt.strip()
-        generate_under(self.backbone, [], [plain], n, cache)
-        texts: list[str] = [*request.rephrases, *request.probes]
-        for editor in (self.editor, *(e for _, e in self.comparisons())):
-            flag = editor.use_instructions
-            texts += [request.edit_input(flag), *(request.wrap(r, flag) for r in request.rephrases)]
-        generate_under(self.backbone, [], [plain, *texts], n, cache)
 
     def edit(self, session_id: str, request: EditRequest, progress: Progress | None = None,
              kind: str | None = None, on_update: Callable[[EditOutcome], None] | None = None,
