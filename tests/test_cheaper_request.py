@@ -28,7 +28,7 @@ from instructedit.measuring.probing import (
 from instructedit.measuring.verdicts import first_sentence
 from instructedit.model.adapters import adapter_for
 from instructedit.model.backbone import load_backbone
-from instructedit.model.decoding import greedy_new_tokens, live_rows
+from instructedit.model.decoding import contiguous_head_input, greedy_new_tokens, live_rows
 from instructedit.model.generation import GenerationConfig, _left_padded, generate
 from instructedit.model.sentences import first_sentence_of, sentence_ended
 from instructedit.serving.batcher import GenerationBatcher, request_rows_patch
@@ -143,6 +143,26 @@ def test_first_sentences_on_the_real_model_stop_early_and_keep_the_edit():
     assert full[0] != full[1]  # the edited rows differ from the unedited ones
 
 
+@pytest.mark.parametrize("quant", ["4bit", "none"])
+def test_a_contiguous_head_input_keeps_the_logits(tiny_llama_dir, quant):
+    """The prompt pass's last hidden state is a strided view; a 16-bit head reads it contiguous
+    (bitwise the same logits, without the slow strided bf16 path), a float32 head as it is."""
+    backbone = load_backbone(str(tiny_llama_dir), quant, device="cpu")
+    enc = _left_padded(backbone.tokenizer, PROMPTS, True, backbone.device)
+    with torch.no_grad():
+        plain = backbone.model(**enc, logits_to_keep=1).logits
+        contiguous_head_input(backbone.model)
+        contiguous_head_input(backbone.model)  # once per model
+        head = backbone.model.get_output_embeddings()
+        assert len(head._forward_pre_hooks) == 1
+        seen = []
+        probe = head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+        hooked = backbone.model(**enc, logits_to_keep=1).logits
+        probe.remove()
+    assert torch.equal(plain, hooked)
+    assert seen == [head.weight.dtype != torch.float32]
+
+
 # ----- before and after in one call --------------------------------------------------------------
 def _count_calls(monkeypatch) -> list[int]:
     rows: list[int] = []
@@ -219,23 +239,40 @@ def test_the_next_editor_reads_the_probes_logits_before_the_edit(llama, edits, m
 
 
 # ----- the studio's request ----------------------------------------------------------------------
-def test_an_edit_request_makes_six_generation_calls(llama, tmp_path, monkeypatch):
+def test_an_edit_request_makes_three_generation_calls(llama, tmp_path, monkeypatch):
     main = Editor.untrained(llama, step_size=0.5)
     base = Editor.untrained(llama, step_size=0.5, use_instructions=False)
     service = EditService(llama, main, base, Limits(max_new_tokens=6), export_dir=tmp_path)
     request = EditRequest(PROMPTS[0], "Rome", task="counterfact", instruction=0,
                           rephrases=("The Eiffel Tower is in",), probes=("The capital of France is",))
-    configs: list[GenerationConfig] = []
+    calls: list[tuple[int, tuple[bool, ...]]] = []
     real = probing.generate
-    monkeypatch.setattr(probing, "generate",
-                        lambda b, texts, config=None: configs.append(config) or real(b, texts, config))
+
+    def counted(backbone, texts, config=None):
+        calls.append((len(texts), config.sentence_rows(len(texts))))
+        return real(backbone, texts, config)
+
+    monkeypatch.setattr(probing, "generate", counted)
     outcome = service.edit("cheap", request, on_update=lambda partial: None)
-    # first look: the prompt before and after alone; InstructEdit: its probes before and after,
-    # its blast radius before and after; the baseline: its probes after, its blast radius after
-    assert len(configs) == 6
-    assert [c.first_sentence for c in configs] == [False, False, False, True, False, True]
+    # the first look: the prompt before and after alone (the Playground's texts); then one call
+    # for both editors' probes and blast radius, before and after
+    assert [rows for rows, _ in calls[:2]] == [1, 1] and len(calls) == 3
+    rows, cut = calls[2]
     blast = outcome.report.blast
-    assert blast is not None and blast.probes
-    for probe in blast.probes:
+    probes = len(blast.probes)
+    assert sum(cut) == 3 * probes  # the blast radius before, after InstructEdit, after the baseline
+    assert rows - sum(cut) >= 2 * 4  # every report's texts in full (the baseline's prompt included)
+    for probe in (*blast.probes, *outcome.baseline_report.blast.probes):
         assert probe.before == first_sentence_of(probe.before) and probe.after == first_sentence_of(probe.after)
-    assert outcome.baseline_report is not None and outcome.baseline_report.prompt.after
+    assert outcome.baseline_report.prompt.after and outcome.report.rephrases[0].after
+    # the same request with the reports measured one editor at a time gives the same report
+    calls.clear()
+    monkeypatch.setattr(EditService, "_generate_shown", lambda self, *args: None)
+    again = EditService(llama, main, base, Limits(max_new_tokens=6), export_dir=tmp_path).edit(
+        "cheap", request, on_update=lambda partial: None)
+    assert len(calls) > 3
+    for one, two in ((outcome.report, again.report), (outcome.baseline_report, again.baseline_report)):
+        assert [(p.before, p.after, p.verdict) for p in (one.prompt, *one.rephrases, *one.probes)] == \
+            [(p.before, p.after, p.verdict) for p in (two.prompt, *two.rephrases, *two.probes)]
+        assert [(p.before, p.after) for p in one.blast.probes] == [(p.before, p.after) for p in two.blast.probes]
+        assert one.scores.to_dict() == pytest.approx(two.scores.to_dict(), abs=1e-5)

@@ -135,8 +135,11 @@ class ProbeResult:
         return self.verdict == SAME_ANSWER
 
 
-Job = tuple[Sequence[Patch], Sequence[str]]
-"""A patch stack and the texts to continue with exactly it active."""
+Job = tuple[Sequence[Patch], Sequence[str]] | tuple[Sequence[Patch], Sequence[str], bool]
+"""A patch stack, the texts to continue with exactly it active and, optionally, whether they stop
+at their first sentence (the call's ``first_sentence`` otherwise)."""
+
+_Rows = tuple[tuple[Patch, ...], list[str], bool]  # a job's rows still to generate
 
 
 def _length_key(max_new_tokens: int, first_sentence: bool) -> int | tuple[int, str]:
@@ -160,47 +163,55 @@ def generate_jobs(backbone: Backbone, jobs: Sequence[Job], max_new_tokens: int,
     """:func:`generate_under` for several patch stacks at once: the texts not yet in ``cache``
     run as one batched generation in which each job's rows carry its own stack
     (:func:`~instructedit.serving.batcher.request_rows_patch`; stacks of batched patches run one
-    call each), so what a request shows before and after an edit costs one call, not two.
+    call each) and stop where the job says, so all a request shows before and after its edits
+    can cost one call.
 
     Unedited rows of a call of several rows are also looked up in and kept in the cache's shared
     store under the call's padded width (:class:`UneditedTexts`), when the call runs with exactly
     that width (directly, or alone through the batcher)."""
     cache = GenerationCache() if cache is None else cache
-    length = _length_key(max_new_tokens, first_sentence)
+    jobs = [(tuple(job[0]), list(job[1]), bool(job[2]) if len(job) > 2 else first_sentence) for job in jobs]
     shared = getattr(cache, "shared", None)
-    width = _padded_width(backbone, [t for _, texts in jobs for t in texts]) if shared is not None else 0
+    width = _padded_width(backbone, [t for _, texts, _ in jobs for t in texts]) if shared is not None else 0
     missing: dict[int, list[str]] = {}
+    planned: set[tuple] = set()
     borrowed: list[tuple[int, str]] = []  # unedited rows read back from earlier calls of this width
-    for j, (patches, texts) in enumerate(jobs):
-        state = _patch_state(patches)
+    for j, (patches, texts, cut) in enumerate(jobs):
+        state, length = _patch_state(patches), _length_key(max_new_tokens, cut)
         for text in dict.fromkeys(texts):
             key = (state, length, text)
-            if key in cache:
+            if key in cache or key in planned:
                 continue
             if shared is not None and not state:
-                alone = None if first_sentence else shared.get(max_new_tokens, text)
-                row = None if alone is not None else shared.get(max_new_tokens, text, first_sentence=first_sentence,
+                alone = None if cut else shared.get(max_new_tokens, text)
+                row = None if alone is not None else shared.get(max_new_tokens, text, first_sentence=cut,
                                                                  width=width)
                 if alone is not None or row is not None:
                     cache[key] = alone if alone is not None else row
                     if alone is None:
                         borrowed.append((j, text))
                     continue
+            planned.add(key)
             missing.setdefault(j, []).append(text)
-    todo = [(tuple(jobs[j][0]), texts) for j, texts in sorted(missing.items())]
-    if todo and borrowed and _padded_width(backbone, [t for _, texts in todo for t in texts]) != width:
+
+    def rows_left() -> list[_Rows]:
+        return [(jobs[j][0], texts, jobs[j][2]) for j, texts in sorted(missing.items())]
+
+    todo = rows_left()
+    if todo and borrowed and _padded_width(backbone, [t for _, texts, _ in todo for t in texts]) != width:
         for j, text in borrowed:  # the rows left would pad to another width: generate all
-            del cache[((), length, text)]
+            del cache[((), _length_key(max_new_tokens, jobs[j][2]), text)]
             missing.setdefault(j, []).append(text)
-        todo = [(tuple(jobs[j][0]), texts) for j, texts in sorted(missing.items())]
+        todo = rows_left()
     if todo:
-        outputs, exact = _run_jobs(backbone, todo, max_new_tokens, first_sentence)
-        for (patches, texts), outs in zip(todo, outputs, strict=True):
+        outputs, exact = _run_jobs(backbone, todo, max_new_tokens)
+        for (patches, texts, cut), outs in zip(todo, outputs, strict=True):
             for text, out in zip(texts, outs, strict=True):
-                cache[(_patch_state(patches), length, text)] = out
+                cache[(_patch_state(patches), _length_key(max_new_tokens, cut), text)] = out
         if shared is not None and exact:
-            _keep_unedited(backbone, shared, todo, outputs, max_new_tokens, first_sentence)
-    return [{t: cache[(_patch_state(patches), length, t)] for t in texts} for patches, texts in jobs]
+            _keep_unedited(backbone, shared, todo, outputs, max_new_tokens)
+    return [{t: cache[(_patch_state(patches), _length_key(max_new_tokens, cut), t)] for t in texts}
+            for patches, texts, cut in jobs]
 
 
 def _padded_width(backbone: Backbone, texts: Sequence[str]) -> int:
@@ -208,39 +219,39 @@ def _padded_width(backbone: Backbone, texts: Sequence[str]) -> int:
     return max((len(backbone.tokenizer(t)["input_ids"]) for t in texts), default=0)
 
 
-def _keep_unedited(backbone: Backbone, shared: UneditedTexts, jobs: list[tuple[tuple[Patch, ...], list[str]]],
-                   outputs: list[list[str]], max_new_tokens: int, first_sentence: bool) -> None:
+def _keep_unedited(backbone: Backbone, shared: UneditedTexts, jobs: list[_Rows], outputs: list[list[str]],
+                   max_new_tokens: int) -> None:
     """Keep the unedited rows of a call just run (one prompt alone: as the Playground's text)."""
-    rows = sum(len(texts) for _, texts in jobs)
-    width = _padded_width(backbone, [t for _, texts in jobs for t in texts])
-    for (patches, texts), outs in zip(jobs, outputs, strict=True):
+    rows = sum(len(texts) for _, texts, _ in jobs)
+    width = _padded_width(backbone, [t for _, texts, _ in jobs for t in texts])
+    for (patches, texts, cut), outs in zip(jobs, outputs, strict=True):
         if patches:
             continue
         for text, out in zip(texts, outs, strict=True):
-            if rows == 1 and not first_sentence:
+            if rows == 1 and not cut:
                 shared.put(max_new_tokens, text, out)
             else:
-                shared.put(max_new_tokens, text, out, first_sentence=first_sentence, width=width)
+                shared.put(max_new_tokens, text, out, first_sentence=cut, width=width)
 
 
-def _run_jobs(backbone: Backbone, jobs: list[tuple[tuple[Patch, ...], list[str]]], max_new_tokens: int,
-              first_sentence: bool) -> tuple[list[list[str]], bool]:
+def _run_jobs(backbone: Backbone, jobs: list[_Rows], max_new_tokens: int) -> tuple[list[list[str]], bool]:
     """Each job's continuations, all jobs in one call where their stacks allow it, and whether
     the call ran with exactly these rows (not batched with other requests' rows)."""
     batcher = current_batcher()
     if batcher is not None and batcher.backbone is backbone:
-        exact = batcher.runs_alone(jobs, max_new_tokens, first_sentence=first_sentence)
-        return batcher.generate_jobs(jobs, max_new_tokens, first_sentence=first_sentence), exact
-    config = GenerationConfig(max_new_tokens=max_new_tokens, first_sentence=first_sentence)
-    if len(jobs) == 1 or any(_has_batched(patches) for patches, _ in jobs):
+        exact = batcher.runs_alone(jobs, max_new_tokens)
+        return batcher.generate_jobs(jobs, max_new_tokens), exact
+    if len(jobs) == 1 or any(_has_batched(patches) for patches, _, _ in jobs):
         outputs = []
-        for patches, texts in jobs:
+        for patches, texts, cut in jobs:
             with PatchEngine.activate(list(patches)):
-                outputs.append(generate(backbone, texts, config))
+                outputs.append(generate(backbone, texts, GenerationConfig(max_new_tokens, first_sentence=cut)))
         return outputs, len(jobs) == 1
-    with PatchEngine.activate(request_rows_patch([(len(texts), patches) for patches, texts in jobs])):
-        flat = generate(backbone, [t for _, texts in jobs for t in texts], config)
-    return split_rows(flat, [len(texts) for _, texts in jobs]), True
+    flags = tuple(cut for _, texts, cut in jobs for _ in texts)
+    with PatchEngine.activate(request_rows_patch([(len(texts), patches) for patches, texts, _ in jobs])):
+        flat = generate(backbone, [t for _, texts, _ in jobs for t in texts],
+                        GenerationConfig(max_new_tokens, first_sentence=flags))
+    return split_rows(flat, [len(texts) for _, texts, _ in jobs]), True
 
 
 def _has_batched(patches: Sequence[Patch]) -> bool:

@@ -45,8 +45,8 @@ from .probing import (
 )
 from .verdicts import CONTINUATION_TASKS, contains_answer
 
-__all__ = ["EditReport", "EditScores", "GenerationCache", "ProbeResult", "generate_under", "mean_known",
-           "measure_edit", "measure_first_look"]
+__all__ = ["EditReport", "EditScores", "GenerationCache", "ProbeResult", "edit_probes", "generate_under",
+           "mean_known", "measure_edit", "measure_first_look"]
 
 
 @dataclass(frozen=True)
@@ -129,11 +129,7 @@ def measure_edit(backbone: Backbone, edit: Edit, use_instructions: bool, before:
         if texts:
             generate_under(backbone, before, [plain], max_new_tokens, cache)
         generate_under(backbone, after, [plain], max_new_tokens, cache)
-    probes = [Probe(plain, PROMPT),
-              *(Probe(r, REPHRASE, target) for r in request.rephrases),
-              *(Probe(p, LOCALITY) for p in request.probes),
-              Probe(edit.wrapped_input, WRAPPED, target),
-              *(Probe(request.wrap(r, use_instructions), WRAPPED_REPHRASE, target) for r in request.rephrases)]
+    probes = edit_probes(edit, use_instructions)
     results = measure_probes(backbone, before, after, probes, target, max_new_tokens=max_new_tokens,
                              cache=cache, says_target=says, agreement_groups=(LOCALITY,),
                              agreement_tokens=probe_answer_tokens, texts=texts)
@@ -156,6 +152,17 @@ def measure_edit(backbone: Backbone, edit: Edit, use_instructions: bool, before:
                       probes=locality, wrapped=wrapped, wrapped_rephrases=wrapped_rephrases,
                       scores=scores, edit_ms=edit.latency_ms,
                       measure_ms=(time.perf_counter() - start) * 1000, says_target=says)
+
+
+def edit_probes(edit: Edit, use_instructions: bool) -> list[Probe]:
+    """What :func:`measure_edit` measures: the prompt as typed, the rephrases and locality probes
+    as typed, the edit input and the rephrases as the editor read them."""
+    request, target = edit.request, edit.request.target
+    return [Probe(request.prompt.strip(), PROMPT),
+            *(Probe(r, REPHRASE, target) for r in request.rephrases),
+            *(Probe(p, LOCALITY) for p in request.probes),
+            Probe(edit.wrapped_input, WRAPPED, target),
+            *(Probe(request.wrap(r, use_instructions), WRAPPED_REPHRASE, target) for r in request.rephrases)]
 
 
 def _after(backbone: Backbone, after: Sequence[Patch], plain: str, max_new_tokens: int,

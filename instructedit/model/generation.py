@@ -27,13 +27,22 @@ class GenerationConfig:
         lean: decode with :mod:`.decoding`'s lean loop (the same greedy tokens as
             ``model.generate``, faster); False runs ``model.generate`` itself.
         first_sentence: each continuation is cut after its first sentence (module doc), and a
-            row stops decoding there (at most ``max_new_tokens`` tokens all the same).
+            row stops decoding there (at most ``max_new_tokens`` tokens all the same); a tuple
+            of one flag per prompt says it row by row.
     """
 
     max_new_tokens: int = 20
     chat: bool = False
     lean: bool = True
-    first_sentence: bool = False
+    first_sentence: bool | tuple[bool, ...] = False
+
+    def sentence_rows(self, rows: int) -> tuple[bool, ...]:
+        """Per prompt of a call of ``rows`` prompts: whether it stops at its first sentence."""
+        if isinstance(self.first_sentence, tuple):
+            if len(self.first_sentence) != rows:
+                raise ValueError(f"{len(self.first_sentence)} first-sentence flags for {rows} prompts")
+            return self.first_sentence
+        return (bool(self.first_sentence),) * rows
 
 
 def format_prompt(backbone: Backbone, prompt: str, chat: bool) -> str:
@@ -95,7 +104,8 @@ def generate(backbone: Backbone, prompts: Sequence[str] | str, config: Generatio
         prompts = [prompts]
     texts = [format_prompt(backbone, p, config.chat) for p in prompts]
     enc = _left_padded(backbone.tokenizer, texts, not config.chat, backbone.device)
-    row_done = sentence_ended(backbone.tokenizer) if config.first_sentence else None
+    cut = config.sentence_rows(len(texts))
+    row_done = sentence_ended(backbone.tokenizer, cut) if any(cut) else None
     new_tokens = _greedy_new_tokens(backbone, enc, config.max_new_tokens, config.lean, row_done)
     texts = [backbone.tokenizer.decode(row, skip_special_tokens=True) for row in new_tokens]
-    return [first_sentence_of(t) for t in texts] if config.first_sentence else texts
+    return [first_sentence_of(t) if c else t for t, c in zip(texts, cut, strict=True)]

@@ -3,7 +3,7 @@ by and generation stops at (``GenerationConfig(first_sentence=True)``). Free of 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 __all__ = ["SENTENCE_END", "first_sentence_of", "sentence_ended"]
 
@@ -29,10 +29,12 @@ def first_sentence_of(text: str) -> str:
     return text[: end.start()] if end.group() == "\n" else text[: end.end()]
 
 
-def sentence_ended(tokenizer) -> Callable[[int, list[int]], bool]:
+def sentence_ended(tokenizer, rows: Sequence[bool] | None = None) -> Callable[[int, list[int]], bool]:
     """A decoder stop test (``row_done`` of :func:`~instructedit.model.decoding.greedy_new_tokens`):
-    the row's new text has ended its first sentence."""
+    the row's new text has ended its first sentence (only rows flagged in ``rows``, when given)."""
     def done(row: int, new_tokens: list[int]) -> bool:
+        if rows is not None and not rows[row]:
+            return False
         text = tokenizer.decode(new_tokens, skip_special_tokens=True)
         return _ENDED_WHILE_DECODING.search(text, _body(text)) is not None
 

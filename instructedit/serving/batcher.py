@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import threading
 import time
@@ -191,7 +192,7 @@ def request_rows_patch(requests: Sequence[tuple[int, Sequence[Patch]]]) -> Patch
 
 @dataclass(eq=False)
 class _Request:
-    jobs: tuple[tuple[tuple[Patch, ...], list[str]], ...]  # (patch stack, texts) in row order
+    jobs: tuple[tuple[tuple[Patch, ...], list[str], bool], ...]  # (stack, texts, first sentence) in row order
     config: GenerationConfig
     group: tuple
     width: int = 0        # its padded width alone: the token count of its longest prompt
@@ -203,15 +204,19 @@ class _Request:
 
     @property
     def texts(self) -> list[str]:
-        return [t for _, texts in self.jobs for t in texts]
+        return [t for _, texts, _ in self.jobs for t in texts]
 
     @property
     def rows(self) -> int:
-        return sum(len(texts) for _, texts in self.jobs)
+        return sum(len(texts) for _, texts, _ in self.jobs)
 
     def row_stacks(self) -> list[tuple[int, tuple[Patch, ...]]]:
         """(rows, stack) per job, for :func:`request_rows_patch`."""
-        return [(len(texts), patches) for patches, texts in self.jobs]
+        return [(len(texts), patches) for patches, texts, _ in self.jobs]
+
+    def sentence_rows(self) -> tuple[bool, ...]:
+        """Per row: whether it stops at its first sentence."""
+        return tuple(cut for _, texts, cut in self.jobs for _ in texts)
 
     def result(self) -> list[str]:
         if self.error is not None:
@@ -290,16 +295,14 @@ class GenerationBatcher:
         module doc's tolerance when batched). Raises what this request alone raises."""
         return self.generate_jobs([(patches, texts)], max_new_tokens, chat=chat)[0]
 
-    def generate_jobs(self, jobs: Sequence[tuple[Sequence[Patch], Sequence[str]]], max_new_tokens: int = 20,
-                      *, chat: bool = False, first_sentence: bool = False) -> list[list[str]]:
-        """:meth:`generate` for one request holding several (patch stack, texts) jobs, each job's
-        rows under its own stack (one call alone; one request's rows when batched). Requests of
-        several jobs join batches when one of their stacks holds an edit (rule 3 reads the
-        request's stacks together). ``first_sentence``: continuations stop at their first
-        sentence's end (such requests batch only with each other)."""
-        request_jobs = tuple((tuple(patches), list(texts)) for patches, texts in jobs)
-        config = GenerationConfig(max_new_tokens=max_new_tokens, chat=chat, first_sentence=first_sentence)
-        request = _Request(request_jobs, config, ())
+    def generate_jobs(self, jobs: Sequence[tuple], max_new_tokens: int = 20, *, chat: bool = False,
+                      first_sentence: bool = False) -> list[list[str]]:
+        """:meth:`generate` for one request holding several jobs, ``(patch stack, texts)`` or
+        ``(patch stack, texts, first_sentence)``: each job's rows under its own stack, stopping
+        at their first sentence where the job says so (``first_sentence``: the default), in one
+        call alone and as one request's rows when batched. Requests of several jobs join batches
+        when one of their stacks holds an edit (rule 3 reads the request's stacks together)."""
+        request = self._request(jobs, max_new_tokens, chat, first_sentence)
         shape = self._shape(request)
         with self._cond:
             self._stats["requests"] += 1
@@ -322,17 +325,24 @@ class GenerationBatcher:
             self._run_and_release(batch)
         return self._split(request, request.result())
 
-    def runs_alone(self, jobs: Sequence[tuple[Sequence[Patch], Sequence[str]]], max_new_tokens: int = 20, *,
-                   chat: bool = False, first_sentence: bool = False) -> bool:
-        """Whether a request of these jobs would run alone, never batched with others' rows
-        (isolation rule 3, or more than ``max_rows`` rows)."""
-        config = GenerationConfig(max_new_tokens=max_new_tokens, chat=chat, first_sentence=first_sentence)
-        return self._shape(_Request(tuple((tuple(p), list(t)) for p, t in jobs), config, ())) is None
+    def runs_alone(self, jobs: Sequence[tuple], max_new_tokens: int = 20, *, chat: bool = False,
+                   first_sentence: bool = False) -> bool:
+        """Whether a request of these jobs (as :meth:`generate_jobs` takes them) would run alone,
+        never batched with others' rows (isolation rule 3, or more than ``max_rows`` rows)."""
+        return self._shape(self._request(jobs, max_new_tokens, chat, first_sentence)) is None
+
+    @staticmethod
+    def _request(jobs: Sequence[tuple], max_new_tokens: int, chat: bool, first_sentence: bool) -> _Request:
+        request_jobs = tuple((tuple(job[0]), list(job[1]), bool(job[2]) if len(job) > 2 else first_sentence)
+                             for job in jobs)
+        rows = tuple(cut for _, texts, cut in request_jobs for _ in texts)
+        return _Request(request_jobs, GenerationConfig(max_new_tokens=max_new_tokens, chat=chat,
+                                                       first_sentence=rows), ())
 
     @staticmethod
     def _split(request: _Request, outputs: list[str]) -> list[list[str]]:
         pieces, start = [], 0
-        for _, texts in request.jobs:
+        for _, texts, _ in request.jobs:
             pieces.append(outputs[start:start + len(texts)])
             start += len(texts)
         return pieces
@@ -370,7 +380,7 @@ class GenerationBatcher:
         or None: it runs alone. Requests of one group may share a batch when their padded widths
         (``width``: its longest prompt in tokens) differ by at most ``max_extra_pad``; with
         ``max_extra_pad`` 0 also only when they agree on ``padded`` (any row shorter than another)."""
-        stacks = [patches for patches, _ in request.jobs]
+        stacks = [patches for patches, _, _ in request.jobs]
         texts, config = request.texts, request.config
         if (not texts or len(texts) > self.max_rows or self._closed
                 or (not any(stacks) and not self.batch_unedited)
@@ -380,7 +390,7 @@ class GenerationBatcher:
         lengths = [len(tokenizer(format_prompt(self.backbone, t, config.chat),
                                  add_special_tokens=not config.chat)["input_ids"]) for t in texts]
         width = max(lengths)
-        return (config.max_new_tokens, config.chat, config.first_sentence), width, min(lengths) < width
+        return (config.max_new_tokens, config.chat), width, min(lengths) < width
 
     def _lead_or_wait(self, request: _Request) -> list[_Request] | None:
         """Under the lock: wait until ``request`` is done (None) or leads a batch (returned, taken
@@ -425,14 +435,15 @@ class GenerationBatcher:
     # ----- running --------------------------------------------------------------------------
     def _alone(self, request: _Request) -> list[str]:
         if len(request.jobs) == 1:
-            patches, texts = request.jobs[0]
+            patches, texts, _ = request.jobs[0]
             with PatchEngine.activate(list(patches)):
                 return self._generate(self.backbone, texts, request.config)
-        if any(layer.batched for patches, _ in request.jobs for p in patches for layer in p.layers.values()):
+        if any(layer.batched for patches, _, _ in request.jobs for p in patches for layer in p.layers.values()):
             outputs = []
-            for patches, texts in request.jobs:
+            for patches, texts, cut in request.jobs:
                 with PatchEngine.activate(list(patches)):
-                    outputs += self._generate(self.backbone, texts, request.config)
+                    outputs += self._generate(self.backbone, texts,
+                                              dataclasses.replace(request.config, first_sentence=cut))
             return outputs
         with PatchEngine.activate(request_rows_patch(request.row_stacks())):
             return self._generate(self.backbone, request.texts, request.config)
@@ -475,8 +486,10 @@ class GenerationBatcher:
     def _batched(self, batch: list[_Request]) -> list[str]:
         texts = [t for request in batch for t in request.texts]
         patch = request_rows_patch([stack for request in batch for stack in request.row_stacks()])
+        config = dataclasses.replace(batch[0].config,
+                                     first_sentence=tuple(c for request in batch for c in request.sentence_rows()))
         with PatchEngine.activate(patch):
-            outputs = self._generate(self.backbone, texts, batch[0].config)
+            outputs = self._generate(self.backbone, texts, config)
         if len(outputs) != len(texts):
             raise RuntimeError(f"generate returned {len(outputs)} texts for {len(texts)} prompts")
         width = max(request.width for request in batch)

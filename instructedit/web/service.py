@@ -34,8 +34,8 @@ from ..editing.editor import Edit, Editor, EditRequest
 from ..editing.keying import find_subject
 from ..editing.patches import Patch
 from ..errors import UserFacingError, sentence
-from ..measuring.probing import GenerationCache, UneditedTexts, generate_under
-from ..measuring.single import EditReport, measure_edit, measure_first_look
+from ..measuring.probing import GenerationCache, UneditedTexts, generate_jobs, generate_under
+from ..measuring.single import EditReport, edit_probes, measure_edit, measure_first_look
 from ..model.backbone import Backbone
 from ..serving.batcher import GenerationBatcher
 from .blast import BlastPlan, BlastPlanner, measure_blast
@@ -222,10 +222,13 @@ class EditService:
         not changed here.
 
         With ``texts`` (a new edit, not an import) the blast radius is probed too (``kind``: the
-        kind of subject chosen by the user, or guessed). ``update`` gets each step's result as
-        soon as it is ready (entry, InstructEdit's report, the comparisons done, the parts still
-        pending): InstructEdit's first look (the prompt as typed), its whole report with the blast
-        radius, then each comparison editor's but the last, whose result is the return value.
+        kind of subject chosen by the user, or guessed), and every continuation InstructEdit's
+        and the baseline's reports show, before and after their edits, is generated in one call
+        (:meth:`_generate_shown`; ROME, slower to edit, follows with its own). ``update`` gets each
+        step's result as soon as it is ready (entry, InstructEdit's report, the comparisons done,
+        the parts still pending): InstructEdit's first look (the prompt as typed), its whole
+        report with the blast radius, then each comparison editor's but the last, whose result
+        is the return value.
         """
         comparisons = self.comparisons()
         slots = tuple(slot for slot, _ in comparisons)
@@ -240,6 +243,15 @@ class EditService:
             quick = measure_first_look(self.backbone, edit, before, self.limits.max_new_tokens, cache=cache)
             update(HistoryEntry(edit, quick.scores), quick, {}, (INSTRUCTEDIT, *slots))
         plan = self.blast.plan(request, kind) if texts else None  # once the request is known valid
+        made: dict[str, tuple[Edit | None, str | None]] = {}
+        if texts:
+            for slot, editor in comparisons:
+                if slot != ROME:
+                    progress(start + 0.3 * share, f"{SLOT_INFO[slot].label}: {SLOT_INFO[slot].computing}")
+                    made[slot] = self._compare_edit(slot, editor, request, prior)
+            progress(start + 0.4 * share, "Continuing every prompt before and after the edits, probing the "
+                                          "blast radius")
+            self._generate_shown(edit, before, made, prior, plan, cache)
         progress(start + 0.5 * share, "InstructEdit: measuring before and after, probing the blast radius")
         report = self._measure(self.editor, edit, before, plan, texts=texts, cache=cache)
         entry = HistoryEntry(edit, report.scores, blast=report.blast)
@@ -249,34 +261,79 @@ class EditService:
                 update(entry, report, dict(compared), slots[n:])
             other, other_report, error = self._compare(slot, editor, request, prior, plan, texts=texts,
                                                        cache=cache, progress=progress,
-                                                       at=start + (n + 1) * share, span=share)
+                                                       at=start + (n + 1) * share, span=share,
+                                                       made=made.get(slot))
             entry.set_compared(slot, other, other_report.scores if other_report else None)
             compared[slot] = (other_report, error)
         return entry, report, compared
 
-    def _compare(self, slot: str, editor: Editor, request: EditRequest, prior: Sequence[HistoryEntry],
-                 plan: BlastPlan | None, *, texts: bool, cache: GenerationCache, progress: Progress,
-                 at: float, span: float) -> tuple[Edit | None, EditReport | None, str | None]:
-        """One comparison editor's edit on top of its own earlier edits in ``prior``, and its report;
-        or ``None``, ``None`` and the sentence saying why it could not edit (never raises: the
-        InstructEdit edit stands whatever a comparison editor does)."""
+    def _generate_shown(self, edit: Edit, before: Sequence[Patch], made: dict[str, tuple[Edit | None, str | None]],
+                        prior: Sequence[HistoryEntry], plan: BlastPlan | None, cache: GenerationCache) -> None:
+        """Generate, in one call, every continuation the reports of InstructEdit's ``edit`` and of
+        the comparison edits ``made`` show before and after (their probes in full, the blast radius
+        to its first sentences); the measures then read them from ``cache``. InstructEdit's prompt
+        as typed is left to its own call (the Playground's text, see :func:`measure_edit`)."""
+        editors = dict(self.comparisons())
+        plain = edit.request.prompt.strip()
+        items = [(self.editor, edit, list(before))]
+        for slot, (other, _) in made.items():
+            if other is not None:
+                own = [e.patch for e in (entry.compared(slot)[0] for entry in prior) if e is not None]
+                items.append((editors[slot], other, own))
+        blast = [p.prompt for p in plan.probes] if plan is not None else []
+        jobs: list[tuple] = []
+        for editor, one, stack in items:
+            shown = [p.prompt for p in edit_probes(one, editor.use_instructions)
+                     if editor is not self.editor or p.prompt != plain]
+            for patches in (stack, [*stack, one.patch]):
+                jobs += [(patches, shown, False), (patches, blast, True)]
+        generate_jobs(self.backbone, [job for job in jobs if job[1]], self.limits.max_new_tokens, cache)
+
+    def _compare_edit(self, slot: str, editor: Editor, request: EditRequest, prior: Sequence[HistoryEntry],
+                      ) -> tuple[Edit | None, str | None]:
+        """A comparison editor's edit on top of its own earlier edits in ``prior``, or ``None`` and
+        the sentence saying why it could not edit (never raises: the InstructEdit edit stands
+        whatever a comparison editor does)."""
         info = SLOT_INFO[slot]
         active = [e for e in (entry.compared(slot)[0] for entry in prior) if e is not None]
-        progress(at, f"{info.label}: {info.computing}")
         try:
             problem = rome_subject_problem(request) if slot == ROME else None
             if problem:
                 raise UserError(problem)
             with user_errors(info.failed):
-                edit = editor.edit(request, active=active)
-            progress(at + 0.5 * span, f"{info.label}: measuring before and after, probing the blast radius")
+                return editor.edit(request, active=active), None
+        except UserError as exc:
+            return None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - a comparison's bug must not undo InstructEdit's edit
+            return None, self._comparison_failed(info.label, exc)
+
+    @staticmethod
+    def _comparison_failed(label: str, exc: Exception) -> str:
+        log.error("the %s editor failed", label, exc_info=exc)
+        return (f"The {label} editor failed on the server ({type(exc).__name__}); it was logged. "
+                "InstructEdit's edit is not affected.")
+
+    def _compare(self, slot: str, editor: Editor, request: EditRequest, prior: Sequence[HistoryEntry],
+                 plan: BlastPlan | None, *, texts: bool, cache: GenerationCache, progress: Progress,
+                 at: float, span: float, made: tuple[Edit | None, str | None] | None = None,
+                 ) -> tuple[Edit | None, EditReport | None, str | None]:
+        """One comparison editor's edit (``made``: already computed) and its report; or ``None``,
+        ``None`` and the sentence saying why it failed (never raises)."""
+        info = SLOT_INFO[slot]
+        active = [e for e in (entry.compared(slot)[0] for entry in prior) if e is not None]
+        if made is None:
+            progress(at, f"{info.label}: {info.computing}")
+            made = self._compare_edit(slot, editor, request, prior)
+        edit, error = made
+        if edit is None:
+            return None, None, error
+        progress(at + 0.5 * span, f"{info.label}: measuring before and after, probing the blast radius")
+        try:
             report = self._measure(editor, edit, [e.patch for e in active], plan, texts=texts, cache=cache)
         except UserError as exc:
             return None, None, str(exc)
         except Exception as exc:  # noqa: BLE001 - a comparison's bug must not undo InstructEdit's edit
-            log.exception("the %s editor failed", info.label)
-            return None, None, (f"The {info.label} editor failed on the server ({type(exc).__name__}); it "
-                                "was logged. InstructEdit's edit is not affected.")
+            return None, None, self._comparison_failed(info.label, exc)
         return edit, report, None
 
     def edit(self, session_id: str, request: EditRequest, progress: Progress | None = None,
