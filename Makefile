@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv data demo test test-fast results bench screenshot train lint clean
+.PHONY: venv data demo test test-fast results bench load screenshot train lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,21 @@ screenshot: $(STAMP) data
 
 bench: $(STAMP) data
 	$(PY) -m instructedit bench --out docs/benchmarks.md
+	$(MAKE) load
+
+# A class on one machine: the stress tool for LOAD_USERS users, one request at a time and batched,
+# one run after another (about 5, 10 and 20 minutes a run for 8, 16 and 32 users here), after the
+# profile of one edit request (tests/request_profile.py), then docs/load.md.
+LOAD_USERS ?= 8 16 32
+load: $(STAMP) data
+	mkdir -p runs/load
+	$(PY) -m tests.request_profile --records 4 --threads 2 --json runs/load/profile.json
+	for n in $(LOAD_USERS); do \
+	  $(PY) -m tests.stress --users $$n --rounds 1 --request-timeout 900 --deadline 1800 --json runs/load/u$$n-single.json || true; \
+	  $(PY) -m tests.stress --users $$n --rounds 1 --request-timeout 900 --deadline 1800 --batched 20 --json runs/load/u$$n-batched.json || true; \
+	done
+	$(PY) -m tests.load_table $(foreach n,$(LOAD_USERS),runs/load/u$(n)-single.json runs/load/u$(n)-batched.json) \
+	  --profile runs/load/profile.json --out docs/load.md
 
 lint: $(STAMP)
 	$(PY) -m ruff check instructedit tests app.py

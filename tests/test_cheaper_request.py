@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -276,3 +277,23 @@ def test_an_edit_request_makes_three_generation_calls(llama, tmp_path, monkeypat
             [(p.before, p.after, p.verdict) for p in (two.prompt, *two.rephrases, *two.probes)]
         assert [(p.before, p.after) for p in one.blast.probes] == [(p.before, p.after) for p in two.blast.probes]
         assert one.scores.to_dict() == pytest.approx(two.scores.to_dict(), abs=1e-5)
+
+
+def test_the_request_profile_tool_times_the_parts(tmp_path):
+    from tests import request_profile
+
+    out = tmp_path / "profile.json"
+    assert request_profile.main(["--tiny", "--records", "2", "--warmup", "0", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["rows"]) == 2
+    for row in result["rows"]:
+        assert row["calls"]["generate"] == 3 and row["rows"]["generate"] > 2
+        assert 0 < row["first_look_s"] <= row["total_s"]
+        assert 0 < sum(row["seconds"].values()) <= row["total_s"]
+        assert {"generate", "teacher_forced"} <= set(row["seconds"])
+    assert result["summary"]["requests"] == 2
+    # the load page shows it (make load)
+    from tests import load_table
+
+    section = "\n".join(load_table.profile_section(result))
+    assert "| whole request |" in section and "| generate |" in section and "| teacher-forced |" in section

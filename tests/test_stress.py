@@ -5,13 +5,15 @@ are in docs/reliability.md.
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from instructedit.editing.editor import Editor
 from instructedit.model.backbone import load_backbone
 from instructedit.web.config import Limits
 from instructedit.web.service import EditService
-from tests import stress
+from tests import load_table, stress
 from tests.stress import StressConfig, StressReport, compare_round, latency_summary, run_stress
 
 pytest.importorskip("gradio_client")
@@ -34,6 +36,14 @@ def test_short_stress_run(tiny_llama_dir, tmp_path):
     assert report.memory_ok, report.text()
     assert report.peak_active_edits >= 1 and report.patch_bytes_per_edit > 0
     assert report.ok and service.stats() == {"sessions": 0, "edits": 0}
+    # the load page (make load) reads the run's --json output
+    run = tmp_path / "u4.json"
+    run.write_text(json.dumps(report.to_dict()))
+    assert load_table.main([str(run), "--out", str(tmp_path / "load.md")]) == 0
+    page = (tmp_path / "load.md").read_text()
+    assert "| 4 | one at a time | PASS (0 errors, 0 isolation mismatches) |" in page
+    assert "python -m tests.stress --users 4 --rounds 2 --request-timeout 60 --deadline 240" in page
+    assert load_table.main([str(tmp_path / "missing.json")]) == 2
 
 
 def _seen(own_on="EDITED", probe_on="probe", report=None, sizes=(1, 0), after_undo=("base", "base")):

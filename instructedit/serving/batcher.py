@@ -13,7 +13,9 @@ thread and hands every caller exactly its rows. A request alone (the only
 announced caller) waits for nothing and runs as a batch of one, which is the direct path of the
 code without a batcher: ``PatchEngine.activate(patches)`` around ``generate``. No thread of its
 own: nothing to stop; :meth:`~GenerationBatcher.close` lets queued requests run at once and sends
-later ones down the direct path.
+later ones down the direct path. A request may hold several jobs (:meth:`~GenerationBatcher.generate_jobs`:
+an edit request's texts before and after its edits), each with its own stack and its rows' own
+stopping rule (whole continuation or first sentence); it is batched as the rows of one request.
 
 Isolation rules (what keeps a row's output that of its request's run on its own, exactly or
 within a stated tolerance):

@@ -6,7 +6,9 @@ typed) and as the editor read it, then its blast radius is probed (:mod:`.blast`
 InstructEdit and then for each comparison editor shown (the baseline, ROME: :mod:`.comparison`); ``on_update`` hands over
 each step as it is ready, first a look at the prompt as typed before and after InstructEdit's
 edit (two short generations, the one before from a server-wide memory of the unedited model's
-continuations when it has it), so the page shows it at once.
+continuations when it has it), so the page shows it at once. Then the baseline edits, and one
+generation call continues everything both reports show before and after (their probes in full,
+both blast radii to their first sentences); the measures read it from the request's cache.
 Causal tracing of a prompt ("Where is this fact?", :mod:`.tracing_view`) runs on the unedited model.
 
 The backbone and editors are shared and never modified; a session's edits are patches that are
