@@ -102,7 +102,8 @@ def profile(service, edits: Sequence) -> list[dict]:
             start = time.perf_counter()
             first: list[float] = []
             service.edit(f"profile-{n}", request,
-                         on_update=lambda outcome: first or first.append(time.perf_counter() - start))
+                         on_update=lambda outcome, first=first, start=start:
+                         first or first.append(time.perf_counter() - start))
             total = time.perf_counter() - start
             rows.append({"prompt": request.prompt, "total_s": round(total, 3),
                          "first_look_s": round(first[0], 3) if first else None,
@@ -131,8 +132,8 @@ def build_service(args, work_dir: str):
     from instructedit.web.service import EditService
 
     if args.tiny:
-        from tests.stress import _tiny_service
         from instructedit.web.config import Limits
+        from tests.stress import _tiny_service
 
         return _tiny_service(Limits(), work_dir)[0]
     from instructedit.web.loading import load_models

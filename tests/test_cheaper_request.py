@@ -17,7 +17,7 @@ import torch
 
 import instructedit.measuring.probing as probing
 from instructedit.editing.editor import Editor, EditRequest
-from instructedit.editing.patches import LayerPatch, Patch, PatchEngine, stack_patches
+from instructedit.editing.patches import Patch, PatchEngine, stack_patches
 from instructedit.measuring.probing import (
     GenerationCache,
     Probe,
@@ -27,9 +27,9 @@ from instructedit.measuring.probing import (
     measure_probes,
 )
 from instructedit.measuring.verdicts import first_sentence
-from instructedit.model.adapters import adapter_for
+from instructedit.model.adapters import adapter_for, contiguous_head_input
 from instructedit.model.backbone import load_backbone
-from instructedit.model.decoding import contiguous_head_input, greedy_new_tokens, live_rows
+from instructedit.model.decoding import greedy_new_tokens, live_rows
 from instructedit.model.generation import GenerationConfig, _left_padded, generate
 from instructedit.model.sentences import first_sentence_of, sentence_ended
 from instructedit.serving.batcher import GenerationBatcher, request_rows_patch
@@ -140,7 +140,7 @@ def test_first_sentences_on_the_real_model_stop_early_and_keep_the_edit():
     for whole, cut in zip(full, first, strict=True):
         for prompt in prompts:
             assert cut[prompt] == first_sentence_of(whole[prompt]), prompt
-    assert sum(len(cut[p]) < len(whole[p]) for cut, whole in zip(first, full) for p in prompts) >= 2
+    assert sum(len(cut[p]) < len(whole[p]) for cut, whole in zip(first, full, strict=True) for p in prompts) >= 2
     assert full[0] != full[1]  # the edited rows differ from the unedited ones
 
 

@@ -17,6 +17,7 @@ from .backbone import Backbone
 from .decoding import RowDone, greedy_new_tokens
 from .sentences import first_sentence_of, sentence_ended
 
+
 @dataclass(frozen=True)
 class GenerationConfig:
     """Greedy decoding settings.
