@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from instructedit.editing.patches import PatchEngine
 from instructedit.model.backbone import BackboneError, load_backbone
 from instructedit.model.generation import GenerationConfig, generate
+from instructedit.model.hardware import cpu_flags, default_float_dtype
 from instructedit.scoring import answer_logits_from_hidden, score_answers, tokenize_answers
 
 QUANT_CLASS = {"none": None, "8bit": "Linear8bitLt", "4bit": "Linear4bit"}
@@ -23,7 +24,7 @@ def test_load_and_generate(tiny_model_dir, quant):
     backbone = load_backbone(str(tiny_model_dir), quant, device="cpu")
     info = backbone.info()
     assert info["quantization"] == quant
-    assert info["dtype"] == ("bfloat16" if quant == "4bit" else "float32")
+    assert info["dtype"] == default_float_dtype(quant, "cpu")
     assert info["num_layers"] == 4 and info["hidden_size"] == 64
     module = backbone.module(backbone.edited_module_names()[0])
     expected = QUANT_CLASS[quant] or FLOAT_CLASS[_family(backbone)]
@@ -182,8 +183,8 @@ def test_real_model_paris_and_4bit_footprint():
     assert text.startswith(" Paris"), text
     fp32_bytes = fp32.footprint_bytes()
     del fp32
-    q4 = load_backbone("smollm2-135m", "4bit", device="cpu")
-    assert q4.info()["dtype"] == "bfloat16"
+    assert load_backbone("smollm2-135m", "4bit", device="cpu").info()["dtype"] == default_float_dtype("4bit", "cpu")
+    q4 = load_backbone("smollm2-135m", "4bit", dtype="bfloat16", device="cpu")  # stored as the app stores it where bf16 is fast
     assert q4.footprint_bytes() < 0.30 * fp32_bytes, (q4.footprint_bytes(), fp32_bytes)
 
 
@@ -213,3 +214,19 @@ def test_generate_pads_left_without_touching_the_tokenizer(tiny_gpt2_dir):
     backbone.tokenizer = _ReadOnlyTokenizer(backbone.tokenizer)
     assert generate(backbone, prompts, config) == singles  # left padding is exact for each row
     assert backbone.tokenizer.padding_side == "right"
+
+
+def test_float_dtype_follows_the_hardware(tmp_path, monkeypatch):
+    """4-bit computes in bf16 only where bf16 is native (CUDA, AVX512-BF16/AMX CPUs): emulated bf16
+    matmuls are about 170x slower than float32 on an AVX2-only CPU."""
+    from instructedit.model import hardware
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n\nprocessor\t: 1\n")
+    assert {"avx2", "avx512_bf16"} <= cpu_flags(info)
+    assert cpu_flags(tmp_path / "absent") == frozenset()
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda native=native: native)
+        assert default_float_dtype("4bit", "cpu") == expected
+        assert default_float_dtype("4bit", "cuda") == "bfloat16"
+        assert default_float_dtype("none", "cpu") == default_float_dtype("8bit", "cuda") == "float32"

@@ -56,7 +56,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="bitsandbytes quantization (default: %(default)s)")
     group.add_argument("--dtype", default=None,
                        help="dtype of float weights: float32, bfloat16, float16 "
-                            "(default: bfloat16 for 4bit, float32 otherwise)")
+                            "(default: bfloat16 for 4bit on CUDA or a CPU with native bf16, float32 otherwise)")
     group.add_argument("--compute-dtype", default=None, help="compute dtype of 4-bit layers (default: --dtype)")
     group.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
 

@@ -22,6 +22,7 @@ from ..defaults import DEFAULT_MODEL, QUANT_MODES
 from ..errors import UserFacingError
 from ..io_utils import atomic_folder, sha256_file
 from .adapters import ArchitectureAdapter, adapter_for
+from .hardware import default_float_dtype
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,9 @@ class BackboneConfig:
     Attributes:
         model: alias (``smollm2-135m``), local folder or hub id.
         quant: ``none``, ``8bit`` or ``4bit`` (nf4).
-        dtype: float dtype of unquantized weights; default ``bfloat16`` for 4-bit (so the
-            tied embeddings shrink too), ``float32`` otherwise.
+        dtype: float dtype of unquantized weights; default ``bfloat16`` for 4-bit where bf16
+            is fast (CUDA, or a CPU with native bf16: then the tied embeddings shrink too),
+            ``float32`` otherwise (:func:`.hardware.default_float_dtype`).
         compute_dtype: compute dtype of 4-bit layers; default: ``dtype``.
         device: ``cpu``, ``cuda`` or ``auto`` (cuda when available).
         cache_dir: where converted models live (default ``$INSTRUCTEDIT_CACHE`` or ~/.cache/instructedit).
@@ -316,15 +318,15 @@ def load_backbone(model: str = DEFAULT_MODEL, quant: Quantization = "none", *,
     """
     from transformers import AutoModelForCausalLM
 
-    dtype = dtype or ("bfloat16" if quant == "4bit" else "float32")
-    compute_dtype = compute_dtype or dtype
-    config = BackboneConfig(model, quant, dtype, compute_dtype, device, cache_dir, fast_4bit)
     if not isinstance(model, str) or not model.strip():
         raise BackboneError("model name is empty")
     if quant not in QUANT_MODES:
         raise BackboneError(f"unknown quantization {quant!r}; choose one of {QUANT_MODES}")
-    silence_bitsandbytes()
     target_device = _resolve_device(device)
+    dtype = dtype or default_float_dtype(quant, target_device)
+    compute_dtype = compute_dtype or dtype
+    config = BackboneConfig(model, quant, dtype, compute_dtype, device, cache_dir, fast_4bit)
+    silence_bitsandbytes()
     model_id, source = resolve_source(model.strip(), Path(cache_dir) if cache_dir else None)
     quant_config = _quantization_config(quant, _torch_dtype(compute_dtype))
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "attn_implementation": "sdpa"}
