@@ -37,6 +37,21 @@ class AnswerBatch:
                            self.rows.to(device), self.positions.to(device),
                            self.answer_tokens.to(device), self.prompt_lengths)
 
+    def select_rows(self, rows: Sequence[int]) -> tuple[AnswerBatch, torch.Tensor]:
+        """The batch of ``rows`` only (in that order, cut to their longest length) and the
+        indices of its answer entries in this batch's entries."""
+        rows_t = torch.as_tensor(list(rows), dtype=torch.long, device=self.input_ids.device)
+        width = int(self.attention_mask[rows_t].sum(1).max())
+        new_index = torch.full((self.size,), -1, dtype=torch.long, device=self.input_ids.device)
+        new_index[rows_t] = torch.arange(len(rows_t), device=self.input_ids.device)
+        entries = (new_index[self.rows] >= 0).nonzero().squeeze(1)
+        # entries keep this batch's order; sort them by their new row (stable) to follow ``rows``
+        order = torch.sort(new_index[self.rows[entries]], stable=True).indices
+        entries = entries[order]
+        return AnswerBatch(self.input_ids[rows_t, :width], self.attention_mask[rows_t, :width],
+                           new_index[self.rows[entries]], self.positions[entries],
+                           self.answer_tokens[entries], [self.prompt_lengths[r] for r in rows]), entries
+
 
 def concat_batches(*batches: AnswerBatch, pad_id: int = 0) -> AnswerBatch:
     """Stack answer batches row-wise (right-padded to a common width)."""
@@ -54,6 +69,20 @@ def concat_batches(*batches: AnswerBatch, pad_id: int = 0) -> AnswerBatch:
         offset += b.size
     return AnswerBatch(torch.cat(ids), torch.cat(masks), torch.cat(rows), torch.cat(positions),
                        torch.cat(tokens), lengths)
+
+
+def length_buckets(lengths: Sequence[int], min_fill: float = 0.75) -> list[list[int]]:
+    """Rows grouped by length, longest first, so that right-padding a group to its longest row
+    keeps every row at least ``min_fill`` of that width (on a CPU a forward costs what its padded
+    tokens cost)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    buckets: list[list[int]] = []
+    for i in order:
+        if buckets and lengths[i] >= min_fill * lengths[buckets[-1][0]]:
+            buckets[-1].append(i)
+        else:
+            buckets.append([i])
+    return buckets
 
 
 def every_position(batch: AnswerBatch) -> tuple[AnswerBatch, torch.Tensor]:

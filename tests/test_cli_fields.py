@@ -55,7 +55,7 @@ ADDED = {  # config fields that had no flag and now have one
               "--kl-all-positions", "--last-n-layers", "--layers", "--log-every", "--matrices",
               "--max-answer-tokens", "--n-blocks", "--neighbour-locality", "--patience", "--plain-loss",
               "--plain-rephrase-share", "--precondition", "--step-size-lr", "--continuation-kl-tokens",
-              "--init-from", "--continuation-kl-neighbours"},
+              "--init-from", "--continuation-kl-neighbours", "--no-group-rows-by-length"},
     "results": {"--patch-ranks", "--rome-limit"},
     "bench": {"--active-counts", "--compression-edits", "--eval-batch-size", "--eval-records",
               "--finetune-edits", "--first-answer-edits", "--first-answer-tokens", "--generation-prompt", "--generation-repeats", "--latency-edits",
@@ -66,7 +66,7 @@ ADDED = {  # config fields that had no flag and now have one
             "--probe-answer-tokens", "--results-file", "--no-fast-4bit", "--edit-steps", "--edit-strength",
             "--batch-max-extra-pad", "--edit-rekey"},
 }
-ADDED_VALUELESS = {"--kl-all-positions", "--neighbour-locality", "--plain-loss", "--no-fast-4bit",
+ADDED_VALUELESS = {"--no-group-rows-by-length", "--kl-all-positions", "--neighbour-locality", "--plain-loss", "--no-fast-4bit",
                    "--continuation-kl-neighbours"}
 
 

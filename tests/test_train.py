@@ -231,3 +231,89 @@ def test_the_neighbours_continuation_kl_holds_their_sentences_too(tiny_llama_dir
     with pytest.raises(ValueError, match="neighbour_locality"):
         Trainer(_config(data_dir, continuation_kl_tokens=3, continuation_kl_neighbours=True),
                 tmp_path / "c", tmp_path / "r", backbone)
+
+
+def test_parts_stacked_in_one_forward_score_as_apart(tiny_model_dir, data_dir):
+    """The step runs several texts' rows in one forward, each row with its own example's patch:
+    every part's logits equal those of the part run alone."""
+    from instructedit.data.neighbours import NeighbourIndex
+    from instructedit.data.tasks import load_split
+    from instructedit.editing.editor import patch_from_inputs
+    from instructedit.scoring import every_position
+    from instructedit.train.step import _logits_of_parts, tokenize_examples
+
+    backbone = load_backbone(str(tiny_model_dir))
+    records = load_split(data_dir, "counterfact", "train")
+    rng = random.Random(0)
+    examples = [render_example(r, 0, rng, neighbours=NeighbourIndex(records)) for r in records[:4]]
+    names = backbone.edited_module_names(2)
+    PatchEngine.for_model(backbone.model, names)
+    torch.manual_seed(0)
+    network = MendNetwork(Editor.module_shapes(backbone, names),
+                          EditorConfig(rank=8, init_lr=0.5, edit_from="wrapped+plain")).eval()
+    weights = LossWeights(plain=True, neighbour=True)
+    batches = tokenize_examples(backbone.tokenizer, network, examples, weights=weights)
+    forward, pad = FullForward(backbone), backbone.tokenizer.pad_token_id
+    patch, _ = patch_from_inputs(network, names, batches.sources, forward, backbone.model, pad_id=pad)
+    parts = [batches.plain, every_position(batches.locality)[0], batches.neighbour, batches.edit]
+    with torch.no_grad():
+        stacked = _logits_of_parts(backbone.model, forward, parts, pad, patch, len(examples))
+        alone = [_logits_of_parts(backbone.model, forward, [part], pad, patch, len(examples))[0]
+                 for part in parts]
+        unpatched = _logits_of_parts(backbone.model, forward, parts, pad)
+    assert len({p.input_ids.shape[1] for p in parts}) > 1  # the parts really differ in width
+    for got, want, before in zip(stacked, alone, unpatched, strict=True):
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+        assert not torch.allclose(got, before, atol=1e-3)  # the patches act
+
+
+def test_length_buckets_keep_padding_small_and_select_rows_keeps_entries():
+    from instructedit.scoring import length_buckets, tokenize_answers
+    from tests.tiny_models import build_tokenizer
+
+    buckets = length_buckets([10, 55, 16, 50, 15, 33, 40])
+    assert sorted(i for b in buckets for i in b) == list(range(7))
+    lengths = [10, 55, 16, 50, 15, 33, 40]
+    for bucket in buckets:  # longest first, every row at least 3/4 of its bucket's width
+        assert all(lengths[i] >= 0.75 * lengths[bucket[0]] for i in bucket)
+    assert buckets == [[1, 3], [6, 5], [2, 4], [0]]
+    tokenizer = build_tokenizer()
+    batch = tokenize_answers(tokenizer, ["a b", "a b c d e f", "a"], ["c d", "g", "b c d"])
+    sub, entries = batch.select_rows([2, 0])
+    assert sub.size == 2 and sub.input_ids.shape[1] == int(batch.attention_mask[[0, 2]].sum(1).max())
+    assert torch.equal(sub.answer_tokens, batch.answer_tokens[entries])
+    count = [int((batch.rows == r).sum()) for r in (2, 0)]
+    assert sub.rows.tolist() == [0] * count[0] + [1] * count[1]  # row 2's answer tokens, then row 0's
+    for e, (row, pos) in enumerate(zip(sub.rows.tolist(), sub.positions.tolist(), strict=True)):
+        original = [2, 0][row]
+        assert sub.input_ids[row, pos + 1] == batch.input_ids[original, pos + 1] == sub.answer_tokens[e]
+
+
+def test_the_run_generates_its_records_continuations_up_front(tiny_llama_dir, data_dir, tmp_path):
+    backbone = load_backbone(str(tiny_llama_dir))
+    config = _config(data_dir, steps=3, val_every=3, model=str(tiny_llama_dir), continuation_kl_tokens=2)
+    trainer = Trainer(config, tmp_path / "ckpt", tmp_path / "run", backbone)
+    known = len(trainer.continuations)  # the validation examples'
+    drawn = trainer.prefill_continuations()
+    stream = trainer._stream()
+    prefixes = {e.continuation_prefix for step in range(3) for e in trainer.batch_at(step, stream)}
+    assert 0 < drawn <= config.steps * config.batch_size
+    assert len(trainer.continuations) == known + drawn >= len(prefixes)  # batch_at generated nothing new
+    assert trainer.prefill_continuations() == 0
+
+
+def test_the_step_profile_tool_counts_tokens_and_bounds(tmp_path):
+    """``python -m tests.train_profile --tiny``: both layouts timed on the same batches, the passes'
+    tokens counted (grouping by length never pads more than one forward per kind of text), the
+    FLOP bound below the measured step."""
+    from tests.train_profile import main
+
+    out = tmp_path / "profile.json"
+    assert main(["--tiny", "--batches", "2", "--repeats", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["step_s"]) == {"grouped", "per_kind"} and all(v > 0 for v in result["step_s"].values())
+    for t in result["passes"].values():
+        assert t["real"] <= t["grouped"] <= t["per_kind"] and t["scored"] > 0
+    bound = result["bound_s"]
+    assert 0 < bound["real"] <= bound["grouped"] <= bound["per_kind"] < result["step_s"]["per_kind"]
+    assert result["continuations"]["prefixes"] >= 2 and result["continuations"]["up_front_s"] > 0

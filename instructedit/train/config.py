@@ -64,6 +64,9 @@ class TrainConfig:
         continuation_kl_neighbours: the continuation KL also covers the unedited model's own
             continuation after each same-template neighbour's "prompt + true answer" (against
             edits that break the neighbours' sentences; needs ``neighbour_locality``).
+        group_rows_by_length: each forward of a step runs its rows grouped by length (little
+            padding); False runs one forward per kind of text (edit input, rephrase, locality
+            text, ...). The numbers are the same either way; only the time differs.
         init_from: start the editor network from this checkpoint's weights (same edited modules,
             editor settings and use of instructions; e.g. to train a run further on another
             machine); the optimiser starts afresh.
@@ -108,6 +111,7 @@ class TrainConfig:
     edit_from: str = "wrapped"
     continuation_kl_tokens: int = 0
     continuation_kl_neighbours: bool = False
+    group_rows_by_length: bool = True
     init_from: str | None = None
     extra: dict = field(default_factory=dict)
 

@@ -35,13 +35,19 @@ class ContinuationCache:
         prefixes = [e.continuation_prefix for e in examples]
         if neighbours:
             prefixes += [e.neighbour_prefix for e in examples]
-        missing = sorted(set(prefixes) - self._ids.keys())
+        self.prefill(prefixes, chunk)
+        return [dataclasses.replace(
+            e, continuation=self._ids[e.continuation_prefix],
+            neighbour_continuation=self._ids[e.neighbour_prefix] if neighbours else ())
+            for e in examples]
+
+    def prefill(self, prefixes: Sequence[str], chunk: int = 16) -> int:
+        """Generate the continuations of the ``prefixes`` not yet known, one batched generate per
+        ``chunk`` of them, similar lengths together (little padding); returns how many were new."""
+        missing = sorted(set(prefixes) - self._ids.keys(), key=lambda p: (len(p), p))
         for i in range(0, len(missing), chunk):
             part = missing[i: i + chunk]
             for prefix, ids in zip(part, generate_ids(self.backbone, part, self.max_new_tokens),
                                    strict=True):
                 self._ids[prefix] = tuple(ids) or (self.backbone.tokenizer.eos_token_id or 0,)
-        return [dataclasses.replace(
-            e, continuation=self._ids[e.continuation_prefix],
-            neighbour_continuation=self._ids[e.neighbour_prefix] if neighbours else ())
-            for e in examples]
+        return len(missing)

@@ -1,8 +1,10 @@
 """One meta-training (or validation) step on a batch of examples, each edited independently.
 
-Pass 1 (no patch): the edit rows give the edit gradients (u, d); the locality rows give their
-pre-edit logits. The editor turns (u, d) into one patch per example. Pass 2 (each row with its
-own example's patch): edit and outer rows give the post-edit NLL, locality rows the KL.
+Pass 1 (no patch): the edit rows give the edit gradients (u, d); the editor turns them into one
+patch per example. Pass 2 (no patch, no gradient): the held texts (locality, neighbour,
+continuation) give their pre-edit logits. Pass 3 (each row with its own example's patch): edit,
+outer and plain rows give the post-edit NLL, the held texts the KL. Passes 2 and 3 run their rows
+grouped by length, so a short text is not padded to an instruction-wrapped one's width.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ..scoring import (
     concat_batches,
     every_position,
     kl_per_row,
+    length_buckets,
     score_answers,
     tokenize_answers,
 )
@@ -131,47 +134,70 @@ def tokenize_examples(tokenizer, network: MendNetwork, examples: Sequence[Traini
     return ExampleBatches(sources, outer, loc, plain, neighbour, continuation)
 
 
+def _logits_of_parts(head_model, final_hidden: HiddenFn, parts: Sequence[AnswerBatch], pad_id: int,
+                     patch=None, n_examples: int = 0, by_length: bool = True) -> list[torch.Tensor]:
+    """Answer logits of ``parts``, split back per part, from forwards over their rows stacked and
+    grouped by length (:func:`length_buckets`: little padding; ``by_length=False``: one forward
+    per part). With ``patch``, every row carries its own example's patch (each part's rows are
+    the examples in order, repeated)."""
+    batch = concat_batches(*parts, pad_id=pad_id)
+    example_of_row = torch.arange(batch.size, device=batch.input_ids.device) % max(n_examples, 1)
+    if by_length:
+        groups = length_buckets(batch.attention_mask.sum(1).tolist())
+    else:
+        ends = torch.tensor([part.size for part in parts]).cumsum(0).tolist()
+        groups = [list(range(end - part.size, end)) for part, end in zip(parts, ends, strict=True)]
+    pieces, entries = [], []
+    for rows in groups:
+        sub, picked = batch.select_rows(rows)
+        if patch is None:
+            pieces.append(answer_logits_from_hidden(head_model, final_hidden(sub), sub))
+        else:
+            with PatchEngine.activate(patch.select_rows(example_of_row[rows])):
+                pieces.append(answer_logits_from_hidden(head_model, final_hidden(sub), sub))
+        entries.append(picked)
+    logits = torch.cat(pieces)[torch.argsort(torch.cat(entries))]
+    return list(logits.split([part.answer_tokens.numel() for part in parts]))
+
+
 def meta_step(network: MendNetwork, module_names: Sequence[str], head_model, final_hidden: HiddenFn,
               examples: Sequence[TrainingExample], tokenizer, weights: LossWeights,
-              pad_id: int = 0, batches: ExampleBatches | None = None,
+              pad_id: int = 0, batches: ExampleBatches | None = None, by_length: bool = True,
               ) -> StepResult:
-    """Edit every example independently and compute the outer loss and metrics."""
+    """Edit every example independently and compute the outer loss and metrics.
+
+    Three passes: the edit gradients (no patch), the held texts before the edit (no gradient),
+    and every text after the edit, the last two with their rows grouped by length (``by_length``;
+    else one forward per kind of text: the same numbers, more padding)."""
     n = len(examples)
     device = next(head_model.parameters()).device
     batches = (batches or tokenize_examples(tokenizer, network, examples, weights=weights)).to(device)
     patch, _ = patch_from_inputs(network, module_names, batches.sources, final_hidden, head_model,
                                  pad_id=pad_id)
-    # Locality rows are short and unwrapped: run them apart from the long wrapped rows (no padding waste).
     loc_parts = [batches.locality] + ([batches.neighbour] if batches.neighbour is not None else [])
     loc = concat_batches(*loc_parts, pad_id=pad_id)
     scored_loc, is_answer = every_position(loc) if weights.all_positions else (loc, None)
+    held = [scored_loc] + ([batches.continuation] if batches.continuation is not None else [])
     with torch.no_grad():
-        pre_loc_logits = answer_logits_from_hidden(head_model, final_hidden(scored_loc), scored_loc)
-    edit_parts = [batches.edit, batches.outer] + ([batches.plain] if batches.plain is not None else [])
-    pair = concat_batches(*edit_parts, pad_id=pad_id)
-    rows = torch.arange(n, device=device)
-    with PatchEngine.activate(patch.select_rows(torch.cat([rows] * len(edit_parts)))):
-        pair_logits = answer_logits_from_hidden(head_model, final_hidden(pair), pair)
-    with PatchEngine.activate(patch.select_rows(torch.cat([rows] * len(loc_parts)))):
-        loc_post_logits = answer_logits_from_hidden(head_model, final_hidden(scored_loc), scored_loc)
-    scores = score_answers(pair_logits, pair)
-    kl = kl_per_row(pre_loc_logits, loc_post_logits, scored_loc)
-    nll = scores.mean_nll
+        pre_held = _logits_of_parts(head_model, final_hidden, held, pad_id, by_length=by_length)
+    edited = [batches.edit, batches.outer] + ([batches.plain] if batches.plain is not None else [])
+    post = _logits_of_parts(head_model, final_hidden, edited + held, pad_id, patch, n, by_length)
+    post_held = post[len(edited):]
+    scored = list(zip(edited, post[:len(edited)], strict=True))
+    per_part = [score_answers(logits, part) for part, logits in scored]
+    nll = torch.cat([s.mean_nll for s in per_part])
+    accuracy = torch.cat([s.token_accuracy.detach() for s in per_part])
+    kl = kl_per_row(pre_held[0], post_held[0], scored_loc)
     loss = weights.c_edit * nll.mean() + weights.c_loc * kl.mean()
     continuation_agree = None
     if batches.continuation is not None:
-        cont = batches.continuation
-        with torch.no_grad():
-            pre_cont = answer_logits_from_hidden(head_model, final_hidden(cont), cont)
-        groups = cont.size // n  # the edits' rows, then (when held too) the neighbours'
-        with PatchEngine.activate(patch.select_rows(torch.cat([rows] * groups))):
-            post_cont = answer_logits_from_hidden(head_model, final_hidden(cont), cont)
+        cont, pre_cont, post_cont = batches.continuation, pre_held[1], post_held[1]
         loss = loss + weights.c_loc * kl_per_row(pre_cont, post_cont, cont).mean()
         continuation_agree = agreement(pre_cont.argmax(-1), post_cont.argmax(-1), cont).detach()
+    pre_loc_logits, loc_post_logits = pre_held[0], post_held[0]
     if is_answer is not None:
         pre_loc_logits, loc_post_logits = pre_loc_logits[is_answer], loc_post_logits[is_answer]
     agree = agreement(pre_loc_logits.argmax(-1), loc_post_logits.argmax(-1), loc).detach()
-    accuracy = scores.token_accuracy.detach()
     return StepResult(loss, float(nll.detach().mean()), float(kl.detach().mean()),
                       accuracy[:n], accuracy[n: 2 * n], agree[:n], [e.task for e in examples],
                       plain=accuracy[2 * n: 3 * n] if batches.plain is not None else None,
