@@ -235,7 +235,8 @@ def test_the_neighbours_continuation_kl_holds_their_sentences_too(tiny_llama_dir
 
 def test_parts_stacked_in_one_forward_score_as_apart(tiny_model_dir, data_dir):
     """The step runs several texts' rows in one forward, each row with its own example's patch:
-    every part's logits equal those of the part run alone."""
+    every part's logits equal those of the part run alone; the edit gradients' pass grouped by
+    length gives the same patch."""
     from instructedit.data.neighbours import NeighbourIndex
     from instructedit.data.tasks import load_split
     from instructedit.editing.editor import patch_from_inputs
@@ -254,7 +255,14 @@ def test_parts_stacked_in_one_forward_score_as_apart(tiny_model_dir, data_dir):
     weights = LossWeights(plain=True, neighbour=True)
     batches = tokenize_examples(backbone.tokenizer, network, examples, weights=weights)
     forward, pad = FullForward(backbone), backbone.tokenizer.pad_token_id
-    patch, _ = patch_from_inputs(network, names, batches.sources, forward, backbone.model, pad_id=pad)
+    patch, logits = patch_from_inputs(network, names, batches.sources, forward, backbone.model, pad_id=pad)
+    grouped, grouped_logits = patch_from_inputs(network, names, batches.sources, forward, backbone.model,
+                                                pad_id=pad, by_length=True)
+    assert torch.allclose(grouped_logits, logits, atol=1e-5)
+    for name, layer in patch.layers.items():  # the edit gradients' pass grouped by length: same factors
+        other = grouped.layers[name]
+        assert torch.allclose(other.u, layer.u, atol=1e-5) and torch.allclose(other.d, layer.d, atol=1e-6)
+        assert layer.d.abs().sum() > 0
     parts = [batches.plain, every_position(batches.locality)[0], batches.neighbour, batches.edit]
     with torch.no_grad():
         stacked = _logits_of_parts(backbone.model, forward, parts, pad, patch, len(examples))

@@ -4,8 +4,8 @@ Builds the trainer of a recipe (default: the shipped InstructEdit editor's, ``do
 r4-mid9-pre.json``) on the real embedded model and, on the same batches, in one run:
 
 - times a warm step (meta step, backward, clipping, Adam: what the training loop does) with each
-  forward's rows grouped by length and with one forward per kind of text (the layout before
-  2026-12-01; the numbers are equal, tested in ``tests/test_train.py``), interleaved;
+  forward's rows grouped by length and with one forward per kind of text (edit inputs,
+  rephrases, locality texts, ...; the numbers are equal, tested in ``tests/test_train.py``), interleaved;
 - counts the tokens each pass runs (real, and padded under each layout) and turns them into a
   lower bound: FLOPs of the passes (2 x parameters of the blocks from the first edited one up, per
   token; the backward of a gradient pass about as much again; the output head at scored
@@ -48,7 +48,7 @@ def _pass_tokens(batches, weights, pad_id: int) -> dict:
                 "scored": sum(p.answer_tokens.numel() for p in parts)}
 
     patch = tokens([sources])
-    patch["grouped"] = patch["per_kind"] = sources.size * sources.input_ids.shape[1]  # one forward
+    patch["per_kind"] = sources.size * sources.input_ids.shape[1]  # before: one forward
     return {"edit gradients (no patch)": patch, "held texts before (no gradient)": tokens(held),
             "every text after the edit": tokens(edited + held)}
 
@@ -67,7 +67,8 @@ def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def profile(recipe: str | None, batches_n: int, repeats: int, threads: int | None, tiny: bool) -> dict:
+def profile(recipe: str | None, batches_n: int, repeats: int, threads: int | None, tiny: bool,
+            batch_size: int | None = None) -> dict:
     import torch
 
     from instructedit.bench.gen_speed import matmul_throughput
@@ -88,13 +89,14 @@ def profile(recipe: str | None, batches_n: int, repeats: int, threads: int | Non
                              kl_all_positions=True)
     else:
         config = TrainConfig.from_file(recipe or "docs/recipes/r4-mid9-pre.json")
-    config = replace(config, val_per_task=1, steps=batches_n, threads=threads)
+    config = replace(config, val_per_task=1, steps=batches_n, threads=threads,
+                     batch_size=batch_size or config.batch_size)
     started = time.perf_counter()
     trainer = Trainer(config, tmp / "ckpt", tmp / "run")
     setup_s = time.perf_counter() - started
     stream = trainer._stream()
     examples = [trainer.batch_at(i, stream) for i in range(batches_n)]  # fills the continuations
-    result: dict = {"recipe": recipe if not tiny else "tiny", "batch_size": config.batch_size,
+    result: dict = {"recipe": "tiny" if tiny else (recipe or "docs/recipes/r4-mid9-pre.json"), "batch_size": config.batch_size,
                     "batches": batches_n, "repeats": repeats, "threads": torch.get_num_threads(),
                     "setup_s": round(setup_s, 1)}
     if trainer.continuations is not None:
@@ -157,7 +159,7 @@ def markdown(result: dict) -> str:
     s, b = result["step_s"], result["bound_s"]
     lines += ["", "| layout | seconds per step (median) | FLOP bound (s) | share of the step at the bound |",
               "|---|---|---|---|",
-              f"| one forward per kind of text (before) | {s['per_kind']:.2f} | {b['per_kind']:.2f} | {b['per_kind'] / s['per_kind']:.0%} |",
+              f"| one forward per kind of text | {s['per_kind']:.2f} | {b['per_kind']:.2f} | {b['per_kind'] / s['per_kind']:.0%} |",
               f"| rows grouped by length | {s['grouped']:.2f} | {b['grouped']:.2f} | {b['grouped'] / s['grouped']:.0%} |",
               f"| no padding at all (bound only) | | {b['real']:.2f} | |",
               "", f"Step speed-up: **{result['speedup']:.2f}x**."]
@@ -174,11 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--recipe", default=None, help="a training config (default docs/recipes/r4-mid9-pre.json)")
     parser.add_argument("--batches", type=int, default=4, help="batches timed (default 4)")
     parser.add_argument("--repeats", type=int, default=2, help="timed passes over them (default 2)")
+    parser.add_argument("--batch-size", type=int, default=None, help="edits per step (default: the recipe's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default torch's)")
     parser.add_argument("--tiny", action="store_true", help="the test suite's tiny random model")
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args(argv)
-    result = profile(args.recipe, args.batches, args.repeats, args.threads, args.tiny)
+    result = profile(args.recipe, args.batches, args.repeats, args.threads, args.tiny, args.batch_size)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     sys.stdout.write(markdown(result))

@@ -23,6 +23,7 @@ from ..scoring import (
     AnswerBatch,
     answer_logits_from_hidden,
     concat_batches,
+    length_buckets,
     score_answers,
     tokenize_answers,
 )
@@ -117,7 +118,8 @@ HiddenFn = Callable[[AnswerBatch], torch.Tensor]
 
 def compute_batched_patch(network: MendNetwork, module_names: Sequence[str], batch: AnswerBatch,
                           final_hidden: HiddenFn, head_model, edit_rows: int | None = None,
-                          key_mask: torch.Tensor | None = None) -> tuple[Patch, torch.Tensor]:
+                          key_mask: torch.Tensor | None = None, by_length: bool = False,
+                          ) -> tuple[Patch, torch.Tensor]:
     """One patch per row of ``batch`` (factors with a leading batch dimension).
 
     ``final_hidden(batch)`` runs the model (all of it, or only its top from cached states) and
@@ -125,28 +127,52 @@ def compute_batched_patch(network: MendNetwork, module_names: Sequence[str], bat
     The loss is the mean NLL of each row's answer tokens, summed over the first ``edit_rows``
     rows (all by default; rows are independent, so each row's gradients are its own; other rows
     get all-zero factors). ``key_mask`` (B, T) keeps only those positions' (u, d) in the update
-    (see :mod:`instructedit.editing.keying`; default: every real token). Also returns the detached answer
-    logits of the unpatched pass.
+    (see :mod:`instructedit.editing.keying`; default: every real token). ``by_length`` runs the
+    rows in groups of similar length (:func:`~instructedit.scoring.length_buckets`; the same
+    gradients with less padding: training). Also returns the detached answer logits of the
+    unpatched pass.
     """
-    with torch.enable_grad(), PatchEngine.capture(module_names) as capture:
-        hidden = final_hidden(batch)
-        logits = answer_logits_from_hidden(head_model, hidden, batch)
-        nll = score_answers(logits, batch).mean_nll
-        loss = nll.sum() if edit_rows is None else nll[:edit_rows].sum()
-        grads = capture.output_gradients(loss)
+    lengths = batch.attention_mask.sum(1).tolist()
+    groups = length_buckets(lengths) if by_length else [list(range(batch.size))]
+    counted = batch.size if edit_rows is None else edit_rows
+    inputs: dict[str, torch.Tensor] = {}
+    grads: dict[str, torch.Tensor] = {}
+    pieces, entries = [], []
+    for rows in groups:
+        sub, picked = batch.select_rows(rows) if len(groups) > 1 else (batch, None)
+        with torch.enable_grad(), PatchEngine.capture(module_names) as capture:
+            hidden = final_hidden(sub)
+            logits = answer_logits_from_hidden(head_model, hidden, sub)
+            nll = score_answers(logits, sub).mean_nll
+            keep = torch.tensor([r < counted for r in rows], device=nll.device)
+            part = capture.output_gradients(nll[keep].sum()) if bool(keep.any()) else {
+                name: torch.zeros_like(probe) for name, probe in capture.probes.items()}
+        pieces.append(logits.detach())
+        entries.append(picked)
+        if len(groups) == 1:
+            inputs, grads = dict(capture.inputs), part
+            break
+        for name in module_names:
+            x, g = capture.inputs[name], part[name]
+            if name not in inputs:
+                inputs[name] = x.new_zeros((batch.size, batch.input_ids.shape[1], x.shape[-1]))
+                grads[name] = g.new_zeros((batch.size, batch.input_ids.shape[1], g.shape[-1]))
+            inputs[name][rows, : x.shape[1]] = x
+            grads[name][rows, : g.shape[1]] = g
+    logits = pieces[0] if len(groups) == 1 else torch.cat(pieces)[torch.argsort(torch.cat(entries))]
     mask = batch.attention_mask.bool()
     if key_mask is not None:
         mask = mask & key_mask.to(mask.device)
     layers = {}
     for name in module_names:
-        u = capture.inputs[name].float()
+        u = inputs[name].float()
         d = grads[name].float()
         valid = mask & (d.abs().sum(-1) > 0)
         u_t, d_t = network.transform(name, u[valid], d[valid])
         u_out = torch.zeros(u.shape, dtype=u_t.dtype, device=u.device).index_put((valid,), u_t)
         d_out = torch.zeros(d.shape, dtype=d_t.dtype, device=d.device).index_put((valid,), d_t)
         layers[name] = LayerPatch(u_out, d_out, network.step_size(name))
-    return Patch(layers), logits.detach()
+    return Patch(layers), logits
 
 
 @dataclass
@@ -210,16 +236,16 @@ def tokenize_edit_inputs(tokenizer, network: MendNetwork, wrapped: Sequence[str]
 
 
 def patch_from_inputs(network: MendNetwork, module_names: Sequence[str], inputs: EditInputs,
-                      final_hidden: HiddenFn, head_model, pad_id: int = 0,
+                      final_hidden: HiddenFn, head_model, pad_id: int = 0, by_length: bool = False,
                       ) -> tuple[Patch, torch.Tensor]:
     """One patch per edit of ``inputs`` (batched factors) and the unpatched answer logits of its
     wrapped rows (see :func:`compute_batched_patch`)."""
     if inputs.plain is None:
         return compute_batched_patch(network, module_names, inputs.wrapped, final_hidden, head_model,
-                                     key_mask=inputs.wrapped_keys)
+                                     key_mask=inputs.wrapped_keys, by_length=by_length)
     both, keys, _ = keyed_batch(inputs, pad_id)
     patch, logits = compute_batched_patch(network, module_names, both, final_hidden, head_model,
-                                          key_mask=keys)
+                                          key_mask=keys, by_length=by_length)
     return patch.join_halves(), logits[: inputs.wrapped.answer_tokens.numel()]
 
 

@@ -3,7 +3,7 @@
 Pass 1 (no patch): the edit rows give the edit gradients (u, d); the editor turns them into one
 patch per example. Pass 2 (no patch, no gradient): the held texts (locality, neighbour,
 continuation) give their pre-edit logits. Pass 3 (each row with its own example's patch): edit,
-outer and plain rows give the post-edit NLL, the held texts the KL. Passes 2 and 3 run their rows
+outer and plain rows give the post-edit NLL, the held texts the KL. Every pass runs its rows
 grouped by length, so a short text is not padded to an instruction-wrapped one's width.
 """
 from __future__ import annotations
@@ -167,13 +167,13 @@ def meta_step(network: MendNetwork, module_names: Sequence[str], head_model, fin
     """Edit every example independently and compute the outer loss and metrics.
 
     Three passes: the edit gradients (no patch), the held texts before the edit (no gradient),
-    and every text after the edit, the last two with their rows grouped by length (``by_length``;
-    else one forward per kind of text: the same numbers, more padding)."""
+    and every text after the edit, each with its rows grouped by length (``by_length``; else one
+    forward per kind of text: the same numbers, more padding)."""
     n = len(examples)
     device = next(head_model.parameters()).device
     batches = (batches or tokenize_examples(tokenizer, network, examples, weights=weights)).to(device)
     patch, _ = patch_from_inputs(network, module_names, batches.sources, final_hidden, head_model,
-                                 pad_id=pad_id)
+                                 pad_id=pad_id, by_length=by_length)
     loc_parts = [batches.locality] + ([batches.neighbour] if batches.neighbour is not None else [])
     loc = concat_batches(*loc_parts, pad_id=pad_id)
     scored_loc, is_answer = every_position(loc) if weights.all_positions else (loc, None)
