@@ -55,7 +55,7 @@ ADDED = {  # config fields that had no flag and now have one
               "--kl-all-positions", "--last-n-layers", "--layers", "--log-every", "--matrices",
               "--max-answer-tokens", "--n-blocks", "--neighbour-locality", "--patience", "--plain-loss",
               "--plain-rephrase-share", "--precondition", "--step-size-lr", "--continuation-kl-tokens",
-              "--init-from", "--continuation-kl-neighbours", "--no-group-rows-by-length"},
+              "--init-from", "--continuation-kl-neighbours", "--no-group-rows-by-length", "--max-minutes"},
     "results": {"--patch-ranks", "--rome-limit"},
     "bench": {"--active-counts", "--compression-edits", "--eval-batch-size", "--eval-records",
               "--finetune-edits", "--first-answer-edits", "--first-answer-tokens", "--generation-prompt", "--generation-repeats", "--latency-edits",

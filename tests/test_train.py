@@ -325,3 +325,22 @@ def test_the_step_profile_tool_counts_tokens_and_bounds(tmp_path):
     bound = result["bound_s"]
     assert 0 < bound["real"] <= bound["grouped"] <= bound["per_kind"] < result["step_s"]["per_kind"]
     assert result["continuations"]["prefixes"] >= 2 and result["continuations"]["up_front_s"] > 0
+
+
+def test_a_time_budget_ends_the_run_validated_and_the_race_reads_it(tmp_path):
+    """``max_minutes`` stops a run once its own clock passes the budget, with a last validation;
+    ``python -m tests.train_race --tiny`` trains two recipes under one budget and reports when each
+    first reached the target and its curve."""
+    from tests.train_race import main, validations
+
+    out = tmp_path / "race.json"
+    assert main(["--tiny", "--minutes", "0.02", "--out-dir", str(tmp_path / "race"), "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert [r["name"] for r in results] == ["tiny-b2", "tiny-b4"]
+    for r in results:
+        rows = validations(tmp_path / "race" / r["name"] / "run")
+        assert rows and rows[-1]["step"] == r["steps_run"] < 100_000  # stopped by the clock, not the steps
+        assert rows[-1]["wall_time_s"] >= 0.02 * 60 and all("wall_time_s" in row for row in rows)
+        assert r["reached_step"] == rows[0]["step"]  # target 0: the first validation reaches it
+        assert r["best_score"] == round(max(row["score"] for row in rows), 4)
+        assert len(r["curve"]) == len(rows)

@@ -64,6 +64,8 @@ class TrainConfig:
         continuation_kl_neighbours: the continuation KL also covers the unedited model's own
             continuation after each same-template neighbour's "prompt + true answer" (against
             edits that break the neighbours' sentences; needs ``neighbour_locality``).
+        max_minutes: stop once training has taken this many minutes (steps, validations and the
+            continuations generated up front; the last step is validated); None: no limit.
         group_rows_by_length: each forward of a step runs its rows grouped by length (little
             padding); False runs one forward per kind of text (edit input, rephrase, locality
             text, ...). The numbers are the same either way; only the time differs.
@@ -112,6 +114,7 @@ class TrainConfig:
     continuation_kl_tokens: int = 0
     continuation_kl_neighbours: bool = False
     group_rows_by_length: bool = True
+    max_minutes: float | None = None
     init_from: str | None = None
     extra: dict = field(default_factory=dict)
 

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # Settings that may change between a run and its resumption (budget and cadence, not the model).
 BUDGET_FIELDS = frozenset({"steps", "patience", "threads", "log_every", "val_every",
-                           "group_rows_by_length"})
+                           "group_rows_by_length", "max_minutes"})
 
 
 def validation_score(reliability: float, locality: float) -> float:
@@ -363,12 +363,17 @@ class Trainer:
                     self._log(avg)
                 progress.set_postfix(loss=avg["loss"], rel=avg["reliability"], loc=avg["locality"])
                 window = []
-            if self.step % self.config.val_every == 0 or self.step == self.config.steps:
+            out_of_time = (self.config.max_minutes is not None
+                           and self.wall_time >= 60 * self.config.max_minutes)
+            if self.step % self.config.val_every == 0 or self.step == self.config.steps or out_of_time:
                 stop = False
                 if self.distributed.is_main:
                     stop = self._validate_and_checkpoint(command)
                 stop = self.distributed.from_main(stop)
                 if stop_at is not None and self.step >= stop_at:
+                    break
+                if out_of_time:
+                    log.info("time budget of %g minutes spent at step %d", self.config.max_minutes, self.step)
                     break
                 if stop:
                     log.info("early stopping at step %d: no improvement in %d validations",
@@ -386,7 +391,7 @@ class Trainer:
         val_started = time.perf_counter()
         metrics = self.validate()
         self.wall_time += time.perf_counter() - val_started
-        self._log({"step": self.step, "kind": "val", **metrics})
+        self._log({"step": self.step, "kind": "val", "wall_time_s": round(self.wall_time, 1), **metrics})
         log.info("step %d validation score %.4f %s", self.step, metrics["score"],
                  json.dumps({k: v for k, v in metrics.items() if k != "score"}))
         if metrics["score"] > self.best_score:
