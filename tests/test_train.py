@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -344,3 +345,19 @@ def test_a_time_budget_ends_the_run_validated_and_the_race_reads_it(tmp_path):
         assert r["reached_step"] == rows[0]["step"]  # target 0: the first validation reaches it
         assert r["best_score"] == round(max(row["score"] for row in rows), 4)
         assert len(r["curve"]) == len(rows)
+
+
+def test_a_card_names_the_repository_recipe_that_retrains_it(tmp_path):
+    """The shipped editors were trained elsewhere (their recorded commands name paths of those
+    machines); their cards name the recipe in docs/recipes with the same settings."""
+    from instructedit.train.card import render_card
+    from instructedit.train.config import matching_recipe
+
+    shipped = json.loads(open("checkpoints/smollm2-135m/instructedit/editor.json").read())
+    train_cfg = shipped["provenance"]["train_config"]
+    assert matching_recipe(train_cfg).name == "r4-mid9-pre.json"
+    assert matching_recipe({**train_cfg, "c_loc": 0.5}) is None  # a setting differs
+    assert matching_recipe({**train_cfg, "steps": 7, "data": "elsewhere"}).name == "r4-mid9-pre.json"
+    assert matching_recipe(train_cfg, tmp_path) is None  # no recipes folder (an installed package)
+    card = render_card(Path("checkpoints/smollm2-135m/instructedit"))
+    assert "--config docs/recipes/r4-mid9-pre.json" in card and "Recorded command" in card

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..editing.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_config
 from ..io_utils import atomic_write_text
+from .config import matching_recipe
 
 CARD_FILE = "README.md"
 EVAL_FILE = "test_metrics.json"
@@ -95,11 +96,7 @@ def render_card(folder: Path) -> str:
         f"(editor), {train_cfg.get('step_size_lr')} (log step sizes)",
         f"- full training config: {json.dumps(train_cfg)}",
         "",
-        "Retrain with:",
-        "",
-        "```bash",
-        prov.get("command") or "(command not recorded)",
-        "```",
+        *_retrain_lines(train_cfg, prov.get("command"), folder),
         "",
         f"## Validation (val splits, best step; score = harmonic mean of reliability and locality: "
         f"{score if score is None else round(score, 4)})",
@@ -112,6 +109,22 @@ def render_card(folder: Path) -> str:
         lines += ["", "## Test splits", f"Measured with `{test.get('command', '')}`:", "",
                   *_metrics_table(test.get("metrics", {}))]
     return "\n".join(lines) + "\n"
+
+
+def _retrain_lines(train_cfg: dict, command: str | None, folder: Path) -> list[str]:
+    """How to train this editor again from a fresh clone: the repository's recipe with the same
+    settings where one exists, and the command recorded on the machine that trained it."""
+    recipe = matching_recipe(train_cfg) if train_cfg else None
+    lines = []
+    if recipe is not None:
+        lines += [f"Retrain with (`docs/recipes/{recipe.name}`: the same settings; the step budget may differ):",
+                  "", "```bash", f"python -m instructedit train --config docs/recipes/{recipe.name} "
+                  f"--out runs/{folder.name}/ckpt", "```", ""]
+    else:
+        lines += ["Retrain with: the full training config above, saved as a JSON file, and "
+                  "`python -m instructedit train --config FILE --out DIR`.", ""]
+    return lines + ["Recorded command (paths of the machine that trained it):", "", "```bash",
+                    command or "(command not recorded)", "```"]
 
 
 def write_card(folder: str | Path) -> Path:

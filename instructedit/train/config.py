@@ -7,6 +7,10 @@ from pathlib import Path
 
 from ..defaults import DEFAULT_MODEL
 
+# Settings that may change between a run and its resumption (budget and cadence, not the editor).
+BUDGET_FIELDS = frozenset({"steps", "patience", "threads", "log_every", "val_every",
+                           "group_rows_by_length", "max_minutes"})
+
 
 @dataclass
 class TrainConfig:
@@ -139,3 +143,25 @@ class TrainConfig:
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)
+
+
+RECIPES_FOLDER = Path(__file__).resolve().parents[2] / "docs" / "recipes"
+"""The repository's recipe files (absent where the package is installed without the repository)."""
+
+
+def matching_recipe(train_config: dict, folder: Path = RECIPES_FOLDER) -> Path | None:
+    """The recipe file in ``folder`` that trains what ``train_config`` trained (equal settings but
+    for the budget, the data folder, the name and free-form notes), or None."""
+    ignored = BUDGET_FIELDS | {"data", "name", "extra"}
+
+    def settings(data: dict) -> dict:
+        return {k: v for k, v in {**TrainConfig().to_dict(), **data}.items() if k not in ignored}
+
+    wanted = settings(train_config)
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            if settings(TrainConfig.from_file(path).to_dict()) == wanted:
+                return path
+        except (ValueError, TypeError, json.JSONDecodeError):
+            continue
+    return None

@@ -29,7 +29,7 @@ from ..io_utils import atomic_replace, atomic_write_text
 from ..model.backbone import Backbone, load_backbone
 from ..model.forward import CachedTopForward, FullForward
 from .card import write_card
-from .config import TrainConfig
+from .config import BUDGET_FIELDS, TrainConfig
 from .continuations import ContinuationCache
 from .distributed import DistributedContext
 from .examples import TrainingExample, render_example
@@ -37,9 +37,6 @@ from .step import LossWeights, meta_step, tokenize_examples
 
 log = logging.getLogger(__name__)
 
-# Settings that may change between a run and its resumption (budget and cadence, not the model).
-BUDGET_FIELDS = frozenset({"steps", "patience", "threads", "log_every", "val_every",
-                           "group_rows_by_length", "max_minutes"})
 
 
 def validation_score(reliability: float, locality: float) -> float:
