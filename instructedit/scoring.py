@@ -85,6 +85,21 @@ def length_buckets(lengths: Sequence[int], min_fill: float = 0.75) -> list[list[
     return buckets
 
 
+def run_in_groups(batch: AnswerBatch, groups: Sequence[Sequence[int]],
+                  run: Callable[[AnswerBatch, list[int]], torch.Tensor]) -> torch.Tensor:
+    """``run(sub_batch, rows)`` on each group of ``batch``'s rows (each cut to its own width), its
+    per-answer-entry outputs put back in ``batch``'s entry order. One group of every row in order
+    runs ``batch`` itself."""
+    if len(groups) == 1 and list(groups[0]) == list(range(batch.size)):
+        return run(batch, list(groups[0]))
+    pieces, entries = [], []
+    for rows in groups:
+        sub, picked = batch.select_rows(rows)
+        pieces.append(run(sub, list(rows)))
+        entries.append(picked)
+    return torch.cat(pieces)[torch.argsort(torch.cat(entries))]
+
+
 def every_position(batch: AnswerBatch) -> tuple[AnswerBatch, torch.Tensor]:
     """The same sequences scored at every next-token position (not only the answer's).
 

@@ -31,14 +31,12 @@ from pathlib import Path
 def _pass_tokens(batches, weights, pad_id: int) -> dict:
     """Real and padded tokens of each pass of a step, under both layouts."""
     from instructedit.editing.editor import keyed_batch
-    from instructedit.scoring import concat_batches, every_position, length_buckets
+    from instructedit.scoring import length_buckets
+    from instructedit.train.step import step_parts
 
     sources, _, _ = keyed_batch(batches.sources, pad_id)
-    loc = concat_batches(*([batches.locality] + ([batches.neighbour] if batches.neighbour is not None else [])),
-                         pad_id=pad_id)
-    scored_loc = every_position(loc)[0] if weights.all_positions else loc
-    held = [scored_loc] + ([batches.continuation] if batches.continuation is not None else [])
-    edited = [batches.edit, batches.outer] + ([batches.plain] if batches.plain is not None else [])
+    parts = step_parts(batches, weights, pad_id)
+    held, edited = parts.held, parts.edited
 
     def tokens(parts) -> dict:
         lengths = [n for p in parts for n in p.attention_mask.sum(1).tolist()]

@@ -24,6 +24,7 @@ from ..scoring import (
     answer_logits_from_hidden,
     concat_batches,
     length_buckets,
+    run_in_groups,
     score_answers,
     tokenize_answers,
 )
@@ -132,34 +133,31 @@ def compute_batched_patch(network: MendNetwork, module_names: Sequence[str], bat
     gradients with less padding: training). Also returns the detached answer logits of the
     unpatched pass.
     """
-    lengths = batch.attention_mask.sum(1).tolist()
-    groups = length_buckets(lengths) if by_length else [list(range(batch.size))]
+    groups = length_buckets(batch.attention_mask.sum(1).tolist()) if by_length else [list(range(batch.size))]
     counted = batch.size if edit_rows is None else edit_rows
     inputs: dict[str, torch.Tensor] = {}
     grads: dict[str, torch.Tensor] = {}
-    pieces, entries = [], []
-    for rows in groups:
-        sub, picked = batch.select_rows(rows) if len(groups) > 1 else (batch, None)
+
+    def run(sub: AnswerBatch, rows: list[int]) -> torch.Tensor:
         with torch.enable_grad(), PatchEngine.capture(module_names) as capture:
-            hidden = final_hidden(sub)
-            logits = answer_logits_from_hidden(head_model, hidden, sub)
+            logits = answer_logits_from_hidden(head_model, final_hidden(sub), sub)
             nll = score_answers(logits, sub).mean_nll
             keep = torch.tensor([r < counted for r in rows], device=nll.device)
             part = capture.output_gradients(nll[keep].sum()) if bool(keep.any()) else {
                 name: torch.zeros_like(probe) for name, probe in capture.probes.items()}
-        pieces.append(logits.detach())
-        entries.append(picked)
-        if len(groups) == 1:
-            inputs, grads = dict(capture.inputs), part
-            break
-        for name in module_names:
+        for name in module_names:  # each row's (u, d) at its place in ``batch``
             x, g = capture.inputs[name], part[name]
+            if sub is batch:
+                inputs[name], grads[name] = x, g
+                continue
             if name not in inputs:
                 inputs[name] = x.new_zeros((batch.size, batch.input_ids.shape[1], x.shape[-1]))
                 grads[name] = g.new_zeros((batch.size, batch.input_ids.shape[1], g.shape[-1]))
             inputs[name][rows, : x.shape[1]] = x
             grads[name][rows, : g.shape[1]] = g
-    logits = pieces[0] if len(groups) == 1 else torch.cat(pieces)[torch.argsort(torch.cat(entries))]
+        return logits.detach()
+
+    logits = run_in_groups(batch, groups, run)
     mask = batch.attention_mask.bool()
     if key_mask is not None:
         mask = mask & key_mask.to(mask.device)

@@ -25,6 +25,7 @@ from ..scoring import (
     every_position,
     kl_per_row,
     length_buckets,
+    run_in_groups,
     score_answers,
     tokenize_answers,
 )
@@ -134,6 +135,29 @@ def tokenize_examples(tokenizer, network: MendNetwork, examples: Sequence[Traini
     return ExampleBatches(sources, outer, loc, plain, neighbour, continuation)
 
 
+@dataclass
+class StepParts:
+    """The texts a step runs after its edit gradients: ``held`` (the locality and neighbour texts,
+    ``scored_loc`` when every position is scored, then the continuations) before and after the
+    edit, ``edited`` (edit input, rephrase, plain input) after it."""
+
+    loc: AnswerBatch
+    scored_loc: AnswerBatch
+    is_answer: torch.Tensor | None
+    held: list[AnswerBatch]
+    edited: list[AnswerBatch]
+
+
+def step_parts(batches: ExampleBatches, weights: LossWeights, pad_id: int = 0) -> StepParts:
+    """What each pass of :func:`meta_step` runs besides the edit gradients' pass."""
+    loc_parts = [batches.locality] + ([batches.neighbour] if batches.neighbour is not None else [])
+    loc = concat_batches(*loc_parts, pad_id=pad_id)
+    scored_loc, is_answer = every_position(loc) if weights.all_positions else (loc, None)
+    held = [scored_loc] + ([batches.continuation] if batches.continuation is not None else [])
+    edited = [batches.edit, batches.outer] + ([batches.plain] if batches.plain is not None else [])
+    return StepParts(loc, scored_loc, is_answer, held, edited)
+
+
 def _logits_of_parts(head_model, final_hidden: HiddenFn, parts: Sequence[AnswerBatch], pad_id: int,
                      patch=None, n_examples: int = 0, by_length: bool = True) -> list[torch.Tensor]:
     """Answer logits of ``parts``, split back per part, from forwards over their rows stacked and
@@ -147,16 +171,14 @@ def _logits_of_parts(head_model, final_hidden: HiddenFn, parts: Sequence[AnswerB
     else:
         ends = torch.tensor([part.size for part in parts]).cumsum(0).tolist()
         groups = [list(range(end - part.size, end)) for part, end in zip(parts, ends, strict=True)]
-    pieces, entries = [], []
-    for rows in groups:
-        sub, picked = batch.select_rows(rows)
+
+    def run(sub: AnswerBatch, rows: list[int]) -> torch.Tensor:
         if patch is None:
-            pieces.append(answer_logits_from_hidden(head_model, final_hidden(sub), sub))
-        else:
-            with PatchEngine.activate(patch.select_rows(example_of_row[rows])):
-                pieces.append(answer_logits_from_hidden(head_model, final_hidden(sub), sub))
-        entries.append(picked)
-    logits = torch.cat(pieces)[torch.argsort(torch.cat(entries))]
+            return answer_logits_from_hidden(head_model, final_hidden(sub), sub)
+        with PatchEngine.activate(patch.select_rows(example_of_row[rows])):
+            return answer_logits_from_hidden(head_model, final_hidden(sub), sub)
+
+    logits = run_in_groups(batch, groups, run)
     return list(logits.split([part.answer_tokens.numel() for part in parts]))
 
 
@@ -174,13 +196,11 @@ def meta_step(network: MendNetwork, module_names: Sequence[str], head_model, fin
     batches = (batches or tokenize_examples(tokenizer, network, examples, weights=weights)).to(device)
     patch, _ = patch_from_inputs(network, module_names, batches.sources, final_hidden, head_model,
                                  pad_id=pad_id, by_length=by_length)
-    loc_parts = [batches.locality] + ([batches.neighbour] if batches.neighbour is not None else [])
-    loc = concat_batches(*loc_parts, pad_id=pad_id)
-    scored_loc, is_answer = every_position(loc) if weights.all_positions else (loc, None)
-    held = [scored_loc] + ([batches.continuation] if batches.continuation is not None else [])
+    parts = step_parts(batches, weights, pad_id)
+    loc, scored_loc, is_answer, held, edited = (parts.loc, parts.scored_loc, parts.is_answer,
+                                                parts.held, parts.edited)
     with torch.no_grad():
         pre_held = _logits_of_parts(head_model, final_hidden, held, pad_id, by_length=by_length)
-    edited = [batches.edit, batches.outer] + ([batches.plain] if batches.plain is not None else [])
     post = _logits_of_parts(head_model, final_hidden, edited + held, pad_id, patch, n, by_length)
     post_held = post[len(edited):]
     scored = list(zip(edited, post[:len(edited)], strict=True))

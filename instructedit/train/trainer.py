@@ -38,7 +38,6 @@ from .step import LossWeights, meta_step, tokenize_examples
 log = logging.getLogger(__name__)
 
 
-
 def validation_score(reliability: float, locality: float) -> float:
     """Harmonic mean of reliability and locality (both must be high)."""
     if reliability + locality <= 0:
@@ -360,8 +359,8 @@ class Trainer:
                     self._log(avg)
                 progress.set_postfix(loss=avg["loss"], rel=avg["reliability"], loc=avg["locality"])
                 window = []
-            out_of_time = (self.config.max_minutes is not None
-                           and self.wall_time >= 60 * self.config.max_minutes)
+            out_of_time = (self.config.max_minutes is not None  # the main process's clock decides
+                           and self.distributed.from_main(self.wall_time >= 60 * self.config.max_minutes))
             if self.step % self.config.val_every == 0 or self.step == self.config.steps or out_of_time:
                 stop = False
                 if self.distributed.is_main:
