@@ -105,6 +105,18 @@ def llama4(tiny_llama_dir):
     return load_backbone(str(tiny_llama_dir), "4bit", device="cpu")
 
 
+def plain_and_routed(layer, x):
+    """The layer's output on its own route and inside the decoding route (where a gradient being
+    recorded must send it back to its own route)."""
+    with torch.no_grad():
+        plain = layer(x)
+        with packed4bit.decode_route():
+            fast = layer(x)
+            with torch.enable_grad():
+                assert torch.equal(layer(x), plain)  # gradients recorded: the layer's own route
+    return plain, fast
+
+
 @needs_kernel
 def test_packed_route_only_inside_no_grad_decoding(llama4):
     model = llama4.model
@@ -117,12 +129,7 @@ def test_packed_route_only_inside_no_grad_decoding(llama4):
         assert not getattr(module.weight.quant_state, "packing_format_for_cpu", False)
     layer = layers[0]
     x = torch.randn(2, 3, layer.in_features, dtype=torch.bfloat16)
-    with torch.no_grad():
-        plain = layer(x)
-        with packed4bit.decode_route():
-            fast = layer(x)
-            with torch.enable_grad():
-                assert torch.equal(layer(x), plain)  # gradients recorded: the layer's own route
+    plain, fast = plain_and_routed(layer, x)
     assert fast.shape == plain.shape and not torch.equal(fast, plain)  # another kernel ...
     assert torch.allclose(fast.float(), plain.float(), atol=0.05, rtol=0.05)  # ... same weights
     clone = copy.deepcopy(layer)  # a copy's routed forward is the copy's own

@@ -265,10 +265,13 @@ def decoding(r: dict) -> list[str]:
              f"One active edit, {first['new_tokens']} new tokens at batch size 1, {first['repeats']} timed "
              "runs of each path, interleaved. *generate*: `model.generate` (the path before the lean "
              "decoder); *lean*: `instructedit.model.decoding` (the model called step by step on its KV "
-             "cache, as `generate()` now decodes; as the studio runs it (`fast_4bit`), CPU 4-bit "
-             "backbones' 4-bit layers go through bitsandbytes' packed AVX512-bf16 kernel on a packed copy "
-             "of their weights, only while no gradient is recorded; evaluation and the command line keep "
-             "bitsandbytes' default route unless asked). Same tokens: the share of the run's tokens both paths agree on. "
+             "cache, as `generate()` now decodes; as the studio runs it (`fast_4bit`), a CPU 4-bit "
+             "backbone's 4-bit layers go, only while no gradient is recorded, through a fast route: "
+             "where they compute in float32, the fused AVX2 kernel of `instructedit/model/fused4bit.py` "
+             "(the layers' own 4-bit weights read in place, and the float32 output head through the "
+             "same library's streaming kernel), else bitsandbytes' packed AVX512-bf16 kernel on a "
+             "packed copy of their weights; evaluation and the command line keep bitsandbytes' default "
+             "route unless asked). Same tokens: the share of the run's tokens both paths agree on. "
              "Bounds in tokens/s: *bandwidth* = peak read bandwidth (a sum over a large tensor) / "
              "bytes of weights one step reads; *compute* = peak matmul FLOP/s (1024 x 1024, the "
              "model's compute dtype) / FLOPs per step; *kernels* = one pass of every weight matrix "
@@ -289,7 +292,7 @@ def decoding(r: dict) -> list[str]:
     lines += [f"Measured: read bandwidth {m['bandwidth']['read_gb_per_s']:.1f} GB/s (copy "
               f"{m['bandwidth']['copy_gb_per_s']:.1f} GB/s read + written). Per step:", ""]
     lines += _table(["quantization", "weights read", "FLOPs", "matmul GFLOP/s (dtype)",
-                     "kernels' GB/s", "packed 4-bit copies"],
+                     "kernels' GB/s", "fast 4-bit route"],
                     [(mode, _mib(d["bounds"]["weight_bytes_per_token"]),
                       f"{d['bounds']['flops_per_token'] / 1e6:,.1f} M",
                       f"{d['bounds']['matmul_flops_per_s'] / 1e9:,.0f} ({d['bounds']['matmul_dtype'].replace('torch.', '')})",
@@ -297,8 +300,9 @@ def decoding(r: dict) -> list[str]:
                       _packed(d["packed_4bit"])) for mode, d in dec.items()])
     for mode, d in dec.items():
         if "profile" in d:
-            note = ("; the packed 4-bit kernel's native calls are not listed"
-                    if d["packed_4bit"].get("route") == "native" else "")
+            note = {"native": "; the packed 4-bit kernel's native calls are not listed",
+                    "fused": "; the fused kernels' native calls are not listed"}.get(
+                        d["packed_4bit"].get("route"), "")
             lines += _profile(f"lean decoding, {mode}{note}", d["profile"])
     return lines
 
@@ -306,8 +310,11 @@ def decoding(r: dict) -> list[str]:
 def _packed(p: dict) -> str:
     if not p.get("layers"):
         return "none"
-    return (f"{p['layers']} layers, {_mib(p['extra_bytes'])} extra, made in {p['prepare_s']:.2f} s "
-            f"({p['route']} call)")
+    if p.get("route") == "fused":
+        head = " and the output head" if p.get("head") else ""
+        return f"fused AVX2 kernel: {p['layers']} layers{head}, no copies, ready in {p['prepare_s']:.2f} s"
+    return (f"packed copies: {p['layers']} layers, {_mib(p['extra_bytes'])} extra, made in "
+            f"{p['prepare_s']:.2f} s ({p['route']} call)")
 
 
 def _rank(r: dict) -> str:

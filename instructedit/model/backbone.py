@@ -49,10 +49,11 @@ class BackboneConfig:
         compute_dtype: compute dtype of 4-bit layers; default: ``dtype``.
         device: ``cpu``, ``cuda`` or ``auto`` (cuda when available).
         cache_dir: where converted models live (default ``$INSTRUCTEDIT_CACHE`` or ~/.cache/instructedit).
-        fast_4bit: greedy decoding of a CPU 4-bit model runs its 4-bit layers through
-            bitsandbytes' packed inference kernel (about 2.6x the tokens/s; some texts differ from
-            the default route's in their last tokens: ``model/packed4bit.py``). The studio turns it
-            on; evaluation and the command line keep the default route.
+        fast_4bit: greedy decoding of a CPU 4-bit model runs its 4-bit layers through a fast
+            no-grad route (``model/packed4bit.py``: the fused AVX2 kernel for float32 layers,
+            bitsandbytes' packed kernel for bf16 ones; about 3x the tokens/s; some texts can differ
+            from the default route's in their last tokens). The studio turns it on; evaluation and
+            the command line keep the default route.
     """
 
     model: str = DEFAULT_MODEL

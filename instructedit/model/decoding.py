@@ -10,8 +10,9 @@ Forward hooks (the edits of :mod:`~instructedit.editing.patches`) run as in any 
 
 With ``packed_4bit`` (a CPU 4-bit backbone loaded with ``fast_4bit``: the studio's default) the
 decoder also turns on :mod:`.packed4bit`'s no-grad route through the 4-bit layers (the same
-weights through bitsandbytes' fast packed kernel; bf16 rounding differs from the default route, so
-4-bit texts may differ from ``generate``'s, as they differ between those two bitsandbytes routes).
+weights through a faster kernel: float32 sums in another order with the fused AVX2 kernel, bf16
+rounding with bitsandbytes' packed one, so 4-bit texts may differ from ``generate``'s in rare
+near-ties, as they differ between bitsandbytes' own routes).
 Evaluation and the command line keep the default route unless asked (their reported numbers
 stay reproducible).
 
@@ -141,7 +142,7 @@ def greedy_new_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask:
         pad_token_id: what a row gets after its end token (``generate``'s ``pad_token_id``).
         min_new_tokens: end tokens are suppressed before this many new tokens.
         lean: False runs ``model.generate`` (the reference path).
-        packed_4bit: on a CPU, run 4-bit layers through bitsandbytes' packed inference kernel.
+        packed_4bit: on a CPU, run 4-bit layers through the fast no-grad route of :mod:`.packed4bit`.
         row_done: a row also stops when this says so, and stopped rows leave the batch (module
             doc); the reference path (``lean=False``) ignores it (callers cut the text).
     """

@@ -109,10 +109,11 @@ class AppConfig:
         quant: bitsandbytes quantization of the model, ``none``, ``8bit`` or ``4bit`` (default,
             ``None``: 4bit on CPU, none on a GPU).
         device: cpu, cuda or auto.
-        fast_4bit: decode a 4-bit model on a CPU through bitsandbytes' packed inference kernel
-            (about 2.6x faster text; some continuations end differently from evaluation's default
-            route, see docs/benchmarks.md section 2); ``--no-fast-4bit`` shows exactly the texts
-            ``eval`` measures.
+        fast_4bit: decode a 4-bit model on a CPU through a fast no-grad route (float32 layers:
+            the fused AVX2 kernel of ``model/fused4bit.py``; bf16 layers: bitsandbytes' packed
+            AVX512-bf16 kernel; about 3x faster text, see docs/benchmarks.md section 2; some
+            continuations can end differently from evaluation's default route); ``--no-fast-4bit``
+            shows exactly the texts ``eval`` measures.
         editor: InstructEdit editor checkpoint folder, or ``none`` for one plain gradient step; if
             the shipped checkpoint is missing the app falls back to a plain gradient step and says
             so in its status line (default: the shipped checkpoints/smollm2-135m/instructedit).
