@@ -132,7 +132,15 @@ def test_fused_route_only_inside_no_grad_decoding(llama4):
     head = model.get_output_embeddings()
     h = torch.randn(3, 1, head.in_features)
     with torch.no_grad(), packed4bit.decode_route():
-        torch.testing.assert_close(head(h), torch.nn.functional.linear(h, head.weight), rtol=1e-5, atol=1e-5)
+        routed = head(h)
+        torch.testing.assert_close(routed, torch.nn.functional.linear(h, head.weight), rtol=1e-5, atol=1e-5)
+        stored = head.weight.data
+        try:  # new storage under the same parameter: the route reads the new weights
+            head.weight.data = stored * 2
+            torch.testing.assert_close(head(h), 2 * routed, rtol=1e-5, atol=1e-5)
+        finally:
+            head.weight.data = stored
+        assert torch.equal(head(h), routed)
 
 
 @needs_kernel

@@ -99,7 +99,7 @@ class _Fused:
     blocksize: int
     kernel: fused4bit.Kernels
     # the layer's weight and its kernel arguments, made on first use (for the layer's current weight)
-    _args: tuple[nn.Parameter, fused4bit.WeightArgs] | None = None
+    _args: tuple[nn.Parameter, int, object, fused4bit.WeightArgs] | None = None
 
     def serves(self, rows: int) -> bool:
         return rows <= fused4bit.MAX_ROWS
@@ -111,9 +111,12 @@ class _Fused:
 
     def forward(self, module: nn.Module, a: torch.Tensor) -> torch.Tensor:
         weight = module.weight
-        if self._args is None or self._args[0] is not weight:
-            self._args = (weight, self.weight_args(module))
-        return fused4bit.run(self.kernel, a if a.stride(1) == 1 else a.contiguous(), self._args[1])
+        # the arguments follow the layer's weights (a new tensor, storage or quantization state)
+        state, address = getattr(weight, "quant_state", None), weight.data_ptr()
+        cached = self._args
+        if cached is None or cached[0] is not weight or cached[1] != address or cached[2] is not state:
+            cached = self._args = (weight, address, state, self.weight_args(module))
+        return fused4bit.run(self.kernel, a if a.stride(1) == 1 else a.contiguous(), cached[3])
 
     def nbytes(self) -> int:
         return 0
