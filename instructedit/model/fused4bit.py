@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from .hardware import cpu_flags
+
 log = logging.getLogger(__name__)
 
 __all__ = ["KernelBuild", "Kernels", "WeightArgs", "cpu_supports", "load", "build_kernels", "run", "matmul",
@@ -70,12 +72,10 @@ class KernelBuild:
 
 
 def cpu_supports() -> bool:
-    """Whether this CPU runs AVX2 and FMA code (Linux: its flags; elsewhere: torch's capability)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    """Whether this CPU runs AVX2 and FMA code (its flags; without them: torch's capability)."""
+    flags = cpu_flags()
+    if not flags:
         return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     return "avx2" in flags and "fma" in flags
 
 

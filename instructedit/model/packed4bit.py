@@ -271,7 +271,7 @@ def _enable_fused(model: nn.Module, layers: list[nn.Module]) -> list[nn.Module]:
         for m in fusable]
     head = _head_route(model, kernels)
     routes += [head] if head is not None else []
-    for module, route in routes[:1] + routes[-1:]:
+    for module, route in routes[:1] + routes[-1:]:  # the first layer and the head (or last layer)
         if not _fused_self_check(module, route):
             log.warning("fused kernel disagrees with the default route on %s; decoding the default way",
                         type(module).__name__)
