@@ -73,10 +73,65 @@ def test_steps_stack_on_active_edits(llama):
         torch.testing.assert_close(delta, expected, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def _held(editor, edit, request=REQUEST) -> float:
+    """The target's per-token probability (geometric mean) on the request's prompt with ``edit`` on."""
+    from instructedit.editing.patches import PatchEngine
+    from instructedit.scoring import full_model_answer_logits, score_answers, tokenize_answers
+
+    batch = tokenize_answers(editor.backbone.tokenizer, [request.prompt], [request.target])
+    with torch.no_grad(), PatchEngine.activate([edit.patch]):
+        logits = full_model_answer_logits(editor.backbone.model, batch)
+    return float(torch.exp(-score_answers(logits, batch).mean_nll[0]))
+
+
+def test_until_stops_the_passes_once_the_edit_holds(llama):
+    editor = Editor.untrained(llama, step_size=0.05)
+    by_passes = [editor.with_schedule(EditSchedule(steps=k)).edit(REQUEST) for k in range(1, 7)]
+    held = [_held(editor, edit) for edit in by_passes]
+    assert all(a < b for a, b in zip(held, held[1:], strict=False)), held  # every pass moves the target up
+    for stop_after in (1, 3, 6):
+        # a probability reached after ``stop_after`` passes and not before
+        until = (held[stop_after - 2] + held[stop_after - 1]) / 2 if stop_after > 1 else held[0] / 2
+        if stop_after == 6:
+            until = (held[5] + 1) / 2  # never reached: every pass is taken
+        scheduled = editor.with_schedule(EditSchedule(steps=6, until=until)).edit(REQUEST)
+        for name, delta in _deltas(scheduled).items():
+            torch.testing.assert_close(delta, _deltas(by_passes[stop_after - 1])[name], atol=1e-5, rtol=1e-4,
+                                       msg=f"{name}, until {until}")
+
+
+def test_until_stops_each_edit_of_a_batch_on_its_own(llama):
+    from instructedit.editing.editor import scheduled_patch_from_inputs, tokenize_edit_inputs, unbatch_patch
+
+    editor = Editor.untrained(llama, step_size=0.05)
+    easy, hard = EditRequest("The Eiffel Tower is located in", "Rome"), EditRequest(
+        "The mother tongue of Danielle Darrieux is", "English language and literature")
+    easy_held = [_held(editor, editor.with_schedule(EditSchedule(steps=k)).edit(easy), easy) for k in (1, 2)]
+    until = (easy_held[0] + easy_held[1]) / 2  # the easy edit holds after two passes
+    schedule = EditSchedule(steps=4, until=until)
+    alone = [editor.with_schedule(schedule).edit(r) for r in (easy, hard)]
+    three = editor.with_schedule(EditSchedule(steps=3)).edit(hard)
+    assert _held(editor, three, hard) < until  # the hard one does not hold before its fourth pass
+    inputs = tokenize_edit_inputs(llama.tokenizer, editor.network, [easy.prompt, hard.prompt],
+                                  [easy.prompt, hard.prompt], [easy.target, hard.target], [None, None])
+    batched, _ = scheduled_patch_from_inputs(editor.network, editor.module_names, inputs, editor.full_hidden,
+                                             llama.model, schedule, pad_id=llama.tokenizer.pad_token_id or 0)
+    for row, edit in enumerate(alone):
+        for name, layer in unbatch_patch(batched, row).layers.items():
+            torch.testing.assert_close(layer.delta_weight(), edit.patch.layers[name].delta_weight(),
+                                       atol=1e-5, rtol=1e-4, msg=f"row {row}, {name}")
+    for request, edit, passes in ((easy, alone[0], 2), (hard, alone[1], 4)):
+        expected = _deltas(editor.with_schedule(EditSchedule(steps=passes)).edit(request))
+        for name, delta in _deltas(edit).items():
+            torch.testing.assert_close(delta, expected[name], atol=1e-5, rtol=1e-4, msg=f"{request.target}: {name}")
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"steps": 0}, "edit steps"), ({"steps": 9}, "edit steps"), ({"steps": 1.5}, "edit steps"),
     ({"strength": 0}, "edit strength"), ({"strength": -1.0}, "edit strength"),
     ({"strength": 11.0}, "edit strength"), ({"strength": "2"}, "edit strength"),
+    ({"until": 0}, "edit until"), ({"until": 1.0}, "edit until"), ({"until": True}, "edit until"),
+    ({"until": "0.9"}, "edit until"),
 ])
 def test_bad_schedules_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -91,6 +146,11 @@ def test_schedule_from_dict():
         EditSchedule.from_dict({"speed": 3})
     with pytest.raises(ValueError, match="must be an object"):
         EditSchedule.from_dict([2])
+    until = EditSchedule(6, 0.4, until=0.9)
+    assert until.to_dict() == {"steps": 6, "strength": 0.4, "until": 0.9}
+    assert EditSchedule.from_dict(until.to_dict()) == until and until.short() == "6x0.4u0.9"
+    assert until.label() == "steps 6, strength 0.4, until p >= 0.9" and not until.is_default
+    assert until.with_overrides(until=0) == EditSchedule(6, 0.4) and until.with_overrides(steps=3).until == 0.9
 
 
 def test_checkpoint_carries_its_schedule(llama, tmp_path):
@@ -150,6 +210,9 @@ def test_app_config_overrides_the_schedule(tiny_llama_dir):
     loaded = load_models(AppConfig(model=str(tiny_llama_dir), quant="none", device="cpu", editor="none",
                                    baseline_editor="none", compare="none", edit_steps=2))
     assert loaded.editor.schedule == EditSchedule(steps=2, strength=1.0)
+    with pytest.raises(ValueError, match="edit until"):
+        AppConfig(model=str(tiny_llama_dir), edit_until=2.0)
+    assert AppConfig(model=str(tiny_llama_dir), edit_until=0.9).schedule_overrides == (None, None, None, 0.9)
 
 
 # ----- calibration ------------------------------------------------------------------------------
@@ -158,6 +221,10 @@ def test_parse_schedule():
 
     assert parse_schedule("2x1.5") == EditSchedule(2, 1.5)
     assert parse_schedule(" 3 ") == EditSchedule(3, 1.0)
+    assert parse_schedule("6x0.4u0.9") == EditSchedule(6, 0.4, until=0.9)
+    assert parse_schedule("4x.5ru.8") == EditSchedule(4, 0.5, rekey=True, until=0.8)
+    with pytest.raises(ValueError, match="edit until"):
+        parse_schedule("4x0.4u1.5")
     with pytest.raises(ValueError, match="STEPSxSTRENGTH"):
         parse_schedule("fast")
     with pytest.raises(ValueError, match="edit strength"):

@@ -116,7 +116,7 @@ def add_patch_rank_argument(parser) -> None:
 
 
 def add_schedule_arguments(parser) -> None:
-    """``--edit-steps --edit-strength --edit-rekey``: how a trained editor applies its update (read
+    """``--edit-steps --edit-strength --edit-rekey --edit-until``: how a trained editor applies its update (read
     by :func:`apply_schedule_args`; default: the checkpoint's calibrated schedule, else one step)."""
     parser.add_argument("--edit-steps", type=int, default=argparse.SUPPRESS,
                         help="passes of a trained editor per edit, each with the earlier ones "
@@ -127,20 +127,25 @@ def add_schedule_arguments(parser) -> None:
     parser.add_argument("--edit-rekey", choices=("on", "off"), default=argparse.SUPPRESS,
                         help="re-key each pass of a trained editor's update on the edit's own keys "
                              "(narrower, ROME-like edits; default: the checkpoint's edit_schedule, else off)")
+    parser.add_argument("--edit-until", type=float, default=argparse.SUPPRESS, metavar="P",
+                        help="take passes after the first only while the edit's target has a per-token "
+                             "probability below P on its inputs (0: every pass; default: the "
+                             "checkpoint's edit_schedule, else every pass)")
 
 
 def apply_schedule_args(editor, args: argparse.Namespace):
-    """``editor`` with ``--edit-steps/--edit-strength/--edit-rekey`` applied (unchanged when none
-    is given or the editor is not a trained MEND-style editor)."""
+    """``editor`` with ``--edit-steps/--edit-strength/--edit-rekey/--edit-until`` applied (unchanged
+    when none is given or the editor is not a trained MEND-style editor)."""
     from ..editing.editor import Editor
 
     rekey = getattr(args, "edit_rekey", None)
     overrides = (getattr(args, "edit_steps", None), getattr(args, "edit_strength", None),
-                 None if rekey is None else rekey == "on")
-    if overrides == (None, None, None):
+                 None if rekey is None else rekey == "on", getattr(args, "edit_until", None))
+    if overrides == (None, None, None, None):
         return editor
     if not isinstance(editor, Editor):
-        raise CliError("--edit-steps/--edit-strength/--edit-rekey apply to trained editors and gradient steps only")
+        raise CliError("--edit-steps/--edit-strength/--edit-rekey/--edit-until apply to trained editors and "
+                       "gradient steps only")
     try:
         return editor.with_schedule_overrides(*overrides)
     except ValueError as exc:

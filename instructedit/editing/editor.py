@@ -238,13 +238,26 @@ def patch_from_inputs(network: MendNetwork, module_names: Sequence[str], inputs:
                       ) -> tuple[Patch, torch.Tensor]:
     """One patch per edit of ``inputs`` (batched factors) and the unpatched answer logits of its
     wrapped rows (see :func:`compute_batched_patch`)."""
+    patch, logits, _ = edit_pass(network, module_names, inputs, final_hidden, head_model,
+                                 pad_id=pad_id, by_length=by_length)
+    return patch, logits
+
+
+def edit_pass(network: MendNetwork, module_names: Sequence[str], inputs: EditInputs,
+              final_hidden: HiddenFn, head_model, pad_id: int = 0, by_length: bool = False,
+              ) -> tuple[Patch, torch.Tensor, torch.Tensor]:
+    """:func:`patch_from_inputs` plus, per edit, how well it already holds before this pass: the
+    lower of its target's per-token probability (geometric mean) on the wrapped input and on the
+    typed prompt (where the editor edits from both)."""
     if inputs.plain is None:
-        return compute_batched_patch(network, module_names, inputs.wrapped, final_hidden, head_model,
-                                     key_mask=inputs.wrapped_keys, by_length=by_length)
-    both, keys, _ = keyed_batch(inputs, pad_id)
+        patch, logits = compute_batched_patch(network, module_names, inputs.wrapped, final_hidden, head_model,
+                                              key_mask=inputs.wrapped_keys, by_length=by_length)
+        return patch, logits, torch.exp(-score_answers(logits, inputs.wrapped).mean_nll)
+    both, keys, rows = keyed_batch(inputs, pad_id)
     patch, logits = compute_batched_patch(network, module_names, both, final_hidden, head_model,
                                           key_mask=keys, by_length=by_length)
-    return patch.join_halves(), logits[: inputs.wrapped.answer_tokens.numel()]
+    held = torch.exp(-score_answers(logits, both).mean_nll).view(2, rows).min(0).values
+    return patch.join_halves(), logits[: inputs.wrapped.answer_tokens.numel()], held
 
 
 def scheduled_patch_from_inputs(network: MendNetwork, module_names: Sequence[str], inputs: EditInputs,
@@ -253,25 +266,35 @@ def scheduled_patch_from_inputs(network: MendNetwork, module_names: Sequence[str
                                 ) -> tuple[Patch, torch.Tensor]:
     """:func:`patch_from_inputs` run ``schedule.steps`` times, each pass with ``active`` and the
     earlier passes applied, every pass scaled by ``schedule.strength``; the passes' factors are
-    joined along the rank axis (one patch). Returns the answer logits of the first (unpatched by
-    this edit) pass."""
+    joined along the rank axis (one patch). With ``schedule.until``, an edit whose target already
+    holds at that probability before a later pass takes no more passes (its rows of those passes
+    are zero; when every edit holds, the passes end). Returns the answer logits of the first
+    (unpatched by this edit) pass."""
     passes: list[Patch] = []
     first_logits = None
     rows = inputs.wrapped.size
+    going = torch.ones(rows, dtype=torch.bool, device=inputs.wrapped.input_ids.device)
     # an editor that edits from the wrapped and the plain input runs both halves in one batch:
     # each earlier pass then acts on its edit's two rows
     if inputs.plain is not None:
         both_halves = torch.arange(rows, device=inputs.wrapped.input_ids.device).repeat(2)
-    for _ in range(schedule.steps):
+    for step in range(schedule.steps):
         earlier = passes if inputs.plain is None else [p.select_rows(both_halves) for p in passes]
         with PatchEngine.activate([*active, *earlier]):
-            patch, logits = patch_from_inputs(network, module_names, inputs, final_hidden,
-                                              head_model, pad_id=pad_id)
+            patch, logits, held = edit_pass(network, module_names, inputs, final_hidden,
+                                            head_model, pad_id=pad_id)
         if first_logits is None:
             first_logits = logits
+        if step > 0 and schedule.until is not None:
+            going &= held.to(going.device) < float(schedule.until)
+            if not bool(going.any()):
+                log.debug("every edit holds after %d of %d passes", step, schedule.steps)
+                break
         patch = patch.detach().scaled(float(schedule.strength))
         if schedule.rekey:
             patch = rekey_on_inputs(patch, network, module_names, inputs, head_model, pad_id, active, passes)
+        if not bool(going.all()):
+            patch = patch.rows_masked(going)
         passes.append(patch)
     return join_patch_passes(passes), first_logits
 
@@ -422,12 +445,13 @@ class Editor:
                       patch_rank=patch_rank, schedule=self.schedule)
 
     def with_schedule_overrides(self, steps: int | None = None, strength: float | None = None,
-                                rekey: bool | None = None) -> Editor:
-        """This editor with ``steps``/``strength``/``rekey`` replacing its schedule's (``None``:
-        kept); ``ValueError`` for values out of range."""
-        if steps is None and strength is None and rekey is None:
+                                rekey: bool | None = None, until: float | None = None) -> Editor:
+        """This editor with ``steps``/``strength``/``rekey``/``until`` replacing its schedule's
+        (``None``: kept; see :meth:`EditSchedule.with_overrides`); ``ValueError`` for values out
+        of range."""
+        if steps is None and strength is None and rekey is None and until is None:
             return self
-        return self.with_schedule(self.schedule.with_overrides(steps, strength, rekey))
+        return self.with_schedule(self.schedule.with_overrides(steps, strength, rekey, until))
 
     def with_schedule(self, schedule: EditSchedule) -> Editor:
         """The same editor (shared network) applying its updates by ``schedule``."""

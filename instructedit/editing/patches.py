@@ -119,6 +119,12 @@ class Patch:
         """A batched patch whose row ``i`` is row ``rows[i]`` of this one."""
         return Patch({k: LayerPatch(v.u[rows], v.d[rows], v.scale) for k, v in self.layers.items()})
 
+    def rows_masked(self, keep: torch.Tensor) -> Patch:
+        """A batched patch whose rows where ``keep`` (B,) is false change nothing (zero factors)."""
+        return Patch({k: LayerPatch(v.u * keep.to(v.u.dtype).view(-1, *([1] * (v.u.dim() - 1))),
+                                    v.d * keep.to(v.d.dtype).view(-1, *([1] * (v.d.dim() - 1))), v.scale)
+                      for k, v in self.layers.items()})
+
     def join_halves(self) -> Patch:
         """A batched patch of ``2n`` rows as ``n`` rows: row ``i`` sums the updates of rows ``i``
         and ``n + i`` (their factors side by side along the rank axis)."""

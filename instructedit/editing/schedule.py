@@ -16,6 +16,10 @@ class EditSchedule:
     ``strength`` multiplies every pass's update. ``rekey``: each pass's update is re-keyed on the
     edit's own keys, the subject's tokens in the edit input, the typed prompt and the prompt after a
     few short contexts (:mod:`instructedit.editing.rekey`: ROME's specificity for a MEND update).
+    ``until``: passes after the first are taken only while the edit does not hold yet: an edit
+    stops once its target's per-token probability (geometric mean) reaches ``until`` on every input
+    it is made from (the input as the editor reads it and the prompt as typed), so an edit that
+    already holds is not pushed further (``None``: every pass is taken).
     ``EditSchedule()`` is the one step the network was trained for. A checkpoint may carry a
     calibrated schedule (``edit_schedule`` in its ``editor.json``, chosen on the validation split).
     """
@@ -23,6 +27,7 @@ class EditSchedule:
     steps: int = 1
     strength: float = 1.0
     rekey: bool = False
+    until: float | None = None
 
     MAX_STEPS = 8
     MAX_STRENGTH = 10.0
@@ -36,6 +41,9 @@ class EditSchedule:
                              f"got {self.strength!r}")
         if not isinstance(self.rekey, bool):
             raise ValueError(f"edit rekey must be true or false, got {self.rekey!r}")
+        if self.until is not None and (isinstance(self.until, bool) or not isinstance(self.until, (int, float))
+                                       or not 0 < float(self.until) < 1):
+            raise ValueError(f"edit until must be a probability in (0, 1) (or none), got {self.until!r}")
 
     @classmethod
     def from_dict(cls, data: dict | None) -> EditSchedule:
@@ -44,34 +52,46 @@ class EditSchedule:
             return cls()
         if not isinstance(data, dict):
             raise ValueError(f"edit_schedule must be an object, got {type(data).__name__}")
-        unknown = set(data) - {"steps", "strength", "rekey"}
+        unknown = set(data) - {"steps", "strength", "rekey", "until"}
         if unknown:
             raise ValueError(f"edit_schedule has unknown fields: {', '.join(sorted(unknown))}")
-        return cls(steps=data.get("steps", 1), strength=float(data.get("strength", 1.0)), rekey=data.get("rekey", False))
+        return cls(steps=data.get("steps", 1), strength=float(data.get("strength", 1.0)),
+                   rekey=data.get("rekey", False), until=data.get("until"))
 
     def to_dict(self) -> dict:
-        """Its fields (``rekey`` only when on, so schedules stored before it read the same)."""
+        """Its fields (``rekey`` and ``until`` only when on, so schedules stored before them read
+        the same)."""
         out = {"steps": self.steps, "strength": float(self.strength)}
         if self.rekey:
             out["rekey"] = True
+        if self.until is not None:
+            out["until"] = float(self.until)
         return out
 
     @property
     def is_default(self) -> bool:
-        return self.steps == 1 and float(self.strength) == 1.0 and not self.rekey
+        return self.steps == 1 and float(self.strength) == 1.0 and not self.rekey and self.until is None
 
     def label(self) -> str:
         if self.is_default:
             return ""
-        return f"steps {self.steps}, strength {float(self.strength):g}" + (", re-keyed" if self.rekey else "")
+        return (f"steps {self.steps}, strength {float(self.strength):g}" + (", re-keyed" if self.rekey else "")
+                + (f", until p >= {float(self.until):g}" if self.until is not None else ""))
 
     def short(self) -> str:
-        """``4x0.4`` (4 passes at strength 0.4), ``4x0.4r`` re-keyed: how ``calibrate`` writes it."""
-        return f"{self.steps}x{float(self.strength):g}" + ("r" if self.rekey else "")
+        """``4x0.4`` (4 passes at strength 0.4), ``4x0.4r`` re-keyed, ``6x0.4u0.9`` passes after the
+        first only until the edit holds at probability 0.9: how ``calibrate`` writes it."""
+        return (f"{self.steps}x{float(self.strength):g}" + ("r" if self.rekey else "")
+                + (f"u{float(self.until):g}" if self.until is not None else ""))
 
     def with_overrides(self, steps: int | None = None, strength: float | None = None,
-                       rekey: bool | None = None) -> EditSchedule:
-        """This schedule with the given fields replaced (``None``: kept); ``ValueError`` if out of range."""
+                       rekey: bool | None = None, until: float | None = None) -> EditSchedule:
+        """This schedule with the given fields replaced (``None``: kept; ``until=0``: every pass
+        taken); ``ValueError`` if out of range."""
+        if until is None:
+            until = self.until
+        elif not isinstance(until, bool) and isinstance(until, (int, float)) and until == 0:
+            until = None
         return EditSchedule(steps=self.steps if steps is None else steps,
                             strength=self.strength if strength is None else strength,
-                            rekey=self.rekey if rekey is None else rekey)
+                            rekey=self.rekey if rekey is None else rekey, until=until)

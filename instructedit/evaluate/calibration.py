@@ -17,6 +17,7 @@ eligible. The chosen schedule has the best mean score over the tasks.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -47,18 +48,20 @@ class CalibrationConfig:
             raise ValueError(f"min_fluency must be between 0 and 1, got {self.min_fluency}")
 
 
+SCHEDULE_PATTERN = re.compile(r"(\d+)(?:x(\d*\.?\d+))?(r)?(?:u(\d*\.?\d+))?")
+
+
 def parse_schedule(text: str) -> EditSchedule:
     """``"2x1.5"``: 2 passes at strength 1.5 (``"2"``: 2 passes at strength 1); a trailing ``r``
-    (``"4x0.4r"``): each pass re-keyed (:class:`EditSchedule`)."""
-    spec = text.strip().lower()
-    rekey = spec.endswith("r")
-    steps, _, strength = spec.removesuffix("r").partition("x")
-    try:
-        return EditSchedule(steps=int(steps), strength=float(strength) if strength else 1.0, rekey=rekey)
-    except ValueError as exc:
-        if "edit " in str(exc):
-            raise
-        raise ValueError(f"a schedule is written STEPSxSTRENGTH[r], e.g. 2x1.5 or 4x0.4r; got {text!r}") from None
+    (``"4x0.4r"``): each pass re-keyed; then ``uP`` (``"6x0.4u0.9"``): passes after the first only
+    until the edit holds at probability P (:class:`EditSchedule`)."""
+    match = SCHEDULE_PATTERN.fullmatch(text.strip().lower())
+    if match is None:
+        raise ValueError(f"a schedule is written STEPSxSTRENGTH[r][uP], e.g. 2x1.5, 4x0.4r or 6x0.4u0.9; "
+                         f"got {text!r}")
+    steps, strength, rekey, until = match.groups()
+    return EditSchedule(steps=int(steps), strength=float(strength) if strength else 1.0, rekey=bool(rekey),
+                        until=None if until is None else float(until))
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

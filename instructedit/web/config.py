@@ -130,6 +130,8 @@ class AppConfig:
             calibrated edit schedule, else 1).
         edit_rekey: ``on``: re-key each pass of a trained editor's update on the edit's own keys
             (narrower, ROME-like edits), ``off``: do not (default: the checkpoint's edit schedule).
+        edit_until: passes after the first only while the edit does not hold at this target
+            probability yet (0: every pass; default: the checkpoint's edit schedule).
         host: address to listen on (127.0.0.1: this machine only; 0.0.0.0: the network;
             ``$GRADIO_SERVER_NAME`` when set).
         port: port to listen on (``$GRADIO_SERVER_PORT`` when set).
@@ -157,6 +159,7 @@ class AppConfig:
     edit_steps: int | None = None
     edit_strength: float | None = None
     edit_rekey: str | None = None
+    edit_until: float | None = None
     host: str = field(default_factory=default_host)
     port: int = field(default_factory=default_port)
     share: bool = False
@@ -171,14 +174,15 @@ class AppConfig:
             raise ValueError(f"compare must be one of {', '.join(COMPARE_CHOICES)}, got {self.compare!r}")
         if self.edit_rekey not in (None, "on", "off"):
             raise ValueError(f"edit_rekey must be on or off, got {self.edit_rekey!r}")
-        if self.edit_steps is not None or self.edit_strength is not None:
-            EditSchedule(steps=1 if self.edit_steps is None else self.edit_steps,
-                         strength=1.0 if self.edit_strength is None else self.edit_strength)
+        if self.edit_steps is not None or self.edit_strength is not None or self.edit_until is not None:
+            EditSchedule().with_overrides(steps=self.edit_steps, strength=self.edit_strength,
+                                          until=self.edit_until)
 
     @property
-    def schedule_overrides(self) -> tuple[int | None, float | None, bool | None]:
-        """``(steps, strength, rekey)`` replacing the trained editors' schedules (``None``: kept)."""
-        return self.edit_steps, self.edit_strength, None if self.edit_rekey is None else self.edit_rekey == "on"
+    def schedule_overrides(self) -> tuple[int | None, float | None, bool | None, float | None]:
+        """``(steps, strength, rekey, until)`` replacing the trained editors' schedules (``None``: kept)."""
+        return (self.edit_steps, self.edit_strength, None if self.edit_rekey is None else self.edit_rekey == "on",
+                self.edit_until)
 
 
 def cpu_threads(config: AppConfig) -> int:
