@@ -61,10 +61,10 @@ ADDED = {  # config fields that had no flag and now have one
               "--finetune-edits", "--first-answer-edits", "--first-answer-tokens", "--generation-prompt", "--generation-repeats", "--latency-edits",
               "--latency-warmup", "--new-tokens", "--profile-top", "--rome-edits", "--seed", "--svd-ranks",
               "--train-batches", "--train-pool-per-task", "--train-repeats", "--edit-steps", "--edit-strength",
-              "--edit-rekey"},
+              "--edit-rekey", "--edit-until"},
     "app": {"--figures-dir", "--max-import-bytes", "--max-lines", "--max-sessions", "--max-total-edits",
             "--probe-answer-tokens", "--results-file", "--no-fast-4bit", "--edit-steps", "--edit-strength",
-            "--batch-max-extra-pad", "--edit-rekey"},
+            "--batch-max-extra-pad", "--edit-rekey", "--edit-until"},
 }
 ADDED_VALUELESS = {"--no-group-rows-by-length", "--kl-all-positions", "--neighbour-locality", "--plain-loss", "--no-fast-4bit",
                    "--continuation-kl-neighbours"}
