@@ -69,21 +69,21 @@ def test_an_edit_changes_the_typed_sentence_and_spares_its_neighbour():
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tests.test_real_editing [CHECKPOINT [STEPS STRENGTH]]``: the test's check with
-    another editor or edit schedule, printing each fact's texts."""
+    """``python -m tests.test_real_editing [CHECKPOINT [SCHEDULE]]``: the test's check with another
+    editor or edit schedule (``STEPSxSTRENGTH[r][uP]``, as ``calibrate`` writes it, e.g. 6x0.4u0.5),
+    printing each fact's texts."""
     import argparse
 
-    from instructedit.editing.schedule import EditSchedule
+    from instructedit.evaluate.calibration import parse_schedule
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("checkpoint", nargs="?", default="checkpoints/smollm2-135m/instructedit")
-    parser.add_argument("steps", nargs="?", type=int, default=None)
-    parser.add_argument("strength", nargs="?", type=float, default=None)
+    parser.add_argument("schedule", nargs="?", type=parse_schedule, default=None)
     args = parser.parse_args(argv)
     backbone = load_backbone("smollm2-135m", "4bit", device="cpu", fast_4bit=True)
     editor = load_editor(args.checkpoint, backbone)
-    if args.steps is not None:
-        editor = editor.with_schedule(EditSchedule(args.steps, 1.0 if args.strength is None else args.strength))
+    if args.schedule is not None:
+        editor = editor.with_schedule(args.schedule)
 
     def show(prompt, after, neighbour, after_neighbour):
         print(f"{prompt!r} -> {after!r}\n    {neighbour!r} -> {after_neighbour!r}")
