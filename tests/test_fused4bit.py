@@ -18,11 +18,35 @@ KERNELS = fused4bit.load()
 needs_kernel = pytest.mark.skipif(KERNELS is None, reason="no AVX2/FMA or no C compiler here")
 
 
+def stored_weights(packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, n: int, k: int,
+                   blocksize: int) -> torch.Tensor:
+    """The weights bitsandbytes' 4-bit storage holds, decoded here: two codes a byte (high nibble
+    first) over the row-major weight, one absmax per ``blocksize`` consecutive values, blocks
+    running across rows. (bitsandbytes 0.50's own CPU ``dequantize_4bit`` decodes blocks that cross
+    rows wrongly on AVX-512 machines, so it cannot be the reference.)"""
+    flat = packed.flatten()
+    codes = torch.stack([(flat >> 4).long(), (flat & 15).long()], 1).flatten()[: n * k]
+    return (code[codes] * absmax.float().repeat_interleave(blocksize)[: n * k]).view(n, k)
+
+
 def _quantized(n: int, k: int, quant_type: str = "nf4", blocksize: int = 64, seed: int = 0):
     weight = torch.randn(n, k, generator=torch.Generator().manual_seed(seed))
     packed, state = bnb_functional.quantize_4bit(weight, quant_type=quant_type, blocksize=blocksize)
     args = fused4bit.WeightArgs.four_bit(packed, state.absmax, state.code, n, k, blocksize)
-    return args, bnb_functional.dequantize_4bit(packed, state)
+    dense = stored_weights(packed, state.absmax, state.code, n, k, blocksize)
+    # the decoding is the storage's: every weight within half the widest code gap (nf4 0.28, fp4
+    # 0.33 of its block's absmax) of its value; a decoding off by a block is far outside
+    scale = state.absmax.float().repeat_interleave(blocksize)[: n * k].view(n, k)
+    assert bool(((dense - weight).abs() <= 0.2 * scale).all())
+    return args, dense
+
+
+def test_the_reference_decoding_is_bitsandbytes_where_blocks_stay_in_their_rows():
+    n, k, blocksize = 16, 128, 64
+    weight = torch.randn(n, k, generator=torch.Generator().manual_seed(3))
+    packed, state = bnb_functional.quantize_4bit(weight, quant_type="nf4", blocksize=blocksize)
+    torch.testing.assert_close(stored_weights(packed, state.absmax, state.code, n, k, blocksize),
+                               bnb_functional.dequantize_4bit(packed, state))
 
 
 @needs_kernel
