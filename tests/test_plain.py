@@ -9,9 +9,14 @@ from instructedit.data.records import EditRecord, LocalityProbe
 from instructedit.editing.editor import Editor
 from instructedit.evaluate import EvalConfig, Evaluator
 from instructedit.evaluate.metrics import ngram_entropy
-from instructedit.evaluate.plain import bleed, contains_answer, plain_probes, unrelated_prompts
+from instructedit.evaluate.plain import bleed, contains_answer, degenerates, plain_probes, unrelated_prompts
 from instructedit.model.backbone import load_backbone
-from instructedit.scoring import full_model_answer_logits, score_answers, tokenize_answers
+from instructedit.scoring import (
+    answer_batch_from_ids,
+    full_model_answer_logits,
+    score_answers,
+    tokenize_answers,
+)
 
 
 def cf(i: int, subject: str, truth: str, target: str = "English",
@@ -39,6 +44,17 @@ def test_repetition_has_lower_entropy_than_normal_text():
     normal = "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France."
     loop = "Rome Rome Rome Rome Rome Rome Rome Rome Rome Rome Rome Rome Rome Rome Rome"
     assert ngram_entropy(loop) < 0.2 * ngram_entropy(normal)
+
+
+def test_degenerates_tells_loops_and_word_salad_from_an_ordinary_edited_sentence():
+    # (entropy before, after; unedited model's NLL per token before, after) of real continuations
+    # of the 4-bit SmolLM2 after edits (docs/training.md, "Passes until the edit holds")
+    loop = (3.75, 1.55, 0.80, 1.14)      # "Italy Italy, Italy Italy, Italy, ..."
+    salad = (4.00, 3.85, 0.90, 5.74)     # " Madrid Madrid, the USA Madrid, ... Las que envía la"
+    ordinary = (3.74, 3.94, 0.85, 1.82)  # " Rome, Italy.\n\nThe Eiffel Tower is a historic Roman landmark ..."
+    assert degenerates(*loop) and degenerates(*salad)
+    assert not degenerates(*ordinary)
+    assert not degenerates(0.0, 0.0, 1.0, 1.0)  # too short to loop, as likely as before
 
 
 def test_bleed_counts_only_new_mentions():
@@ -91,6 +107,7 @@ def test_unedited_model_has_no_bleed_and_its_own_neighbourhood_score(backbone):
     assert s.neighbour_bleed == 0 and s.unrelated_bleed == 0
     assert s.plain_fluency == pytest.approx(s.plain_fluency_pre)
     assert s.neighbour_unchanged == 1.0
+    assert s.degenerate == 0.0
     # NS recomputed by hand for the first record: P(true) > P(target) by mean NLL per token
     probes = plain_probes(RECORDS[0], NeighbourIndex(RECORDS), 4)
     prompts = [n.prompt for n in probes.neighbours]
@@ -114,3 +131,24 @@ def test_plain_scores_equal_wrapped_ones_when_the_editor_reads_plain_text(backbo
         assert 0.0 <= r.neighbourhood_score <= 1.0
     # a large step moves things: the edited continuations differ from the unedited ones somewhere
     assert any(r.plain_generation != r.plain_generation_pre for r in result.records)
+
+
+def unedited_nll(backbone, prompt: str, continuation: str) -> float:
+    tok = backbone.tokenizer
+    batch = answer_batch_from_ids([tok(prompt)["input_ids"]], [tok(continuation, add_special_tokens=False)["input_ids"]],
+                                  tok.pad_token_id or 0)
+    with torch.no_grad():
+        return float(score_answers(full_model_answer_logits(backbone.model, batch), batch).mean_nll[0])
+
+
+def test_degenerate_counts_each_edit_whose_changed_continuations_loop_or_turn_to_salad(backbone):
+    editor = Editor.untrained(backbone, step_size=3.0)
+    result = Evaluator(backbone, editor, config(instruction=None), neighbour_pool=RECORDS).run(RECORDS)
+    for record, r in zip(RECORDS, result.records, strict=True):
+        texts = [(record.prompt.strip(), r.plain_generation_pre, r.plain_generation), *r.neighbour_generations]
+        expected = any(not after.strip() or degenerates(ngram_entropy(before), ngram_entropy(after),
+                                                        unedited_nll(backbone, prompt, before),
+                                                        unedited_nll(backbone, prompt, after))
+                       for prompt, before, after in texts if after != before)
+        assert r.degenerate == float(expected)
+    assert result.summary.degenerate == pytest.approx(sum(r.degenerate for r in result.records) / len(RECORDS))

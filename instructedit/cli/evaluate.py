@@ -36,7 +36,7 @@ SUMMARY_ROWS = ("n", "task", "reliability", "reliability_pre", "generalization",
                 "target_prob_lift", "sentiment_success", "kl_drawdown", "fluency",
                 "plain_reliability", "plain_generalization", "generation_success",
                 "neighbourhood_score", "neighbour_unchanged", "neighbour_bleed", "unrelated_bleed",
-                "plain_fluency_pre", "plain_fluency", "fluency_ratio",
+                "plain_fluency_pre", "plain_fluency", "fluency_ratio", "degenerate",
                 "edit_latency_ms", "seconds")
 
 

@@ -13,7 +13,12 @@ then read off plain text:
 - bleed: the share of neighbours' / fixed unrelated prompts' continuations that newly contain the
   target;
 - fluency: ROME's generation entropy of the continuations of the plain prompt and the neighbours,
-  before and after (the summary reports the ratio).
+  before and after (the summary reports the ratio);
+- degenerate: the share of edits with a continuation (plain prompt or neighbour) that a reader
+  would call broken: a loop (its bi/tri-gram entropy below :data:`LOOP_ENTROPY_RATIO` of the
+  unedited continuation's) or word salad (the unedited model's mean NLL per token of it at least
+  :data:`SALAD_NLL_GAIN` nats above that of the unedited continuation). A mean over many edits
+  hides one broken edit in fifty; this counts it.
 """
 from __future__ import annotations
 
@@ -75,6 +80,7 @@ class PlainMeans:
     unrelated_bleed: float | None = None
     plain_fluency_pre: float | None = None
     plain_fluency: float | None = None
+    degenerate: float | None = None
 
 
 MEANS = tuple(f.name for f in fields(PlainMeans))
@@ -103,6 +109,23 @@ class PlainSummary(PlainMeans):
             setattr(self, name, mean(name))
         if self.plain_fluency is not None and self.plain_fluency_pre:
             self.fluency_ratio = self.plain_fluency / self.plain_fluency_pre
+
+
+LOOP_ENTROPY_RATIO = 0.75
+"""A continuation loops when its n-gram entropy falls below this share of the unedited one's
+("Italy Italy, Italy Italy, ...": 0.41; ordinary edited sentences: 0.9-1.25)."""
+SALAD_NLL_GAIN = 2.5
+"""A continuation is word salad when the unedited model reads it at least this many nats per token
+less likely than its own continuation (" Madrid Madrid, the USA Madrid, ... Las que envía la": +4.8;
+ordinary edited sentences: +0.2 to +1.9, the new fact included)."""
+
+
+def degenerates(entropy_before: float, entropy_after: float, nll_before: float, nll_after: float) -> bool:
+    """Whether an edited continuation reads as broken: a loop or word salad, each judged against
+    the unedited continuation of the same prompt (see :data:`LOOP_ENTROPY_RATIO`,
+    :data:`SALAD_NLL_GAIN`)."""
+    loops = entropy_before > 0 and entropy_after < LOOP_ENTROPY_RATIO * entropy_before
+    return loops or nll_after - nll_before >= SALAD_NLL_GAIN
 
 
 def bleed(before: list[str], after: list[str], target: str) -> float | None:

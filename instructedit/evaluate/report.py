@@ -601,8 +601,8 @@ def section_scaling(data: ResultsData) -> str:
 USER_METRICS = (("plain_reliability", "Plain rel."), ("plain_generalization", "Plain gen."),
                 ("generation_success", "Gen. success"), ("neighbourhood_score", "NS"),
                 ("neighbour_unchanged", "Nbr. unchanged"), ("neighbour_bleed", "Nbr. bleed"),
-                ("unrelated_bleed", "Unrel. bleed"), ("fluency_ratio", "Fluency"))
-LOWER_IS_BETTER = {"neighbour_bleed", "unrelated_bleed"}
+                ("unrelated_bleed", "Unrel. bleed"), ("fluency_ratio", "Fluency"), ("degenerate", "Degenerate"))
+LOWER_IS_BETTER = {"neighbour_bleed", "unrelated_bleed", "degenerate"}
 USER_GOALS = (("plain_reliability", ">=", 0.95), ("generation_success", ">=", 0.90),
               ("plain_generalization", ">=", 0.70), ("neighbour_bleed", "<=", 0.10),
               ("unrelated_bleed", "<=", 0.02), ("fluency_ratio", ">=", 0.97))

@@ -33,6 +33,7 @@ from ..model.generation import GenerationConfig, generate
 from ..scoring import (
     AnswerBatch,
     agreement,
+    answer_batch_from_ids,
     answer_logits_from_hidden,
     kl_per_row,
     score_answers,
@@ -40,7 +41,7 @@ from ..scoring import (
 )
 from .inputs import SEEN, InstructionChoice, RenderedRecord, render
 from .metrics import EvalSummary, RecordResult, mean_or_none, ngram_entropy, summarize
-from .plain import PlainProbes, PlainResult, bleed, contains_answer, plain_probes
+from .plain import PlainProbes, PlainResult, bleed, contains_answer, degenerates, plain_probes
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ class Evaluator:
         self._scorer = scorer
         self.neighbour_index = NeighbourIndex(neighbour_pool) if neighbour_pool else None
         self._before_texts: dict[str, str] = {}  # unedited continuations, per prompt
+        self._before_nll: dict[str, float | None] = {}  # the unedited model's NLL of them, per prompt
 
     @property
     def scorer(self):
@@ -281,6 +283,30 @@ class Evaluator:
             after = generate(self.backbone, list(prompts), config)
         return before, after
 
+    def _continuation_nll(self, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
+        """The unedited model's mean NLL per token of each (prompt, continuation); ``None`` where
+        the continuation has no tokens."""
+        tokenizer = self.backbone.tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = [(tokenizer(p)["input_ids"], tokenizer(c, add_special_tokens=False)["input_ids"]) for p, c in pairs]
+        scored = [k for k, (p_ids, c_ids) in enumerate(ids) if p_ids and c_ids]
+        out: list[float | None] = [None] * len(pairs)
+        for begin in range(0, len(scored), self.config.batch_size * 4):
+            chunk = scored[begin: begin + self.config.batch_size * 4]
+            batch = answer_batch_from_ids([ids[k][0] for k in chunk], [ids[k][1] for k in chunk],
+                                          pad).to(self.backbone.device)
+            nll = score_answers(self._logits(batch, None), batch).mean_nll.tolist()
+            for k, value in zip(chunk, nll, strict=True):
+                out[k] = value
+        return out
+
+    def _remember_before_nll(self, prompts: Sequence[str]) -> None:
+        """Score the unedited continuations of ``prompts`` not scored yet (see :meth:`_continuation_nll`)."""
+        missing = sorted({p for p in prompts if p not in self._before_nll})
+        if missing:
+            values = self._continuation_nll([(p, self._before_texts[p]) for p in missing])
+            self._before_nll.update(zip(missing, values, strict=True))
+
     def _plain(self, items: Sequence[RenderedRecord], patch: Patch | None) -> list[PlainResult]:
         """The plain protocol (what a user sees) of every item; see :mod:`.plain`."""
         n = len(items)
@@ -334,6 +360,12 @@ class Evaluator:
         if not prompts:
             return
         before, after = self._generate(prompts, patch, owners)
+        nll_of_after: dict[tuple[str, str], float | None] = {}
+        if patch is not None:
+            read_rows = [j for span in spans if span is not None for j in range(span[0], span[0] + 1 + span[1])]
+            self._remember_before_nll([prompts[j] for j in read_rows])
+            changed = sorted({(prompts[j], after[j]) for j in read_rows if after[j] != before[j]})
+            nll_of_after = dict(zip(changed, self._continuation_nll(changed), strict=True))
         for i, span in enumerate(spans):
             if span is None:
                 continue
@@ -346,8 +378,24 @@ class Evaluator:
             result.generation_success = float(contains_answer(after[start], target))
             result.neighbour_bleed = bleed(before[nb], after[nb], target)
             result.unrelated_bleed = bleed(before[un], after[un], target)
-            result.plain_fluency_pre = mean_or_none(ngram_entropy(t) for t in before[start: nb.stop])
-            result.plain_fluency = mean_or_none(ngram_entropy(t) for t in after[start: nb.stop])
+            read = slice(start, nb.stop)
+            entropy_before = [ngram_entropy(t) for t in before[read]]
+            entropy_after = [ngram_entropy(t) for t in after[read]]
+            result.plain_fluency_pre = mean_or_none(entropy_before)
+            result.plain_fluency = mean_or_none(entropy_after)
+            if patch is not None:
+                broken = False
+                for prompt, b, a, eb, ea in zip(prompts[read], before[read], after[read], entropy_before,
+                                                entropy_after, strict=True):
+                    if a == b:
+                        continue
+                    nll_b, nll_a = self._before_nll[prompt], nll_of_after[(prompt, a)]
+                    if not a.strip() or (nll_b is not None and nll_a is not None
+                                         and degenerates(eb, ea, nll_b, nll_a)):
+                        broken = True
+                result.degenerate = float(broken)
+            else:
+                result.degenerate = 0.0
             result.neighbour_generations = [
                 (p.prompt, b, a) for p, b, a in zip(probes[i].neighbours, before[nb], after[nb],
                                                     strict=True)]
