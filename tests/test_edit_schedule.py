@@ -251,6 +251,21 @@ def test_schedule_score_balances_efficacy_and_specificity():
     assert schedule_score({"reliability": 1.0}, 0.75, 0.95) is None
 
 
+def test_schedule_score_may_refuse_a_schedule_with_too_many_degenerate_edits():
+    from instructedit.evaluate.calibration import CalibrationConfig, schedule_score
+
+    base = {"plain_reliability": 0.9, "plain_generalization": 0.6, "generation_success": 0.9,
+            "neighbourhood_score": 0.6, "neighbour_bleed": 0.1, "unrelated_bleed": 0.0,
+            "fluency_ratio": 0.97, "degenerate": 0.4}
+    score = schedule_score(base, 0.75, 0.85)
+    assert score is not None  # no limit by default: the documented calibrations stay as they were
+    assert schedule_score(base, 0.75, 0.85, max_degenerate=0.5) == score
+    assert schedule_score(base, 0.75, 0.85, max_degenerate=0.3) is None
+    assert schedule_score({**base, "degenerate": None}, 0.75, 0.85, max_degenerate=0.3) == score  # not measured
+    with pytest.raises(ValueError, match="max_degenerate"):
+        CalibrationConfig(max_degenerate=1.5)
+
+
 def test_calibrate_command_chooses_and_writes(capsys, tiny_llama_dir, tmp_path):
     from tests.data.layout import make_data_dir
 

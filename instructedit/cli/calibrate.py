@@ -41,6 +41,9 @@ def register(subparsers) -> None:
     p.add_argument("--min-fluency", type=float, default=0.85,
                    help="least fluency ratio (after / before) a candidate may have: below it the "
                         "text degenerates (default: %(default)s)")
+    p.add_argument("--max-degenerate", type=float, default=None,
+                   help="largest share of edits with a looping or word-salad continuation a candidate "
+                        "may have (default: no limit)")
     p.add_argument("--batch-size", type=int, default=8, help="records edited per pass (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seeds the sample and instructions (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -67,9 +70,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise CliError("--limit and --batch-size must be at least 1")
     try:
         config = CalibrationConfig(schedules=tuple(parse_schedule(s) for s in args.schedules.split(",")),
-                                   min_fluency=args.min_fluency)
+                                   min_fluency=args.min_fluency, max_degenerate=args.max_degenerate)
     except ValueError as exc:
-        raise CliError(f"--schedules/--min-fluency: {exc}") from exc
+        raise CliError(f"--schedules/--min-fluency/--max-degenerate: {exc}") from exc
     if not Path(args.editor).is_dir():
         raise CliError(f"--editor {args.editor!r} is not a checkpoint folder")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

@@ -38,6 +38,7 @@ class CalibrationConfig:
     schedules: tuple[EditSchedule, ...] = (EditSchedule(1, 1.0), EditSchedule(2, 0.75),
                                            EditSchedule(3, 0.5), EditSchedule(4, 0.4))
     min_fluency: float = 0.85
+    max_degenerate: float | None = None
 
     def __post_init__(self) -> None:
         if not self.schedules:
@@ -46,6 +47,8 @@ class CalibrationConfig:
             raise ValueError("the schedules to try repeat one another")
         if not 0 <= self.min_fluency <= 1:
             raise ValueError(f"min_fluency must be between 0 and 1, got {self.min_fluency}")
+        if self.max_degenerate is not None and not 0 <= self.max_degenerate <= 1:
+            raise ValueError(f"max_degenerate must be between 0 and 1 (or none), got {self.max_degenerate}")
 
 
 SCHEDULE_PATTERN = re.compile(r"(\d+)(?:x(\d*\.?\d+))?(r)?(?:u(\d*\.?\d+))?")
@@ -69,8 +72,10 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def schedule_score(summary: Mapping, ns_ceiling: float | None, min_fluency: float) -> float | None:
-    """The score of one task's summary (``eval``'s JSON fields); ``None``: not eligible or not
+def schedule_score(summary: Mapping, ns_ceiling: float | None, min_fluency: float,
+                   max_degenerate: float | None = None) -> float | None:
+    """The score of one task's summary (``eval``'s JSON fields); ``None``: not eligible (fluency
+    ratio below ``min_fluency``, or a share of degenerate edits above ``max_degenerate``) or not
     measurable (no plain protocol)."""
     efficacy = _mean([summary.get("plain_reliability"), summary.get("plain_generalization"),
                       summary.get("generation_success")])
@@ -84,6 +89,9 @@ def schedule_score(summary: Mapping, ns_ceiling: float | None, min_fluency: floa
     if efficacy is None or specificity is None:
         return None
     if fluency is not None and fluency < min_fluency:
+        return None
+    degenerate = summary.get("degenerate")
+    if max_degenerate is not None and degenerate is not None and degenerate > max_degenerate:
         return None
     if efficacy + specificity == 0:
         return 0.0
@@ -138,7 +146,7 @@ def calibrate(editor: Editor, records: Mapping[str, Sequence], pools: Mapping[st
             summary = Evaluator(editor.backbone, trial, eval_config, neighbour_pool=pools[task]).run(recs).summary.to_dict()
             candidate.summaries[task] = summary
             candidate.scores[task] = schedule_score(summary, unedited[task].get("neighbourhood_score"),
-                                                    config.min_fluency)
+                                                    config.min_fluency, config.max_degenerate)
         log.info("schedule %s: score %s", schedule.to_dict(), candidate.score)
         candidates.append(candidate)
     eligible = [c for c in candidates if c.score is not None]
