@@ -56,7 +56,7 @@ ADDED = {  # config fields that had no flag and now have one
               "--max-answer-tokens", "--n-blocks", "--neighbour-locality", "--patience", "--plain-loss",
               "--plain-rephrase-share", "--precondition", "--step-size-lr", "--continuation-kl-tokens",
               "--init-from", "--continuation-kl-neighbours", "--no-group-rows-by-length", "--max-minutes"},
-    "results": {"--patch-ranks", "--rome-limit"},
+    "results": {"--patch-ranks", "--rome-limit", "--lanes"},
     "bench": {"--active-counts", "--compression-edits", "--eval-batch-size", "--eval-records",
               "--finetune-edits", "--first-answer-edits", "--first-answer-tokens", "--generation-prompt", "--generation-repeats", "--latency-edits",
               "--latency-warmup", "--new-tokens", "--profile-top", "--rome-edits", "--seed", "--svd-ranks",
@@ -247,6 +247,8 @@ def test_every_config_field_is_reachable_by_its_flag(command, cls, tmp_path):
         if command == "results" and item.name == "data":  # a folder that is there
             text, expected, base = str(tmp_path / "data"), str(tmp_path / "data"), []
             (tmp_path / "data").mkdir(exist_ok=True)
+        if command == "results" and item.name == "lanes":  # several lanes share a cache folder
+            base = [*base, "--cache-dir", str(tmp_path / "cache")]
         argv = [*base, action.option_strings[-1], *([] if text is None else [text])]
         config = build(command, parser.parse_args(argv))
         if cls is Limits:

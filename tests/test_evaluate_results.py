@@ -1,6 +1,7 @@
 """``results`` on a tiny model writes the report with its sections and figures."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -143,3 +144,57 @@ def test_report_helpers():
     assert pct(0.1234) == "12.3" and pct(None) == "–" and pct(1.0, bold=True) == "**100.0**"
     assert harmonic(1.0, 0.0) == 0.0 and harmonic(0.5, 0.5) == pytest.approx(0.5)
     assert table(["a", "b"], [["1", "2"]]).splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |"]
+
+
+# ----- several lanes (processes) sharing one run ------------------------------------------------
+def _results(capsys, root, data, tiny_llama_dir, out, *extra):
+    argv = ["results", "--data", str(data), "--out", str(out), "--model", str(tiny_llama_dir),
+            "--instructedit", str(root / "ck" / "instructedit"), "--baseline", str(root / "ck" / "mend-multitask"),
+            "--sections", "table3,instructions", "--limit", "2", "--sweep-limit", "1", "--no-rome",
+            "--threads", "1", "--no-progress", *extra]
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return out.read_text()
+
+
+def _tables(text: str) -> list[str]:
+    """The report's result rows, without its timings (each table's "ms/edit" column, run times)."""
+    rows, timed = [], False
+    for line in text.split("## Run times")[0].splitlines():
+        if not line.startswith("| ") or "Training time" in line:
+            continue
+        if line.startswith("| Method"):
+            timed = line.rstrip(" |").endswith("(ms/edit)")
+        rows.append(line.rsplit("|", 2)[0] if timed else line)
+    return rows
+
+
+def test_two_lanes_share_the_evaluations_and_write_the_same_report(capsys, setup, tiny_llama_dir):
+    root, data = setup
+    one = _results(capsys, root, data, tiny_llama_dir, root / "one.md")
+    cache = root / "lanes-cache"
+    two = _results(capsys, root, data, tiny_llama_dir, root / "two.md", "--lanes", "2", "--cache-dir", str(cache))
+    assert _tables(two) == _tables(one)
+    assert "(cached)" not in two and "read from the cache" not in two   # made in this run, by its lanes
+    assert "shared by 2 processes of 1 torch thread(s) each" in two and "--lanes 2 --cache-dir" in two
+    entries = [json.loads(p.read_text()) for p in cache.glob("*.json")]
+    runs = two.split("## Run times")[1]
+    listed = sum(1 for line in runs.splitlines() if line.startswith("| ") and not line.startswith("| Run"))
+    assert len(entries) == listed                        # each evaluation ran once, in one lane
+    assert len({e["pid"] for e in entries}) == 2         # and both lanes ran some
+    assert len({e["run_id"] for e in entries}) == 1
+    assert not list(cache.glob("*.claim")) and not list(cache.glob(".*.tmp"))
+    # again: everything comes from the cache, as from an earlier run
+    again = _results(capsys, root, data, tiny_llama_dir, root / "again.md", "--lanes", "2",
+                     "--cache-dir", str(cache))
+    assert _tables(again) == _tables(one) and f"{listed} of {listed} evaluations were read from the cache" in again
+
+
+def test_lanes_need_a_cache_folder(capsys, setup, tiny_llama_dir):
+    root, data = setup
+    code = cli.main(["results", "--data", str(data), "--out", str(root / "x.md"), "--lanes", "2"])
+    assert code != 0 and "--cache-dir" in capsys.readouterr().err
+    code = cli.main(["results", "--data", str(data), "--out", str(root / "x.md"), "--lanes", "0"])
+    assert code != 0 and "--lanes" in capsys.readouterr().err
+    assert not (root / "x.md").exists()

@@ -195,6 +195,10 @@ def results_config_from_args(args: argparse.Namespace) -> ResultsConfig:
         value = getattr(config, name)
         if value is not None and (value < 1 or (name == "pca_limit" and value < 2)):
             raise CliError(f"--{name.replace('_', '-')} is too small: {value}")
+    if config.lanes < 1:
+        raise CliError(f"--lanes must be at least 1, got {config.lanes}")
+    if config.lanes > 1 and not config.cache_dir:
+        raise CliError("--lanes above 1 needs --cache-dir: the lanes share their evaluations through it")
     if not Path(config.data).is_dir():
         raise CliError(f"--data {config.data} is not a data folder")
     unknown = [x for x in config.sections if x not in SECTIONS]

@@ -43,6 +43,8 @@ class ResultsConfig:
         device: cpu, cuda or auto.
         threads: torch CPU threads (default: torch's).
         cache_dir: cache each evaluation's summary here and reuse it (resume an interrupted run).
+        lanes: processes that share the evaluations (each runs the next one no other has claimed;
+            needs ``cache_dir``); ``threads`` is then each one's (default: the CPUs shared out).
         progress: show progress bars.
         user_quant: quantization of the backbone of the "what a user sees" section (as the app
             runs it by default).
@@ -75,6 +77,7 @@ class ResultsConfig:
     device: str = "auto"
     threads: int | None = None
     cache_dir: str | None = None
+    lanes: int = 1
     progress: bool = True
     user_quant: str = "4bit"
     user_limit: int = 50

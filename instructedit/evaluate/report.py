@@ -120,6 +120,8 @@ def command(data: ResultsData) -> str:
         parts.append("--no-rome")
     if cfg.step_size is not None:
         parts.append(f"--step-size {cfg.step_size:g}")
+    if cfg.lanes > 1:
+        parts.append(f"--lanes {cfg.lanes} --cache-dir {cfg.cache_dir}")
     return " ".join(parts)
 
 

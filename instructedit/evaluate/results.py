@@ -14,9 +14,13 @@ section). Their names stay importable from here.
 """
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import os
 import platform
+import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -60,6 +64,8 @@ __all__ = [
     "run_scaling", "run_table3", "run_trace", "run_user", "subset",
 ]
 
+log = logging.getLogger(__name__)
+
 
 def environment(device: str) -> dict:
     """Machine and library versions (for the report header)."""
@@ -77,21 +83,97 @@ def environment(device: str) -> dict:
             "transformers": transformers.__version__, "platform": platform.platform(terse=True)}
 
 
-def run_all(config: ResultsConfig) -> ResultsData:
-    """Run every section and return what the report shows."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    started = time.perf_counter()
+EVALUATION_SECTIONS = frozenset(SECTIONS) - {"analysis", "trace"}
+"""Sections made only of cached evaluations (:class:`RunSpec`): what lanes share."""
+
+
+def _new_data(config: ResultsConfig) -> ResultsData:
     data = ResultsData(config=config, environment=environment(config.device),
                        started=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     for method, path in (("MEND multi-task", config.baseline), ("InstructEdit", config.instructedit)):
         data.editors[method] = checkpoint_card(path)
-    runner = ResultsRunner(config)
+    return data
+
+
+def _run_sections(runner: ResultsRunner, data: ResultsData, sections) -> None:
+    config = runner.config
     if {"user", "table3"} & set(config.sections):
         data.step_size = choose_step_size(runner, data)
     for section in SECTIONS:
-        if section in config.sections:
+        if section in config.sections and section in sections:
             SECTION_RUNNERS[section](runner, data)
+
+
+def run_lane(config: ResultsConfig, run_id: str, lane: int) -> None:
+    """One lane's share of a results run: every evaluation no other lane has claimed, cached in
+    ``config.cache_dir`` (the lane that writes the report reads them back)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    runner = ResultsRunner(config, run_id)
+    runner.skip_claimed = True
+    _run_sections(runner, _new_data(config), EVALUATION_SECTIONS)
+    log.info("lane %d done: %d evaluation(s) run or read", lane, len(runner.runs))
+
+
+LANE_START_TIMEOUT_S = 300.0
+
+
+def _lane_process(config: ResultsConfig, run_id: str, lane: int, level: int, ready) -> None:
+    logging.basicConfig(level=level, format=f"%(asctime)s lane {lane} %(name)s: %(message)s")
+    try:
+        ready.wait(LANE_START_TIMEOUT_S)
+    except threading.BrokenBarrierError:
+        pass  # the first lane went on without this one: take what is left
+    run_lane(config, run_id, lane)
+
+
+def _start_lanes(config: ResultsConfig, run_id: str) -> list:
+    """Start the other lanes and wait until each has started (a lane that starts late would find
+    its share taken); a lane that does not start in time is left to catch up."""
+    context = multiprocessing.get_context("spawn")
+    level = logging.getLogger().getEffectiveLevel()
+    ready = context.Barrier(config.lanes)
+    lanes = [context.Process(target=_lane_process, args=(config, run_id, lane, level, ready), daemon=True,
+                             name=f"results-lane-{lane}") for lane in range(1, config.lanes)]
+    for process in lanes:
+        process.start()
+    try:
+        ready.wait(LANE_START_TIMEOUT_S)
+    except threading.BrokenBarrierError:
+        log.warning("not every lane started within %.0f s; going on", LANE_START_TIMEOUT_S)
+    return lanes
+
+
+def run_all(config: ResultsConfig) -> ResultsData:
+    """Run every section and return what the report shows.
+
+    With ``config.lanes`` above 1, that many processes share the evaluations (each claims the next
+    one nobody runs, through ``config.cache_dir``); this one then reads them all back in order and
+    runs the sections that are not evaluations (tracing, PCA).
+    """
+    if config.lanes > 1 and not config.cache_dir:
+        raise ValueError("several lanes need a cache folder (cache_dir) to share their evaluations")
+    if config.lanes > 1 and not config.threads:
+        config = replace(config, threads=max(1, (os.cpu_count() or 1) // config.lanes))
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    started = time.perf_counter()
+    run_id = f"{os.getpid()}-{time.time_ns()}"
+    helpers = _start_lanes(config, run_id) if config.lanes > 1 else []
+    data = _new_data(config)
+    runner = ResultsRunner(config, run_id)
+    try:
+        if helpers:
+            runner.skip_claimed = True
+            _run_sections(runner, _new_data(config), EVALUATION_SECTIONS)
+            runner.skip_claimed = False
+            runner.runs = []
+        _run_sections(runner, data, SECTIONS)
+    finally:
+        for process in helpers:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.terminate()
     data.environment["model_parameters"] = runner.backbone("none").parameter_count()
     data.runs = runner.runs
     data.seconds = time.perf_counter() - started

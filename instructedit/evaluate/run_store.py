@@ -7,12 +7,14 @@ import gc
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 
 from ..defaults import DEFAULT_PATCH_RANK
 from ..editing.checkpoint import CheckpointError, read_checkpoint_config
 from ..model.backbone import BackboneError, load_backbone
+from . import lanes
 from .config import ResultsConfig
 from .editors import editor_label, load_eval_editor
 from .results_data import Outcome, RunSpec
@@ -42,8 +44,10 @@ def checkpoint_card(path: str) -> dict | None:
 class ResultsRunner:
     """Loads backbones, records and editors once and runs :class:`RunSpec` evaluations."""
 
-    def __init__(self, config: ResultsConfig) -> None:
+    def __init__(self, config: ResultsConfig, run_id: str = "") -> None:
         self.config = config
+        self.run_id = run_id            # the results run this process belongs to (several lanes share it)
+        self.skip_claimed = False       # a lane's first pass: leave what another lane runs to it
         self._backbones: dict = {}
         self._records: dict = {}
         self._editors: dict = {}
@@ -100,20 +104,44 @@ class ResultsRunner:
         return Path(self.config.cache_dir) / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".json")
 
     # ----- running ---------------------------------------------------------------------------
-    def run(self, spec: RunSpec) -> Outcome:
-        """Evaluate ``spec`` (or read its cached summary); never raises for a missing checkpoint."""
+    def run(self, spec: RunSpec, decides: bool = False) -> Outcome:
+        """Evaluate ``spec`` (or read its cached summary); never raises for a missing checkpoint.
+
+        With several lanes (``config.lanes``), an evaluation another lane has claimed is waited
+        for, or, in a lane's first pass (``skip_claimed``), left to it (an Outcome with a reason,
+        not recorded) unless ``decides``: its result decides what runs next (the step-size sweep).
+        """
         if spec.editor not in ("none", "gradient", "rome") and checkpoint_card(spec.editor) is None:
             outcome = Outcome(spec, reason=f"no editor checkpoint at {spec.editor}")
             self.runs.append(outcome)
             return outcome
         cache = self._cache_file(spec)
+        claimed = False
+        if cache is not None and self.config.lanes > 1 and not cache.is_file():
+            claimed = lanes.try_claim(cache)
+            if not claimed:
+                if self.skip_claimed and not decides:
+                    return Outcome(spec, reason="run by another lane")
+                log.info("waiting for another lane: %s", spec.label())
+                claimed = not lanes.wait_for(cache)
         if cache is not None and cache.is_file():
-            data = json.loads(cache.read_text())
-            outcome = Outcome(spec, data["summary"], data["editor_name"], records=data.get("records", []),
-                              cached=True)
-            log.info("cached: %s", spec.label())
-            self.runs.append(outcome)
-            return outcome
+            return self._read_cached(spec, cache)
+        try:
+            return self._evaluate(spec, cache)
+        finally:
+            if claimed:
+                lanes.release(cache)
+
+    def _read_cached(self, spec: RunSpec, cache: Path) -> Outcome:
+        data = json.loads(cache.read_text())
+        this_run = bool(self.run_id) and data.get("run_id") == self.run_id
+        outcome = Outcome(spec, data["summary"], data["editor_name"], records=data.get("records", []),
+                          cached=not this_run)
+        log.info("%s: %s", "run by a lane of this run" if this_run else "cached", spec.label())
+        self.runs.append(outcome)
+        return outcome
+
+    def _evaluate(self, spec: RunSpec, cache: Path | None) -> Outcome:
         try:
             editor = self.editor(spec)
         except (CheckpointError, BackboneError) as exc:
@@ -135,8 +163,8 @@ class ResultsRunner:
         log.info("%s: reliability %.3f locality %s (%.0f s)", spec.label(), result.summary.reliability,
                  result.summary.locality, result.summary.seconds)
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps({"summary": outcome.summary, "editor_name": outcome.editor_name,
-                                         "records": outcome.records}))
+            lanes.write_atomically(cache, json.dumps({
+                "summary": outcome.summary, "editor_name": outcome.editor_name,
+                "records": outcome.records, "run_id": self.run_id, "pid": os.getpid()}))
         self.runs.append(outcome)
         return outcome

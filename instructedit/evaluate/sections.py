@@ -47,10 +47,14 @@ def choose_step_size(runner: ResultsRunner, data: ResultsData) -> float:
         data.step_chosen_by = "fixed on the command line (--step-size)"
         return cfg.step_size
     best, best_score = STEP_CANDIDATES[0], -1.0
+    specs = {step: [RunSpec("Gradient sweep", task, "gradient", split="val", limit=cfg.sweep_limit,
+                            step_size=step, sentiment=False) for task in TRAINING_TASKS]
+             for step in STEP_CANDIDATES}
+    if runner.skip_claimed:  # several lanes: share the sweep out before waiting for its results
+        for spec in (spec for row in specs.values() for spec in row):
+            runner.run(spec)
     for step in STEP_CANDIDATES:
-        outcomes = [runner.run(RunSpec("Gradient sweep", task, "gradient", split="val",
-                                       limit=cfg.sweep_limit, step_size=step, sentiment=False))
-                    for task in TRAINING_TASKS]
+        outcomes = [runner.run(spec, decides=True) for spec in specs[step]]
         rel = _mean([o.get("reliability") for o in outcomes])
         loc = _mean([o.get("locality") for o in outcomes])
         score = harmonic(rel, loc)
