@@ -294,6 +294,76 @@ def test_calibrate_command_chooses_and_writes(capsys, tiny_llama_dir, tmp_path):
     assert Editor.from_pretrained(tmp_path / "ckpt", llama).schedule == EditSchedule.from_dict(report["chosen"])
 
 
+def _saved_calibration(editor) -> dict:
+    """A saved calibration (calibrate --out) of two schedules: 8x0.3u0.5 scores higher but leaves
+    more degenerate edits than 6x0.4u0.3."""
+    def summary(reach, degenerate):
+        return {"plain_reliability": reach, "plain_generalization": 0.6, "generation_success": reach,
+                "neighbourhood_score": 0.6, "neighbour_bleed": 0.05, "unrelated_bleed": 0.0,
+                "fluency_ratio": 0.97, "degenerate": degenerate}
+    return {"editor": str(editor), "split": "val", "tasks": ["counterfact", "recent"], "limit": 50, "seed": 0,
+            "quantization": "4bit", "min_fluency": 0.85, "max_degenerate": None, "date": "2026-12-07T00:00:00+00:00",
+            "unedited": {"counterfact": {"neighbourhood_score": 0.66}, "recent": {"neighbourhood_score": 0.61}},
+            "chosen": {"steps": 8, "strength": 0.3, "until": 0.5},
+            "candidates": [
+                {"schedule": {"steps": 8, "strength": 0.3, "until": 0.5},
+                 "summaries": {"counterfact": summary(0.99, 0.44), "recent": summary(0.8, 0.5)}},
+                {"schedule": {"steps": 6, "strength": 0.4, "until": 0.3},
+                 "summaries": {"counterfact": summary(0.97, 0.36), "recent": summary(0.78, 0.3)}}]}
+
+
+def test_rescore_chooses_again_under_other_limits(tmp_path):
+    from instructedit.evaluate.calibration import rescore
+
+    saved = _saved_calibration(tmp_path)
+    loose, strict = rescore(saved, 0.85, None), rescore(saved, 0.85, 0.4)
+    assert loose.chosen == EditSchedule(8, 0.3, until=0.5) and strict.chosen == EditSchedule(6, 0.4, until=0.3)
+    assert strict.candidates[0].score is None and strict.candidates[0].scores["recent"] is None
+    assert strict.candidates[0].scores["counterfact"] is None  # 0.44 > 0.4 there too
+    assert strict.candidates[1].score == pytest.approx(loose.candidates[1].score)  # limits gate, never rescale
+    assert rescore(saved, 0.85, 0.2).chosen is None
+    for broken in ({}, {"unedited": {}, "candidates": saved["candidates"]}, {"unedited": {}, "candidates": []},
+                   {**saved, "candidates": [{"schedule": {"steps": 0}}]}):
+        with pytest.raises(ValueError):
+            rescore(broken, 0.85, None)
+
+
+def test_calibrate_from_a_saved_run_writes_without_evaluating(capsys, llama, tmp_path):
+    Editor.untrained(llama, step_size=0.05).save_pretrained(tmp_path / "ckpt")
+    before = (tmp_path / "ckpt" / "editor.json").read_text()
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps(_saved_calibration(tmp_path / "ckpt")))
+    # nothing eligible, a corrupt file, another editor's calibration: an error, editor.json untouched
+    (tmp_path / "other").mkdir()
+    (tmp_path / "corrupt.json").write_text("{not json")
+    for args, match in ((["--from", str(saved), "--max-degenerate", "0.2"], "nothing chosen"),
+                        (["--from", str(tmp_path / "corrupt.json")], "cannot read"),
+                        (["--from", str(tmp_path / "missing.json")], "cannot read"),
+                        (["--from", str(saved), "--max-degenerate", "2"], "max_degenerate")):
+        code, _, err = run_main(capsys, "calibrate", "--editor", str(tmp_path / "ckpt"), "--write", *args)
+        assert code != 0 and match in err, err
+    code, _, err = run_main(capsys, "calibrate", "--editor", str(tmp_path / "other"), "--from", str(saved))
+    assert code != 0 and "not of" in err
+    assert (tmp_path / "ckpt" / "editor.json").read_text() == before
+    # under a limit of 0.4 the second schedule is chosen and stored, with where it came from
+    out = tmp_path / "again.json"
+    code, stdout, err = run_main(capsys, "calibrate", "--editor", str(tmp_path / "ckpt"), "--from", str(saved),
+                                 "--max-degenerate", "0.4", "--write", "--out", str(out))
+    assert code == 0, err
+    assert "not eligible" in stdout and "<- chosen" in stdout
+    config = json.loads((tmp_path / "ckpt" / "editor.json").read_text())
+    assert config["edit_schedule"] == {"steps": 6, "strength": 0.4, "until": 0.3}
+    how = config["edit_schedule_calibration"]
+    assert how["max_degenerate"] == 0.4 and how["rescored_from"] == str(saved)
+    assert how["evaluated"] == "2026-12-07T00:00:00+00:00" and how["tasks"] == ["counterfact", "recent"]
+    report = json.loads(out.read_text())
+    assert report["chosen"] == config["edit_schedule"] and report["candidates"][0]["score"] is None
+    assert Editor.from_pretrained(tmp_path / "ckpt", llama).schedule == EditSchedule(6, 0.4, until=0.3)
+    card = (tmp_path / "ckpt" / "README.md").read_text()
+    assert "at most 40% degenerate edits" in card and "below 0.3 on the wrapped input" in card
+    assert "8x0.3u0.5: not eligible" in card
+
+
 @pytest.mark.parametrize("args,match", [
     (["--schedules", "1x0"], "edit strength"),
     (["--schedules", "1x1,1x1"], "repeat"),

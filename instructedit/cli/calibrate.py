@@ -49,20 +49,59 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--write", action="store_true", help="store the chosen schedule in the checkpoint")
     p.add_argument("--out", default=None, help="write every candidate's summaries (JSON) here")
+    p.add_argument("--from", dest="saved", default=None, metavar="JSON",
+                   help="choose again from this editor's saved calibration (an earlier --out) under "
+                        "--min-fluency and --max-degenerate, evaluating nothing (its tasks, split, "
+                        "records and schedules are the saved ones)")
     add_verbose(p)
     p.set_defaults(func=cmd_calibrate)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ..editing.checkpoint import write_edit_schedule
+    from ..evaluate.calibration import CalibrationConfig
+    from ..train.card import write_card
+
+    try:
+        CalibrationConfig(min_fluency=args.min_fluency, max_degenerate=args.max_degenerate)
+    except ValueError as exc:
+        raise CliError(f"--min-fluency/--max-degenerate: {exc}") from exc
+    if not Path(args.editor).is_dir():
+        raise CliError(f"--editor {args.editor!r} is not a checkpoint folder")
+    result, report = _from_saved(args) if args.saved else _evaluate(args)
+    report["command"] = "python -m instructedit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    for candidate in result.candidates:
+        scores = ", ".join(f"{t} {'–' if s is None else f'{s:.3f}'}" for t, s in candidate.scores.items())
+        mark = "  <- chosen" if candidate.schedule == result.chosen else ""
+        print(f"steps {candidate.schedule.steps} strength {candidate.schedule.strength:g}: "
+              f"score {'not eligible' if candidate.score is None else f'{candidate.score:.3f}'} ({scores}){mark}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    if result.chosen is None:
+        raise CliError("every schedule degenerates the text on some task (fluency ratio below "
+                       "--min-fluency, or more degenerate edits than --max-degenerate); nothing chosen")
+    if args.write:
+        how = {k: report.get(k) for k in ("split", "tasks", "limit", "seed", "quantization", "min_fluency",
+                                           "max_degenerate", "date", "evaluated", "rescored_from", "evaluated_by")
+               if k in report}
+        how["scores"] = {c.schedule.short(): c.score for c in result.candidates}
+        how["command"] = report["command"]
+        write_edit_schedule(args.editor, result.chosen.to_dict(), how)
+        write_card(args.editor)
+        print(f"wrote edit_schedule {result.chosen.to_dict()} to {Path(args.editor) / 'editor.json'}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace):
+    """Evaluate every candidate schedule: the calibration and its report (``--out``'s JSON)."""
     import torch
 
     from ..data.tasks import SplitError
-    from ..editing.checkpoint import write_edit_schedule
     from ..editing.editors import load_editor
     from ..evaluate.calibration import CalibrationConfig, calibrate, parse_schedule
     from ..evaluate.runner import EvalConfig
     from ..evaluate.selection import SelectionError, limit_records, load_eval_records
-    from ..train.card import write_card
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,8 +112,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                    min_fluency=args.min_fluency, max_degenerate=args.max_degenerate)
     except ValueError as exc:
         raise CliError(f"--schedules/--min-fluency/--max-degenerate: {exc}") from exc
-    if not Path(args.editor).is_dir():
-        raise CliError(f"--editor {args.editor!r} is not a checkpoint folder")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise CliError("--tasks is empty")
@@ -94,26 +131,34 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     eval_config = EvalConfig(batch_size=args.batch_size, seed=args.seed, sentiment=False,
                              progress=False, plain=True)
     result = calibrate(editor, records, pools, config, eval_config)
-    for candidate in result.candidates:
-        scores = ", ".join(f"{t} {'–' if s is None else f'{s:.3f}'}" for t, s in candidate.scores.items())
-        mark = "  <- chosen" if candidate.schedule == result.chosen else ""
-        print(f"steps {candidate.schedule.steps} strength {candidate.schedule.strength:g}: "
-              f"score {'not eligible' if candidate.score is None else f'{candidate.score:.3f}'} ({scores}){mark}")
     report = {**result.to_dict(), "editor": str(args.editor), "data": str(args.data), "split": args.split,
               "tasks": tasks, "limit": args.limit, "seed": args.seed,
               "quantization": backbone.config.quant, "min_fluency": args.min_fluency,
+              "max_degenerate": args.max_degenerate,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    if result.chosen is None:
-        raise CliError("every schedule degenerates the text (fluency ratio below --min-fluency) on "
-                       "some task; nothing chosen")
-    if args.write:
-        how = {k: report[k] for k in ("split", "tasks", "limit", "seed", "quantization", "min_fluency", "date")}
-        how["scores"] = {c.schedule.short(): c.score for c in result.candidates}
-        how["command"] = "python -m instructedit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        write_edit_schedule(args.editor, result.chosen.to_dict(), how)
-        write_card(args.editor)
-        print(f"wrote edit_schedule {result.chosen.to_dict()} to {Path(args.editor) / 'editor.json'}")
-    return 0
+    return result, report
+
+
+def _from_saved(args: argparse.Namespace):
+    """Judge a saved calibration of this editor again under the command line's limits."""
+    from ..evaluate.calibration import rescore
+
+    try:
+        saved = json.loads(Path(args.saved).read_text())
+    except (OSError, ValueError) as exc:
+        raise CliError(f"--from {args.saved}: cannot read a saved calibration: {exc}") from exc
+    if not isinstance(saved, dict) or "editor" not in saved:
+        raise CliError(f"--from {args.saved}: not a saved calibration (calibrate --out)")
+    if Path(saved["editor"]).resolve() != Path(args.editor).resolve():
+        raise CliError(f"--from {args.saved} is the calibration of {saved['editor']}, not of {args.editor}")
+    try:
+        result = rescore(saved, args.min_fluency, args.max_degenerate)
+    except ValueError as exc:
+        raise CliError(f"--from {args.saved}: {exc}") from exc
+    report = {**saved, **result.to_dict(), "min_fluency": args.min_fluency, "max_degenerate": args.max_degenerate,
+              "rescored_from": str(args.saved), "evaluated": saved.get("evaluated", saved.get("date")),
+              "evaluated_by": saved.get("evaluated_by", saved.get("command")),
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return result, report
+
+

@@ -11,8 +11,10 @@ the harmonic mean of
   1), one minus the neighbour bleed, one minus the unrelated bleed and the fluency ratio (the
   continuations' generation entropy after / before, at most 1);
 
-a candidate whose continuations degenerate (fluency ratio below ``min_fluency`` on a task) is not
-eligible. The chosen schedule has the best mean score over the tasks.
+a candidate whose continuations degenerate (fluency ratio below ``min_fluency``, or a share of
+degenerate edits above ``max_degenerate``, on a task) is not eligible. The chosen schedule has the
+best mean score over the tasks. A saved calibration can be judged again under other limits
+(:func:`rescore`).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from .runner import Evaluator
 log = logging.getLogger(__name__)
 
 __all__ = ["CalibrationConfig", "CandidateScore", "Calibration", "schedule_score", "calibrate",
-           "parse_schedule"]
+           "rescore", "parse_schedule"]
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,33 @@ def calibrate(editor: Editor, records: Mapping[str, Sequence], pools: Mapping[st
                                                     config.min_fluency, config.max_degenerate)
         log.info("schedule %s: score %s", schedule.to_dict(), candidate.score)
         candidates.append(candidate)
+    return Calibration(candidates, unedited, _best(candidates))
+
+
+def _best(candidates: Sequence[CandidateScore]) -> EditSchedule | None:
     eligible = [c for c in candidates if c.score is not None]
-    chosen = max(eligible, key=lambda c: c.score).schedule if eligible else None
-    return Calibration(candidates, unedited, chosen)
+    return max(eligible, key=lambda c: c.score).schedule if eligible else None
+
+
+def rescore(saved: Mapping, min_fluency: float, max_degenerate: float | None) -> Calibration:
+    """Choose again from a saved calibration (``Calibration.to_dict()``: its candidates' summaries
+    and the unedited ones) under other limits, without evaluating anything.
+
+    Raises:
+        ValueError: ``saved`` lacks the candidates or the unedited summaries of their tasks.
+    """
+    try:
+        unedited = dict(saved["unedited"])
+        rows = list(saved["candidates"])
+        candidates = []
+        for row in rows:
+            candidate = CandidateScore(EditSchedule.from_dict(row["schedule"]), dict(row["summaries"]))
+            for task, summary in candidate.summaries.items():
+                candidate.scores[task] = schedule_score(summary, unedited[task].get("neighbourhood_score"),
+                                                        min_fluency, max_degenerate)
+            candidates.append(candidate)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"not a saved calibration (calibrate --out): {exc!r}") from exc
+    if not candidates:
+        raise ValueError("the saved calibration has no candidates")
+    return Calibration(candidates, unedited, _best(candidates))

@@ -38,16 +38,22 @@ def _schedule_section(config: dict) -> list[str]:
     lines = ["", "## Edit schedule",
              f"Each edit applies the network's update in {schedule.get('steps', 1)} pass(es) (each made "
              f"with the earlier ones active) at strength {schedule.get('strength', 1.0):g}"
-             + (", each pass re-keyed on the edit's own keys (ROME-like specificity)." if schedule.get("rekey")
-                else ".")]
+             + (", each pass re-keyed on the edit's own keys (ROME-like specificity)" if schedule.get("rekey")
+                else "")
+             + (f"; the passes after the first only while the edit does not hold yet (its target's "
+                f"per-token probability below {schedule['until']:g} on the wrapped input or the typed prompt)."
+                if schedule.get("until") is not None else ".")]
     if how:
         scores = ", ".join(f"{k}: {'not eligible' if v is None else f'{v:.3f}'}"
                            for k, v in how.get("scores", {}).items())
         lines += [f"Chosen on the {how.get('split')} split of {', '.join(how.get('tasks', []))} "
                   f"({how.get('limit')} records per task, seed {how.get('seed')}, "
                   f"{how.get('quantization')} backbone) by the plain protocol's score (harmonic mean of "
-                  f"efficacy and specificity; eligible: fluency ratio at least {how.get('min_fluency')}): {scores}.",
-                  "", "```bash", how.get("command") or "(command not recorded)", "```"]
+                  f"efficacy and specificity; eligible: fluency ratio at least {how.get('min_fluency')}"
+                  + (f" and at most {how['max_degenerate']:.0%} degenerate edits (looping or word salad)"
+                     if how.get("max_degenerate") is not None else "") + f"): {scores}.",
+                  "", "```bash", *([how["evaluated_by"]] if how.get("evaluated_by") else []),
+                  how.get("command") or "(command not recorded)", "```"]
     return lines
 
 
