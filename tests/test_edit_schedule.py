@@ -301,7 +301,7 @@ def _saved_calibration(editor) -> dict:
         return {"plain_reliability": reach, "plain_generalization": 0.6, "generation_success": reach,
                 "neighbourhood_score": 0.6, "neighbour_bleed": 0.05, "unrelated_bleed": 0.0,
                 "fluency_ratio": 0.97, "degenerate": degenerate}
-    return {"editor": str(editor), "split": "val", "tasks": ["counterfact", "recent"], "limit": 50, "seed": 0,
+    return {"editor": str(editor), "data": "data", "split": "val", "tasks": ["counterfact", "recent"], "limit": 50, "seed": 0,
             "quantization": "4bit", "min_fluency": 0.85, "max_degenerate": None, "date": "2026-12-07T00:00:00+00:00",
             "unedited": {"counterfact": {"neighbourhood_score": 0.66}, "recent": {"neighbourhood_score": 0.61}},
             "chosen": {"steps": 8, "strength": 0.3, "until": 0.5},
@@ -362,6 +362,10 @@ def test_calibrate_from_a_saved_run_writes_without_evaluating(capsys, llama, tmp
     card = (tmp_path / "ckpt" / "README.md").read_text()
     assert "at most 40% degenerate edits" in card and "below 0.3 on the wrapped input" in card
     assert "8x0.3u0.5: not eligible" in card
+    # saved before calibrations recorded their command: an equivalent one is recorded
+    assert how["evaluated_by"] == (f"python -m instructedit calibrate --quant 4bit --editor {tmp_path / 'ckpt'} "
+                                   f"--data data --tasks counterfact,recent --split val --limit 50 --seed 0 "
+                                   f"--schedules 8x0.3u0.5,6x0.4u0.3 --out {saved}")
 
 
 @pytest.mark.parametrize("args,match", [

@@ -10,6 +10,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..editing.schedule import EditSchedule
 from .common import CliError, add_model_arguments, add_verbose, backbone_from_args
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.write:
         how = {k: report.get(k) for k in ("split", "tasks", "limit", "seed", "quantization", "min_fluency",
                                            "max_degenerate", "date", "evaluated", "rescored_from", "evaluated_by")
-               if k in report}
+               if k in report and (report[k] is not None or k == "max_degenerate")}
         how["scores"] = {c.schedule.short(): c.score for c in result.candidates}
         how["command"] = report["command"]
         write_edit_schedule(args.editor, result.chosen.to_dict(), how)
@@ -157,8 +158,20 @@ def _from_saved(args: argparse.Namespace):
         raise CliError(f"--from {args.saved}: {exc}") from exc
     report = {**saved, **result.to_dict(), "min_fluency": args.min_fluency, "max_degenerate": args.max_degenerate,
               "rescored_from": str(args.saved), "evaluated": saved.get("evaluated", saved.get("date")),
-              "evaluated_by": saved.get("evaluated_by", saved.get("command")),
+              "evaluated_by": saved.get("evaluated_by", saved.get("command")) or _evaluation_command(saved, args.saved),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return result, report
 
 
+def _evaluation_command(saved: dict, path: str) -> str | None:
+    """A command that evaluates ``saved``'s candidates again (for calibrations saved before they
+    recorded their command; the schedules, records and backbone are the saved ones)."""
+    try:
+        schedules = ",".join(EditSchedule.from_dict(c["schedule"]).short() for c in saved["candidates"])
+        parts = ["python -m instructedit calibrate", f"--quant {saved['quantization']}",
+                 f"--editor {saved['editor']}", f"--data {saved['data']}", f"--tasks {','.join(saved['tasks'])}",
+                 f"--split {saved['split']}", f"--limit {saved['limit']}", f"--seed {saved['seed']}",
+                 f"--schedules {schedules}", f"--out {path}"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return " ".join(parts)
