@@ -360,7 +360,7 @@ def test_calibrate_from_a_saved_run_writes_without_evaluating(capsys, llama, tmp
     assert report["chosen"] == config["edit_schedule"] and report["candidates"][0]["score"] is None
     assert Editor.from_pretrained(tmp_path / "ckpt", llama).schedule == EditSchedule(6, 0.4, until=0.3)
     card = (tmp_path / "ckpt" / "README.md").read_text()
-    assert "at most 40% degenerate edits" in card and "below 0.3 on the wrapped input" in card
+    assert "at most 40% degenerate edits" in card and "until the target's probability reaches 0.3" in card
     assert "8x0.3u0.5: not eligible" in card
     # saved before calibrations recorded their command: an equivalent one is recorded
     assert how["evaluated_by"] == (f"python -m instructedit calibrate --quant 4bit --editor {tmp_path / 'ckpt'} "

@@ -129,7 +129,7 @@ def test_rekey_travels_with_the_schedule_checkpoint_and_command_line(llama, tiny
     write_edit_schedule(tmp_path / "ckpt", EditSchedule(2, 0.5, True).to_dict())
     assert Editor.from_pretrained(tmp_path / "ckpt", llama).schedule == EditSchedule(2, 0.5, True)
     from instructedit.train.card import render_card
-    assert "each pass re-keyed on the edit's own keys" in render_card(tmp_path / "ckpt")
+    assert "each re-keyed on the edit's own keys" in render_card(tmp_path / "ckpt")
     base = ["edit", "--model", str(tiny_llama_dir), "--editor", str(tmp_path / "ckpt"), "--prompt",
             "The Eiffel Tower is located in", "--target", "Rome", "--max-new-tokens", "2"]
     code, out, err = run_main(capsys, *base, "--json")

@@ -70,3 +70,26 @@ def test_write_atomically_leaves_no_temporary_file(tmp_path):
     lanes.write_atomically(target, '{"a": 1}')
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in target.parent.iterdir()] == ["y.json"]
+
+
+def test_a_lane_ends_when_the_run_that_started_it_is_gone(tmp_path):
+    """A lane whose parent died (a killed results run) stops instead of running on unseen."""
+    pid_file = tmp_path / "lane.pid"
+    (tmp_path / "lane.py").write_text(
+        "import os, pathlib, sys\n"
+        "pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))\n"
+        "from instructedit.evaluate.results import _exit_with_parent\n"
+        "_exit_with_parent(os.getppid(), poll=0.05)\n")
+    (tmp_path / "run.py").write_text(
+        "import os, pathlib, subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, sys.argv[1], sys.argv[2]])\n"
+        "while not pathlib.Path(sys.argv[2]).exists():\n"
+        "    time.sleep(0.05)\n"
+        "os._exit(0)\n")
+    subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "lane.py"), str(pid_file)],
+                   check=True, timeout=120)
+    lane = int(pid_file.read_text())
+    deadline = time.time() + 60
+    while time.time() < deadline and lanes._alive(lane):
+        time.sleep(0.1)
+    assert not lanes._alive(lane)

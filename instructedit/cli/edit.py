@@ -10,6 +10,7 @@ import argparse
 import json
 from typing import Any
 
+from ..editing.schedule import EditSchedule
 from .common import (
     CliError,
     add_editor_arguments,
@@ -122,9 +123,7 @@ def _format_edit(report: dict) -> str:
              f"input     {report['wrapped_input']!r}",
              *([f"subject   {report['subject']!r} (the update is keyed on its tokens)"]
                if report["keyed_on_subject"] and report["subject"] else []),
-             *([f"schedule  {report['edit_schedule']['steps']} pass(es) at strength "
-                f"{report['edit_schedule']['strength']:g}"
-                + (", each re-keyed on the edit's own keys" if report["edit_schedule"].get("rekey") else "")]
+             *([f"schedule  {EditSchedule.from_dict(report['edit_schedule']).describe()}"]
                if report["edit_schedule"] and report["edit_schedule"] != {"steps": 1, "strength": 1.0} else []),
              f"target    {report['target']!r}  ({report['latency_ms']:.0f} ms)",
              f"before    {report['continuation']['pre']!r}",

@@ -78,6 +78,13 @@ class EditSchedule:
         return (f"steps {self.steps}, strength {float(self.strength):g}" + (", re-keyed" if self.rekey else "")
                 + (f", until p >= {float(self.until):g}" if self.until is not None else ""))
 
+    def describe(self) -> str:
+        """In words, for reports and cards: ``8 pass(es) at strength 0.3, until the target's
+        probability reaches 0.5``."""
+        return (f"{self.steps} pass(es) at strength {float(self.strength):g}"
+                + (", each re-keyed on the edit's own keys" if self.rekey else "")
+                + (f", until the target's probability reaches {float(self.until):g}" if self.until is not None else ""))
+
     def short(self) -> str:
         """``4x0.4`` (4 passes at strength 0.4), ``4x0.4r`` re-keyed, ``6x0.4u0.9`` passes after the
         first only until the edit holds at probability 0.9: how ``calibrate`` writes it."""

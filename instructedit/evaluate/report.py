@@ -17,6 +17,7 @@ from pathlib import Path
 import jinja2
 
 from ..defaults import DEFAULT_PATCH_RANK
+from ..editing.schedule import EditSchedule
 from ..instructions import BENCHMARK_TASKS, TASKS, TRAINING_TASKS, table_name
 from .inputs import SEEN
 from .results import (
@@ -758,8 +759,8 @@ def setup_table(data: ResultsData) -> str:
             steps = "–" if best is None else (f"{best} (best of {total})" if total and total != best else str(best))
             wall = card.get("wall_time_s")
             schedule = card.get("edit_schedule")
-            path = f"`{card['path']}`" + (f" (edits: {schedule.get('steps', 1)} pass(es) at strength "
-                                          f"{schedule.get('strength', 1.0):g})" if schedule else "")
+            path = f"`{card['path']}`" + (f" (edits: {EditSchedule.from_dict(schedule).describe()})"
+                                          if schedule else "")
             rows.append([method, path, "yes" if card.get("use_instructions") else "no", steps,
                          f"{wall / 60:.0f} min" if wall else "–", num(card.get("validation_score"), 3)])
         else:

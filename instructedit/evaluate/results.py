@@ -118,8 +118,18 @@ def run_lane(config: ResultsConfig, run_id: str, lane: int) -> None:
 LANE_START_TIMEOUT_S = 300.0
 
 
+def _exit_with_parent(parent: int, poll: float = 5.0) -> None:
+    """End this lane when the process that started it is gone (its claims then go stale and are
+    taken over by whoever resumes the run)."""
+    while os.getppid() == parent:
+        time.sleep(poll)
+    log.warning("the results run that started this lane is gone; stopping")
+    os._exit(1)
+
+
 def _lane_process(config: ResultsConfig, run_id: str, lane: int, level: int, ready) -> None:
     logging.basicConfig(level=level, format=f"%(asctime)s lane {lane} %(name)s: %(message)s")
+    threading.Thread(target=_exit_with_parent, args=(multiprocessing.parent_process().pid,), daemon=True).start()
     try:
         ready.wait(LANE_START_TIMEOUT_S)
     except threading.BrokenBarrierError:

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from ..editing.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_config
+from ..editing.schedule import EditSchedule
 from ..io_utils import atomic_write_text
 from .config import matching_recipe
 
@@ -35,14 +36,14 @@ def _schedule_section(config: dict) -> list[str]:
     if not schedule:
         return []
     how = config.get("edit_schedule_calibration") or {}
+    described = EditSchedule.from_dict(schedule).describe()
     lines = ["", "## Edit schedule",
-             f"Each edit applies the network's update in {schedule.get('steps', 1)} pass(es) (each made "
-             f"with the earlier ones active) at strength {schedule.get('strength', 1.0):g}"
-             + (", each pass re-keyed on the edit's own keys (ROME-like specificity)" if schedule.get("rekey")
-                else "")
-             + (f"; the passes after the first only while the edit does not hold yet (its target's "
-                f"per-token probability below {schedule['until']:g} on the wrapped input or the typed prompt)."
-                if schedule.get("until") is not None else ".")]
+             f"Each edit applies the network's update in {described} (each pass made with the earlier "
+             f"ones active; with \"until\", the passes after the first are taken only while the target's "
+             f"per-token probability is below that on the wrapped input or the typed prompt)."
+             if schedule.get("until") is not None else
+             f"Each edit applies the network's update in {described} (each pass made with the earlier "
+             f"ones active)."]
     if how:
         scores = ", ".join(f"{k}: {'not eligible' if v is None else f'{v:.3f}'}"
                            for k, v in how.get("scores", {}).items())
