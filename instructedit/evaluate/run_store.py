@@ -119,7 +119,10 @@ class ResultsRunner:
         claimed = False
         if cache is not None and self.config.lanes > 1 and not cache.is_file():
             claimed = lanes.try_claim(cache)
-            if not claimed:
+            if claimed and cache.is_file():  # cached by another lane just before the claim
+                lanes.release(cache)
+                claimed = False
+            elif not claimed:
                 if self.skip_claimed and not decides:
                     return Outcome(spec, reason="run by another lane")
                 log.info("waiting for another lane: %s", spec.label())
