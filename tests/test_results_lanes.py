@@ -39,6 +39,18 @@ def test_a_stale_claim_is_taken_over(tmp_path):
     assert not lanes.claim_path(cache).exists()
 
 
+def test_a_claim_of_an_exited_unreaped_process_is_stale(tmp_path):
+    """A lane killed while its parent lives on is a zombie until reaped: its claim is stale."""
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 60
+    while time.time() < deadline and lanes._alive(zombie.pid):
+        time.sleep(0.05)
+    assert not lanes._alive(zombie.pid) and zombie.poll() == 0   # exited; poll() reaps it only now
+    cache = tmp_path / "abc.json"
+    lanes.claim_path(cache).write_text(f"{zombie.pid}\n")
+    assert lanes.try_claim(cache)
+
+
 def test_wait_for_returns_when_the_other_lane_caches_or_gives_up(tmp_path):
     cache = tmp_path / "abc.json"
     lanes.claim_path(cache).write_text("1\n")           # held by a live process
