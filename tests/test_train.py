@@ -25,6 +25,19 @@ def _examples(records, n=3):
     return [render_example(r, 0, rng) for r in records[:n]]
 
 
+def seeded_network(backbone, names) -> MendNetwork:
+    """A seeded editor network off the identity (so its gradients are non-trivial), the
+    backbone's ``names`` hooked for patches."""
+    torch.manual_seed(0)
+    network = MendNetwork(Editor.module_shapes(backbone, names), EditorConfig(rank=8, init_lr=1e-2))
+    with torch.no_grad():
+        for module in network.modules():
+            if hasattr(module, "up") and isinstance(module.up, torch.nn.Linear):
+                module.up.weight.normal_(0, 0.05)
+    PatchEngine.for_model(backbone.model, names)
+    return network
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return make_data_dir(tmp_path_factory.mktemp("data"))
@@ -37,13 +50,7 @@ def test_cached_step_equals_full_step(family, tiny_llama_dir, tiny_gpt2_dir, dat
     folder = tiny_llama_dir if family == "llama" else tiny_gpt2_dir
     backbone = load_backbone(str(folder))
     names = backbone.edited_module_names(2)
-    torch.manual_seed(0)
-    network = MendNetwork(Editor.module_shapes(backbone, names), EditorConfig(rank=8, init_lr=1e-2))
-    with torch.no_grad():  # leave the identity so the editor's gradients are non-trivial
-        for module in network.modules():
-            if hasattr(module, "up") and isinstance(module.up, torch.nn.Linear):
-                module.up.weight.normal_(0, 0.05)
-    PatchEngine.for_model(backbone.model, names)
+    network = seeded_network(backbone, names)
     examples = _examples(load_split(data_dir, "counterfact", "train"))
     pad = backbone.tokenizer.pad_token_id
     # one training-mode pass fills the running statistics, then compare in eval mode

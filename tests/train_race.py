@@ -7,7 +7,12 @@ front: the trainer's own clock, ``TrainConfig.max_minutes``), and reads each run
 the shipped InstructEdit checkpoint), its best score and what it had seen by then. Runs go to
 ``--out-dir/NAME`` (checkpoints in ``ckpt``, logs in ``run``).
 
-``--tiny`` races two small recipes on the test suite's tiny random model (seconds).
+A recipe trained on another backbone dtype (``"dtype": "bfloat16"``) validates on that backbone
+while it trains; its best checkpoint is validated again on the float32 backbone after the run
+(``float32_score``), so its score compares with the float32 recipes'.
+
+``--tiny`` races two small recipes on the test suite's tiny random model (seconds); ``--tiny
+--tiny-bf16`` makes the second one train on a bfloat16 backbone.
 """
 from __future__ import annotations
 
@@ -69,8 +74,20 @@ def race(recipes: Sequence[tuple[str, object]], minutes: float, target: float, o
         trainer = Trainer(config, out_dir / name / "ckpt", run_dir)
         setup_s = time.perf_counter() - started
         trainer.train(command=f"python -m tests.train_race ({name})", resume=False)
-        results.append(summarize(name, config, validations(run_dir), target, setup_s))
+        summary = summarize(name, config, validations(run_dir), target, setup_s)
+        if config.dtype not in (None, "float32") and (out_dir / name / "ckpt" / "editor.json").is_file():
+            summary["float32_score"] = float32_score(config, out_dir / name)
+        results.append(summary)
     return results
+
+
+def float32_score(config, folder: Path) -> float:
+    """The validation score of the best checkpoint of a run trained on another backbone dtype,
+    validated on the float32 backbone (the same records; what the other recipes' scores are)."""
+    from instructedit.train.trainer import Trainer
+
+    again = replace(config, dtype=None, init_from=str(folder / "ckpt"))
+    return round(float(Trainer(again, folder / "float32-check", folder / "float32-run").validate()["score"]), 4)
 
 
 def markdown(results: Sequence[dict], minutes: float) -> str:
@@ -82,8 +99,11 @@ def markdown(results: Sequence[dict], minutes: float) -> str:
     for r in results:
         reached = (f"after {r['reached_minutes']:.1f} min (step {r['reached_step']}, {r['reached_edits']} edits)"
                    if r["reached_minutes"] is not None else f"not in {r['minutes_run']:.1f} min")
+        best = f"{r['best_score']} ({r['best_step']}, {r['best_minutes']})"
+        if r.get("float32_score") is not None:
+            best += f"; best checkpoint on the float32 backbone: {r['float32_score']}"
         lines.append(f"| {r['name']} | {r['batch_size']} | {r['editor_lr']:g} | {r['val_every']} | {r['steps_run']} | "
-                     f"{reached} | {r['best_score']} ({r['best_step']}, {r['best_minutes']}) | {r['setup_s']} |")
+                     f"{reached} | {best} | {r['setup_s']} |")
     lines += ["", "Validation curves (step, minutes, score):", ""]
     lines += [f"- {r['name']}: " + ", ".join(f"({s}, {m}, {v:.3f})" for s, m, v in r["curve"]) for r in results]
     return "\n".join(lines) + "\n"
@@ -101,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out-dir", default="runs/race", help="where the runs go (default runs/race)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--tiny", action="store_true", help="the test suite's tiny random model")
+    parser.add_argument("--tiny-bf16", action="store_true", help="with --tiny: the second recipe on a bf16 backbone")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.tiny:
@@ -111,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = TrainConfig(model=str(build_tiny_model("llama", tmp / "model")), data=str(make_data_dir(tmp / "data")),
                            batch_size=2, rank=8, pool_per_task=8, val_per_task=3, val_every=4, last_n_layers=2,
                            max_answer_tokens=8, editor_lr=3e-3, step_size_lr=3e-2, init_lr=1e-3)
-        recipes = [("tiny-b2", base), ("tiny-b4", replace(base, batch_size=4, val_every=2))]
+        second = replace(base, dtype="bfloat16") if args.tiny_bf16 else replace(base, batch_size=4, val_every=2)
+        recipes = [("tiny-b2", base), ("tiny-bf16" if args.tiny_bf16 else "tiny-b4", second)]
     else:
         specs = args.recipe or ["shipped=docs/recipes/r4-mid9-pre.json", "fast-b8=docs/recipes/r4-fast-b8.json"]
         recipes = []

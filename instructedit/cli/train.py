@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ..defaults import QUANT_MODES
-from ..train.config import TrainConfig
+from ..train.config import TRAIN_DTYPES, TrainConfig
 from .fields import Option, add_fields, given_values
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_OPTIONS = {
     "quant": Option(choices=QUANT_MODES),
+    "dtype": Option(choices=TRAIN_DTYPES),
     "use_instructions": Option(flag="--no-instructions",
                                help="train the multi-task MEND baseline (inputs without instructions)"),
     "cached": Option(flag="--no-cache", help="run the full model every step (slower; the cached step is exact)"),

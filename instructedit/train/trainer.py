@@ -29,7 +29,7 @@ from ..io_utils import atomic_replace, atomic_write_text
 from ..model.backbone import Backbone, load_backbone
 from ..model.forward import CachedTopForward, FullForward
 from .card import write_card
-from .config import BUDGET_FIELDS, TrainConfig
+from .config import BUDGET_FIELDS, TRAIN_DTYPES, TrainConfig
 from .continuations import ContinuationCache
 from .distributed import DistributedContext
 from .examples import TrainingExample, render_example
@@ -133,7 +133,9 @@ class Trainer:
         self.distributed = DistributedContext.create()  # before the threads: --threads wins
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.backbone = backbone or load_backbone(config.model, config.quant,
+        if config.dtype is not None and config.dtype not in TRAIN_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(TRAIN_DTYPES)}, got {config.dtype!r}")
+        self.backbone = backbone or load_backbone(config.model, config.quant, dtype=config.dtype,
                                                   device=self.distributed.device())
         names = self.backbone.edited_module_names(config.last_n_layers, layers=config.layers,
                                                   matrices=config.matrices)
