@@ -2,15 +2,15 @@
 runs it): the sentence as typed now continues with the new target, while a sentence about another
 subject of the same kind keeps its true answer (the editing-quality issue, item 6).
 
-Four of the five facts must hold (``NEEDED``). The shipped editor does not pass yet: the test is
-a strict expected failure (of the final assertion only), so it turns red the day an editor passes
-it and the marker must come off. History: the editor shipped before 2026-11-30 held 1; the network
-shipped since (middle blocks, keyed on the subject) holds 3 with its calibrated schedule, 4 passes
-at 0.4 (Japan's capital does not move; "euro" appears in the dollar's sentence). The schedule
-calibrated on 2026-12-07 and chosen for the next release, up to 8 passes at 0.3 until the edit
-holds, holds 4 and passes; the fifth, Japan's capital -> Madrid, takes every pass and its
-neighbour's sentence degenerates ("Italy Italy, ..."; docs/training.md, "Passes until the edit
-holds").
+Four of the five facts must hold (``NEEDED``). History: the editor shipped before 2026-11-30
+held 1; the network shipped since (middle blocks, keyed on the subject) held 3 with its first
+calibrated schedule, 4 passes at 0.4 (Japan's capital did not move; "euro" appeared in the
+dollar's sentence), and holds 4 with the schedule calibrated on 2026-12-07, up to 8 passes at 0.3
+until the edit holds, which made this test pass (it was a strict expected failure until then).
+The fifth, Japan's capital -> Madrid, takes every pass and its neighbour's sentence degenerates
+("Italy Italy, ..."; docs/training.md, "Passes until the edit holds"): on the AMD EPYC of
+2026-12-07 it failed; on the Intel Xeon (AMX) of 2026-12-08, whose bf16 kernels round otherwise,
+the loop still named Rome and the fact counted as held (5 of 5). The bar stays at 4.
 """
 from __future__ import annotations
 
@@ -62,8 +62,6 @@ def facts_held(backbone, editor, *, on_unknown=pytest.fail, show=None) -> list[b
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the shipped InstructEdit editor holds 3 of the 5 "
-                                       "facts (docs/training.md, 'Passes until the edit holds')")
 def test_an_edit_changes_the_typed_sentence_and_spares_its_neighbour():
     backbone = load_backbone("smollm2-135m", "4bit", device="cpu", fast_4bit=True)
     editor = load_editor("checkpoints/smollm2-135m/instructedit", backbone)
