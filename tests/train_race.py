@@ -86,7 +86,7 @@ def float32_score(config, folder: Path) -> float:
     validated on the float32 backbone (the same records; what the other recipes' scores are)."""
     from instructedit.train.trainer import Trainer
 
-    again = replace(config, dtype=None, init_from=str(folder / "ckpt"))
+    again = replace(config, dtype="float32", init_from=str(folder / "ckpt"))
     return round(float(Trainer(again, folder / "float32-check", folder / "float32-run").validate()["score"]), 4)
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from ..defaults import DEFAULT_MODEL
 
-# Settings that may change between a run and its resumption (budget and cadence, not the editor).
 TRAIN_DTYPES = ("float32", "bfloat16")
 """Backbone dtypes a run may train on (``TrainConfig.dtype``)."""
 
+# Settings that may change between a run and its resumption (budget and cadence, not the editor).
 BUDGET_FIELDS = frozenset({"steps", "patience", "threads", "log_every", "val_every",
                            "group_rows_by_length", "max_minutes"})
 
@@ -27,8 +27,9 @@ class TrainConfig:
         quant: train on a quantized backbone (bitsandbytes).
         dtype: float dtype of the frozen backbone's weights and activations: ``float32``, or
             ``bfloat16`` (faster matmuls where the CPU multiplies bf16 natively, e.g. AMX: a
-            1.1-1.3x faster step measured there; slower where bf16 is emulated); None: the loader's default (float32 unquantized). The
-            editor network, its step sizes and the losses stay float32 either way.
+            1.1-1.3x faster step measured there; slower where bf16 is emulated); None: the
+            loader's default (float32 unquantized). The editor network, its step sizes and the
+            losses stay float32 either way.
         data: data folder laid out like ../shared/datasets (counterfact/, recent/, convsent/).
         tasks: training tasks (never zsre).
         use_instructions: False trains the multi-task MEND baseline on the same data.
